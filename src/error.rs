@@ -1,0 +1,214 @@
+//! Why a refresh failed, and the `reason` label each failure is counted under.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::report::ReportError;
+
+/// Which HTTP exchange of a refresh an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Token,
+    Report,
+    Download,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Token => "token request",
+            Stage::Report => "report request",
+            Stage::Download => "report download",
+        })
+    }
+}
+
+/// Graph's `request-id`, which Microsoft support asks for; empty when the answer had none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestId(pub Option<String>);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(id) => write!(f, " (request-id {id})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every message is a single line and free of secrets: no token, no client secret and no
+/// download URL is ever put into an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("token request rejected with HTTP {status}{}: {detail}", code.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
+    Auth {
+        status: u16,
+        code: Option<u64>,
+        detail: String,
+    },
+    #[error("{stage}: HTTP 401 Unauthorized{request_id}: {detail}")]
+    Unauthorized {
+        stage: Stage,
+        request_id: RequestId,
+        detail: String,
+    },
+    #[error("{stage}: HTTP 403 Forbidden{request_id}: the app registration needs the Reports.Read.All application permission with admin consent")]
+    Forbidden { stage: Stage, request_id: RequestId },
+    #[error("{stage}: HTTP 429 Too Many Requests{request_id}: Graph allows 14 report requests per 10 minutes per app and tenant")]
+    Throttled {
+        stage: Stage,
+        request_id: RequestId,
+        retry_after: Option<Duration>,
+    },
+    #[error("{stage}: {detail}{request_id}")]
+    Http {
+        stage: Stage,
+        status: Option<u16>,
+        request_id: RequestId,
+        detail: String,
+    },
+    #[error("{stage}: no complete answer within {}", humantime::format_duration(*.timeout))]
+    Timeout { stage: Stage, timeout: Duration },
+    #[error("report rejected: {0}")]
+    Parse(#[from] ReportError),
+    #[error("{stage}: body larger than the limit of {limit} bytes (--graph.max-body-bytes)")]
+    TooLarge { stage: Stage, limit: u64 },
+    #[error("{stage}: {detail}")]
+    Network { stage: Stage, detail: String },
+}
+
+impl Error {
+    /// The `reason` label of `sfb_refresh_failures_total`.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Error::Auth { .. } | Error::Unauthorized { .. } => Reason::Auth,
+            Error::Forbidden { .. } => Reason::Forbidden,
+            Error::Throttled { .. } => Reason::Throttled,
+            Error::Http { .. } => Reason::Http,
+            Error::Timeout { .. } => Reason::Timeout,
+            Error::Parse(_) => Reason::Parse,
+            Error::TooLarge { .. } => Reason::TooLarge,
+            Error::Network { .. } => Reason::Network,
+        }
+    }
+
+    /// Builds a network error from reqwest's, keeping its cause chain but never its URL, whose
+    /// query is a credential for downloads.
+    pub fn network(stage: Stage, err: reqwest::Error, timeout: Duration) -> Error {
+        let err = err.without_url();
+        if err.is_timeout() {
+            return Error::Timeout { stage, timeout };
+        }
+        let mut detail = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !detail.contains(&text) {
+                detail.push_str(": ");
+                detail.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Error::Network {
+            stage,
+            detail: one_line(&detail, 300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    Auth,
+    Forbidden,
+    Throttled,
+    Http,
+    Timeout,
+    Parse,
+    TooLarge,
+    Network,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Auth,
+        Reason::Forbidden,
+        Reason::Throttled,
+        Reason::Http,
+        Reason::Timeout,
+        Reason::Parse,
+        Reason::TooLarge,
+        Reason::Network,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Auth => "auth",
+            Reason::Forbidden => "forbidden",
+            Reason::Throttled => "throttled",
+            Reason::Http => "http",
+            Reason::Timeout => "timeout",
+            Reason::Parse => "parse",
+            Reason::TooLarge => "too_large",
+            Reason::Network => "network",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Squeezes text from the network onto one line of bounded length, so that a log line stays a
+/// log line whatever a server sends.
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    let out: String = out
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if out.chars().count() > max_chars {
+        let mut cut: String = out.chars().take(max_chars).collect();
+        cut.push('…');
+        cut
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_flattens_and_bounds() {
+        assert_eq!(one_line("a\r\n  b\tc", 10), "a b c");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+        assert_eq!(one_line("x\u{7}y", 10), "x?y");
+    }
+
+    #[test]
+    fn reasons_are_the_documented_label_values() {
+        let labels: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "auth",
+                "forbidden",
+                "throttled",
+                "http",
+                "timeout",
+                "parse",
+                "too_large",
+                "network"
+            ]
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
+//! cap, or an error that says which limit was hit.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, StatusCode};
+
+use crate::error::{one_line, Error, RequestId, Stage};
+
+#[derive(Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// Graph's request-id, from the header or else from the error envelope's innerError.
+    pub fn request_id(&self) -> RequestId {
+        let header = self
+            .headers
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| one_line(v, 64));
+        RequestId(header.or_else(|| {
+            let envelope: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+            let id = envelope.pointer("/error/innerError/request-id")?.as_str()?;
+            Some(one_line(id, 64))
+        }))
+    }
+
+    /// A one-line account of an unexpected answer: Graph's error code and message when the body
+    /// is its JSON envelope, else the status line.
+    pub fn describe(&self) -> String {
+        let envelope: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
+        let graph_error = envelope.as_ref().and_then(|v| {
+            let code = v.pointer("/error/code")?.as_str()?;
+            let message = v
+                .pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("");
+            Some(one_line(&format!("{code}: {message}"), 200))
+        });
+        match graph_error {
+            Some(e) => format!("HTTP {}: {e}", self.status.as_u16()),
+            None => format!("HTTP {}", self.status),
+        }
+    }
+}
+
+pub async fn exchange(
+    stage: Stage,
+    request: RequestBuilder,
+    limits: &Limits,
+) -> Result<Answer, Error> {
+    let timeout = limits.timeout;
+    let work = async {
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| Error::network(stage, e, timeout))?;
+        let too_large = Error::TooLarge {
+            stage,
+            limit: limits.max_body_bytes,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > limits.max_body_bytes)
+        {
+            return Err(too_large);
+        }
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Error::network(stage, e, timeout))?
+        {
+            if (body.len() + chunk.len()) as u64 > limits.max_body_bytes {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: body.freeze(),
+        })
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| Error::Timeout { stage, timeout })?
+}
+
+/// The client every exchange goes through. Redirects are never followed automatically: the
+/// report's redirect must be followed by hand, without the Authorization header.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .user_agent(concat!("sfb-exporter/", env!("CARGO_PKG_VERSION")))
+        .build()
+}

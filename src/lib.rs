@@ -1,0 +1,118 @@
+//! sfb-exporter: the Microsoft Graph report getSkypeForBusinessOrganizerActivityMinuteCounts
+//! as Prometheus gauges.
+//!
+//! Data flows one way: `config` → `auth` + `graph` (HTTP) → `report` (CSV, pure) →
+//! `refresher` (state, once per refresh) → `metrics` (exposition, pure) → `web` (read only).
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod graph;
+pub mod http;
+pub mod metrics;
+pub mod refresher;
+pub mod report;
+pub mod state;
+pub mod telemetry;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenSource;
+use crate::config::{Config, Source};
+use crate::graph::GraphClient;
+use crate::http::Limits;
+use crate::refresher::Refresher;
+use crate::state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up the HTTP client: {0}")]
+    HttpClient(String),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the demo Graph: {0}")]
+    Demo(std::io::Error),
+}
+
+/// A started exporter: serving, refreshing, until its cancellation token fires.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits for the server and the refresher to wind down after cancellation.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds, starts the refresher and the server, and returns once both are running.
+pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running, StartError> {
+    let http =
+        http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
+    let mut tasks = JoinSet::new();
+
+    let (tenant, identity, authority, graph) = match config.source {
+        Source::Azure {
+            identity,
+            authority,
+            graph,
+        } => (identity.tenant_id.clone(), identity, authority, graph),
+        Source::Demo => {
+            let demo = demo::start(cancel.clone())
+                .await
+                .map_err(StartError::Demo)?;
+            tracing::info!(address = %demo.address, "demo mode: serving simulated Graph data from loopback");
+            tasks.spawn(demo.server);
+            (
+                demo::TENANT.to_string(),
+                demo::identity(),
+                demo.authority,
+                demo.graph,
+            )
+        }
+    };
+    let limits = || Limits {
+        timeout: config.graph_timeout,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
+    let graph = GraphClient::new(http, graph, tokens, limits());
+    let state = State::new(tenant, config.periods.iter());
+    let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
+
+    let address = config.listen_address.bind_target();
+    let listener = TcpListener::bind(&address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        address: config.listen_address.to_string(),
+        source,
+    })?;
+
+    let app = web::app(refresher.published(), &config.telemetry_path);
+    let shutdown = cancel.clone().cancelled_owned();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    let mut refreshers = refresher.spawn(cancel);
+    tasks.spawn(async move { while refreshers.join_next().await.is_some() {} });
+
+    Ok(Running { local_addr, tasks })
+}

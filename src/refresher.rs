@@ -1,0 +1,153 @@
+//! The background loop: one task per period, each on its own clock, so that a slow or failing
+//! period never holds up another. Each outcome updates the state and publishes a new snapshot.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Period;
+use crate::error::{Error, Stage};
+use crate::graph::{Fetched, GraphClient};
+use crate::metrics::{render, BuildInfo};
+use crate::report;
+use crate::state::{Accepted, Attempt, Published, State};
+
+pub struct Refresher {
+    graph: GraphClient,
+    interval: Duration,
+    /// Only the refresher writes; the lock orders publications so an older snapshot never
+    /// replaces a newer one.
+    state: Mutex<State>,
+    published: Arc<ArcSwap<Published>>,
+}
+
+impl Refresher {
+    pub fn new(graph: GraphClient, state: State, interval: Duration) -> Refresher {
+        let published = Arc::new(ArcSwap::from_pointee(Published {
+            metrics: Default::default(),
+            state: state.clone(),
+        }));
+        let refresher = Refresher {
+            graph,
+            interval,
+            state: Mutex::new(state),
+            published,
+        };
+        refresher.publish(&refresher.lock());
+        refresher
+    }
+
+    /// The handle handlers read snapshots from.
+    pub fn published(&self) -> Arc<ArcSwap<Published>> {
+        Arc::clone(&self.published)
+    }
+
+    /// Starts one loop per period; they end when `cancel` fires, abandoning any request in flight.
+    pub fn spawn(self: Arc<Self>, cancel: CancellationToken) -> JoinSet<()> {
+        let periods: Vec<Period> = self.lock().periods.keys().copied().collect();
+        let mut tasks = JoinSet::new();
+        for period in periods {
+            let this = Arc::clone(&self);
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                cancel.run_until_cancelled(this.run_period(period)).await;
+            });
+        }
+        tasks
+    }
+
+    async fn run_period(&self, period: Period) {
+        // The interval runs from the start of each attempt, so a slow attempt does not shift
+        // the schedule, and missed ticks are not made up in a burst that Graph would throttle.
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let outcome = self.refresh(period).await;
+            self.record(period, outcome);
+        }
+    }
+
+    /// `Ok(None)`: Graph says the report is unchanged.
+    async fn refresh(&self, period: Period) -> Result<Option<Accepted>, Error> {
+        let etag = self.lock().periods[&period]
+            .accepted
+            .as_ref()
+            .and_then(|a| a.etag.clone());
+        match self.graph.fetch(period, etag.as_deref()).await? {
+            Fetched::NotModified if etag.is_some() => Ok(None),
+            Fetched::NotModified => Err(Error::Http {
+                stage: Stage::Report,
+                status: Some(304),
+                request_id: Default::default(),
+                detail: "HTTP 304 Not Modified to a request that sent no ETag".into(),
+            }),
+            Fetched::Body { csv, etag } => {
+                let report = report::parse(&csv)?;
+                Ok(Some(Accepted {
+                    rows: report.rows.len(),
+                    newest: report.newest().copied(),
+                    etag,
+                }))
+            }
+        }
+    }
+
+    fn record(&self, period: Period, outcome: Result<Option<Accepted>, Error>) {
+        let mut state = self.lock();
+        let tenant = state.tenant.clone();
+        let Some(p) = state.periods.get_mut(&period) else {
+            return;
+        };
+        match outcome {
+            Ok(accepted) => {
+                match &accepted {
+                    Some(a) => tracing::info!(
+                        %tenant, %period, rows = a.rows,
+                        report_date = a.newest.map(|r| r.report_date.to_string()),
+                        "report refreshed"
+                    ),
+                    None => {
+                        tracing::info!(%tenant, %period, "report unchanged since the last download")
+                    }
+                }
+                if let Some(a) = accepted {
+                    p.accepted = Some(a);
+                }
+                p.last_attempt = Some(Attempt::Succeeded);
+                p.last_success = Some(SystemTime::now());
+            }
+            Err(e) => {
+                let reason = e.reason();
+                tracing::warn!(%tenant, %period, %reason, "refresh failed: {e}");
+                *p.failures.entry(reason).or_default() += 1;
+                p.last_attempt = Some(Attempt::Failed {
+                    reason,
+                    message: e.to_string(),
+                });
+            }
+        }
+        self.publish(&state);
+    }
+
+    fn publish(&self, state: &State) {
+        match render(state, &BuildInfo::CURRENT) {
+            Ok(body) => self.published.store(Arc::new(Published {
+                state: state.clone(),
+                metrics: body.into(),
+            })),
+            Err(e) => {
+                tracing::error!("cannot render metrics, keeping the previous exposition: {e}")
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is replaced whole under the lock, so it is consistent even after a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

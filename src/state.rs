@@ -1,0 +1,65 @@
+//! The snapshot the refresher publishes and every handler reads: immutable once published.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::config::Period;
+use crate::error::Reason;
+use crate::report::Row;
+
+/// What is known of one period's report.
+#[derive(Debug, Clone, Default)]
+pub struct PeriodState {
+    /// None until the first attempt has finished.
+    pub last_attempt: Option<Attempt>,
+    pub last_success: Option<SystemTime>,
+    /// The last report accepted; kept through failures so its values stay published.
+    pub accepted: Option<Accepted>,
+    pub failures: BTreeMap<Reason, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    Succeeded,
+    Failed { reason: Reason, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub rows: usize,
+    pub newest: Option<Row>,
+    /// ETag of the download this report came from, sent back as If-None-Match.
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub tenant: String,
+    pub periods: BTreeMap<Period, PeriodState>,
+}
+
+impl State {
+    pub fn new(tenant: impl Into<String>, periods: impl IntoIterator<Item = Period>) -> State {
+        State {
+            tenant: tenant.into(),
+            periods: periods
+                .into_iter()
+                .map(|p| (p, PeriodState::default()))
+                .collect(),
+        }
+    }
+
+    /// Ready once every configured period has had one successful refresh.
+    pub fn ready(&self) -> bool {
+        self.periods.values().all(|p| p.last_success.is_some())
+    }
+}
+
+/// A state and its exposition, rendered together so that a scrape only copies bytes.
+#[derive(Debug)]
+pub struct Published {
+    pub state: State,
+    pub metrics: Bytes,
+}

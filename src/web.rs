@@ -1,0 +1,207 @@
+//! HTTP routes. Handlers only read the published snapshot: a scrape copies pre-rendered bytes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::extract::State as Extract;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::metrics::CONTENT_TYPE;
+use crate::state::{Attempt, Published};
+
+#[derive(Clone)]
+struct AppState {
+    published: Arc<ArcSwap<Published>>,
+    landing: Bytes,
+}
+
+pub fn app(published: Arc<ArcSwap<Published>>, telemetry_path: &str) -> Router {
+    let state = AppState {
+        published,
+        landing: landing_page(telemetry_path).into(),
+    };
+    Router::new()
+        .route("/", get(landing))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(telemetry_path, get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(Extract(s): Extract<AppState>) -> Response {
+    let body = s.published.load().metrics.clone();
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    periods: BTreeMap<&'static str, PeriodReadiness>,
+}
+
+#[derive(Serialize)]
+struct PeriodReadiness {
+    /// pending (no attempt finished yet), ok, or failing.
+    state: &'static str,
+    last_success: Option<String>,
+    last_error: Option<String>,
+}
+
+async fn readyz(Extract(s): Extract<AppState>) -> Response {
+    let published = s.published.load();
+    let state = &published.state;
+    let periods = state
+        .periods
+        .iter()
+        .map(|(period, p)| {
+            let (status, last_error) = match &p.last_attempt {
+                None => ("pending", None),
+                Some(Attempt::Succeeded) => ("ok", None),
+                Some(Attempt::Failed { reason, message }) => {
+                    ("failing", Some(format!("{reason}: {message}")))
+                }
+            };
+            let readiness = PeriodReadiness {
+                state: status,
+                last_success: p
+                    .last_success
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                last_error,
+            };
+            (period.as_str(), readiness)
+        })
+        .collect();
+    let ready = state.ready();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(Readiness { ready, periods })).into_response()
+}
+
+async fn landing(Extract(s): Extract<AppState>) -> Html<Bytes> {
+    Html(s.landing)
+}
+
+fn landing_page(telemetry_path: &str) -> String {
+    let path = telemetry_path
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>sfb-exporter</title></head>\n\
+         <body><h1>sfb-exporter</h1>\n\
+         <p>Prometheus exporter for the Microsoft Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, version {}.</p>\n\
+         <ul><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/readyz\">Readiness</a></li><li><a href=\"/healthz\">Health</a></li></ul>\n\
+         </body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Period;
+    use crate::state::State;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use std::time::SystemTime;
+    use tower::ServiceExt;
+
+    fn published(state: State) -> Arc<ArcSwap<Published>> {
+        Arc::new(ArcSwap::from_pointee(Published {
+            state,
+            metrics: "# HELP x y\nx 1\n".into(),
+        }))
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, String, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let ctype = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn routes() {
+        let snapshot = published(State::new("t", [Period::D7, Period::D30]));
+        let app = app(Arc::clone(&snapshot), "/custom");
+        assert_eq!(
+            get(&app, "/custom").await,
+            (
+                StatusCode::OK,
+                CONTENT_TYPE.to_string(),
+                "# HELP x y\nx 1\n".to_string()
+            )
+        );
+        assert_eq!(get(&app, "/metrics").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        let (status, _, body) = get(&app, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("href=\"/custom\""), "{body}");
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_snapshot() {
+        let mut state = State::new("t", [Period::D7, Period::D30]);
+        let snapshot = published(state.clone());
+        let app = app(Arc::clone(&snapshot), "/metrics");
+
+        let (status, ctype, body) = get(&app, "/readyz").await;
+        assert_eq!(
+            (status, ctype.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "application/json")
+        );
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["ready"], false);
+        assert_eq!(json["periods"]["D7"]["state"], "pending");
+
+        let d7 = state.periods.get_mut(&Period::D7).unwrap();
+        d7.last_attempt = Some(Attempt::Succeeded);
+        d7.last_success = Some(SystemTime::now());
+        let d30 = state.periods.get_mut(&Period::D30).unwrap();
+        d30.last_attempt = Some(Attempt::Failed {
+            reason: crate::error::Reason::Forbidden,
+            message: "nope".into(),
+        });
+        snapshot.store(Arc::new(Published {
+            state: state.clone(),
+            metrics: Default::default(),
+        }));
+        let (status, _, body) = get(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["periods"]["D7"]["state"], "ok");
+        assert_eq!(json["periods"]["D30"]["state"], "failing");
+        assert_eq!(json["periods"]["D30"]["last_error"], "forbidden: nope");
+
+        state.periods.get_mut(&Period::D30).unwrap().last_success = Some(SystemTime::now());
+        snapshot.store(Arc::new(Published {
+            state,
+            metrics: Default::default(),
+        }));
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+    }
+}
