@@ -90,15 +90,19 @@ impl TokenSource {
         let answer = exchange(Stage::Token, request, &self.limits).await?;
         if answer.status.is_success() {
             let (value, lifetime) = parse_token(&answer.body)?;
-            let margin = RENEW_MARGIN.min(lifetime / 2);
             tracing::debug!(expires_in = lifetime.as_secs(), "obtained an access token");
             return Ok(CachedToken {
                 value,
-                renew_at: Instant::now() + lifetime - margin,
+                renew_at: Instant::now() + renew_after(lifetime),
             });
         }
         Err(token_error(&answer))
     }
+}
+
+/// How long a token of the given lifetime is used before a new one is requested.
+fn renew_after(lifetime: Duration) -> Duration {
+    lifetime - RENEW_MARGIN.min(lifetime / 2)
 }
 
 fn parse_token(body: &[u8]) -> Result<(SecretString, Duration), Error> {
@@ -212,6 +216,19 @@ mod tests {
         ] {
             assert!(parse_token(bad).is_err());
         }
+    }
+
+    #[test]
+    fn renewal_comes_before_expiry() {
+        assert_eq!(
+            renew_after(Duration::from_secs(3599)),
+            Duration::from_secs(3299)
+        );
+        assert_eq!(renew_after(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(
+            renew_after(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

@@ -366,10 +366,10 @@ pub enum ConfigError {
     EmptyVariable(&'static str),
     #[error("AZURE_AUTHORITY_HOST: {0}")]
     AuthorityHost(String),
-    #[error("cannot read --azure.client-secret-file {path:?}: {source}")]
+    #[error("cannot read --azure.client-secret-file {path:?}: {error}")]
     SecretFile {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("--azure.client-secret-file {0:?} is empty: write the client secret value into it")]
     EmptySecretFile(PathBuf),
@@ -444,9 +444,9 @@ impl Config {
 }
 
 fn read_secret_file(path: &PathBuf) -> Result<String, ConfigError> {
-    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+    let raw = std::fs::read_to_string(path).map_err(|error| ConfigError::SecretFile {
         path: path.clone(),
-        source,
+        error,
     })?;
     // Kubernetes and Docker secrets usually end with a newline the secret does not contain.
     let secret = raw.trim_end_matches(['\r', '\n']);

@@ -35,10 +35,10 @@ use crate::state::State;
 pub enum StartError {
     #[error("cannot set up the HTTP client: {0}")]
     HttpClient(String),
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {error}")]
     Bind {
         address: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot start the demo Graph: {0}")]
     Demo(std::io::Error),
@@ -59,6 +59,16 @@ impl Running {
 
 /// Binds, starts the refresher and the server, and returns once both are running.
 pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running, StartError> {
+    // Bind first, so that a busy port fails before anything else starts.
+    let address = config.listen_address.bind_target();
+    let listener = TcpListener::bind(&address)
+        .await
+        .map_err(|error| StartError::Bind { address, error })?;
+    let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
+        address: config.listen_address.to_string(),
+        error,
+    })?;
+
     let http =
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
     let mut tasks = JoinSet::new();
@@ -91,15 +101,6 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     let graph = GraphClient::new(http, graph, tokens, limits());
     let state = State::new(tenant, config.periods.iter());
     let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
-
-    let address = config.listen_address.bind_target();
-    let listener = TcpListener::bind(&address)
-        .await
-        .map_err(|source| StartError::Bind { address, source })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        address: config.listen_address.to_string(),
-        source,
-    })?;
 
     let app = web::app(refresher.published(), &config.telemetry_path);
     let shutdown = cancel.clone().cancelled_owned();

@@ -1,0 +1,536 @@
+//! The Graph protocol end to end: token, redirect, download and CSV, as seen on /metrics.
+
+use std::time::Duration;
+
+use sfb_exporter::config::Period;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+
+fn activity(period: &str, kind: &str) -> String {
+    format!(
+        r#"sfb_organizer_activity_seconds{{conference_type="{kind}",period="{period}",tenant="{TENANT}"}}"#
+    )
+}
+
+fn per_period(name: &str, period: &str) -> String {
+    format!(r#"{name}{{period="{period}",tenant="{TENANT}"}}"#)
+}
+
+fn failures(period: &str, reason: &str) -> String {
+    format!(
+        r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
+    )
+}
+
+fn refreshed(period: &str) -> impl Fn(&str) -> bool {
+    let series = per_period("sfb_refresh_success", period);
+    move |body| sample(body, &series).is_some()
+}
+
+#[tokio::test]
+async fn redirect_is_followed_without_authorization_and_newest_row_published() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).expect(1).mount(&graph).await;
+    let csv =
+        format!("{HEADER}\n2024-03-05,2024-03-03,7,10,1,0\n2024-03-05,2024-03-04,7,120,30.5,2\n");
+    mount_report(&graph, &download, Period::D7, &csv).await;
+    let app = spawn_app(graph, download, Options::default()).await;
+
+    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D7")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, &activity("D7", "audio_video")), Some(7200.0));
+    assert_eq!(
+        sample(&body, &activity("D7", "dial_in_microsoft")),
+        Some(1830.0)
+    );
+    assert_eq!(
+        sample(&body, &activity("D7", "dial_out_microsoft")),
+        Some(120.0)
+    );
+    // 2024-03-04T00:00:00Z and 2024-03-05T00:00:00Z.
+    assert_eq!(
+        sample(
+            &body,
+            &per_period("sfb_report_date_timestamp_seconds", "D7")
+        ),
+        Some(1_709_510_400.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &per_period("sfb_report_refresh_timestamp_seconds", "D7")
+        ),
+        Some(1_709_596_800.0)
+    );
+    assert_eq!(
+        sample(&body, &per_period("sfb_report_rows", "D7")),
+        Some(2.0)
+    );
+    let last = sample(
+        &body,
+        &per_period("sfb_refresh_last_success_timestamp_seconds", "D7"),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 60.0, "{last} vs {now}");
+    for reason in [
+        "auth",
+        "forbidden",
+        "throttled",
+        "http",
+        "timeout",
+        "parse",
+        "too_large",
+        "network",
+    ] {
+        assert_eq!(
+            sample(&body, &failures("D7", reason)),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+
+    let reports = app.requests_to(&app.graph, "/v1.0/reports/").await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].headers["authorization"],
+        format!("Bearer {ACCESS_TOKEN}").as_str()
+    );
+    let downloads = app.requests_to(&app.download, "/reports/").await;
+    assert_eq!(downloads.len(), 1);
+    assert!(!downloads[0].headers.contains_key("authorization"));
+    assert_eq!(downloads[0].url.query(), Some(DOWNLOAD_SIG));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_direct_200_with_the_csv_is_accepted() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path(report_path(Period::D30)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(format!("{HEADER}\n2024-03-05,2024-03-04,30,1,2,3\n")),
+        )
+        .mount(&graph)
+        .await;
+    let app = spawn_app(
+        graph,
+        download,
+        Options {
+            periods: vec![Period::D30],
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = app
+        .metrics_when("the first refresh", refreshed("D30"))
+        .await;
+    assert_eq!(
+        sample(&body, &activity("D30", "dial_out_microsoft")),
+        Some(180.0),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn csv_quirks_bom_crlf_column_order_row_order_empty_cells() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    let csv = "\u{FEFF}Dial-out Microsoft,Report Date,Audio/Video,New Column,Dial-in Microsoft,Report Period,Report Refresh Date\r\n\
+               ,2024-03-02,5,x,,180,2024-03-05\r\n\
+               4,2024-03-04,,y,9,180,2024-03-05\r\n\
+               1,2024-03-03,7,z,1,180,2024-03-05\r\n";
+    mount_report(&graph, &download, Period::D180, csv).await;
+    let app = spawn_app(
+        graph,
+        download,
+        Options {
+            periods: vec![Period::D180],
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = app
+        .metrics_when("the first refresh", refreshed("D180"))
+        .await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D180")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &per_period("sfb_report_rows", "D180")),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &per_period("sfb_report_date_timestamp_seconds", "D180")
+        ),
+        Some(1_709_510_400.0)
+    );
+    assert_eq!(sample(&body, &activity("D180", "audio_video")), Some(0.0));
+    assert_eq!(
+        sample(&body, &activity("D180", "dial_in_microsoft")),
+        Some(540.0)
+    );
+    assert_eq!(
+        sample(&body, &activity("D180", "dial_out_microsoft")),
+        Some(240.0)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn header_only_report_is_a_success_without_activity_series() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    mount_report(
+        &graph,
+        &download,
+        Period::D90,
+        &format!("\u{FEFF}{HEADER}\r\n"),
+    )
+    .await;
+    let app = spawn_app(
+        graph,
+        download,
+        Options {
+            periods: vec![Period::D90],
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = app
+        .metrics_when("the first refresh", refreshed("D90"))
+        .await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D90")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &per_period("sfb_report_rows", "D90")),
+        Some(0.0)
+    );
+    assert!(!body.contains("sfb_organizer_activity_seconds{"), "{body}");
+    assert!(
+        !body.contains("sfb_report_date_timestamp_seconds{"),
+        "{body}"
+    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_token_serves_every_period_and_cycle() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).expect(1).mount(&graph).await;
+    let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n");
+    for period in Period::ALL {
+        mount_report(&graph, &download, period, &csv).await;
+    }
+    let options = Options {
+        periods: Period::ALL.to_vec(),
+        interval: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    // Three cycles of four periods.
+    assert!(
+        eventually(|| async { app.requests_to(&app.download, "/reports/").await.len() >= 12 })
+            .await
+    );
+    assert_eq!(
+        app.requests_to(&app.graph, "/oauth2/v2.0/token")
+            .await
+            .len(),
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_renewed() {
+    let (graph, download) = mock_servers().await;
+    // A short-lived token is not reused past its lifetime (when exactly it is renewed is
+    // unit-tested in auth.rs).
+    token_mock(2).mount(&graph).await;
+    mount_report(&graph, &download, Period::D7, &format!("{HEADER}\n")).await;
+    let options = Options {
+        interval: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    assert!(
+        eventually(|| async {
+            app.requests_to(&app.graph, "/oauth2/v2.0/token")
+                .await
+                .len()
+                >= 2
+        })
+        .await
+    );
+    let body = app.metrics();
+    assert_eq!(
+        sample(&body.await, &per_period("sfb_refresh_success", "D7")),
+        Some(1.0)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_replaced_and_the_request_retried_once() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).expect(2).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path(report_path(Period::D7)))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!(
+            {"error": {"code": "InvalidAuthenticationToken", "message": "Access token has expired."}})))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&graph)
+        .await;
+    mount_report(
+        &graph,
+        &download,
+        Period::D7,
+        &format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"),
+    )
+    .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D7")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, &failures("D7", "auth")), Some(0.0));
+    assert_eq!(app.requests_to(&app.graph, "/v1.0/reports/").await.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    let good = format!("{HEADER}\n2024-03-05,2024-03-04,7,120,30,2\n");
+    // First cycle good, second a server error, third an unparsable body, then good again.
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    download_mock(Period::D7, good.clone())
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&download)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&download)
+        .await;
+    download_mock(
+        Period::D7,
+        "<html><body>Sign in to your account</body></html>",
+    )
+    .up_to_n_times(1)
+    .with_priority(3)
+    .mount(&download)
+    .await;
+    download_mock(Period::D7, good)
+        .with_priority(4)
+        .mount(&download)
+        .await;
+    let options = Options {
+        interval: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+
+    let body = app
+        .metrics_when("the server error", |b| {
+            sample(b, &failures("D7", "http")) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D7")),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &activity("D7", "audio_video")),
+        Some(7200.0),
+        "last values kept"
+    );
+    assert_eq!(
+        sample(&body, &per_period("sfb_report_rows", "D7")),
+        Some(1.0)
+    );
+    let body = app
+        .metrics_when("the parse failure", |b| {
+            sample(b, &failures("D7", "parse")) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &activity("D7", "audio_video")),
+        Some(7200.0),
+        "last values kept"
+    );
+    let (_, readyz) = app.readyz().await;
+    assert_eq!(
+        readyz["ready"], true,
+        "readiness needs one success, which stays"
+    );
+    app.metrics_when("recovery", |b| {
+        sample(b, &per_period("sfb_refresh_success", "D7")) == Some(1.0)
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_report_publishes_nothing_partial() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-03,7,1,two,3\n");
+    mount_report(&graph, &download, Period::D7, &csv).await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D7")),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, &failures("D7", "parse")), Some(1.0));
+    assert!(!body.contains("sfb_organizer_activity_seconds{"), "{body}");
+    assert!(!body.contains("sfb_report_rows{"), "{body}");
+    let (status, readyz) = app.readyz().await;
+    assert_eq!(status, 503);
+    let error = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("parse: report rejected: line 3: Dial-in Microsoft \"two\""),
+        "{error}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forbidden_is_its_own_reason() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path(report_path(Period::D7)))
+        .respond_with(ResponseTemplate::new(403).set_body_json(serde_json::json!(
+            {"error": {"code": "S2SUnauthorized", "message": "Invalid scope claims/roles.",
+                       "innerError": {"request-id": "req-123"}}})))
+        .mount(&graph)
+        .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    assert_eq!(
+        sample(&body, &failures("D7", "forbidden")),
+        Some(1.0),
+        "{body}"
+    );
+    let (_, readyz) = app.readyz().await;
+    let error = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("Reports.Read.All") && error.contains("request-id req-123"),
+        "{error}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_is_an_auth_failure() {
+    let (graph, download) = mock_servers().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "error": "invalid_client",
+            "error_description": "AADSTS7000215: Invalid client secret provided.",
+            "error_codes": [7000215]})))
+        .mount(&graph)
+        .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    assert_eq!(sample(&body, &failures("D7", "auth")), Some(1.0), "{body}");
+    assert!(app
+        .requests_to(&app.graph, "/v1.0/reports/")
+        .await
+        .is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unchanged_report_answers_304_and_keeps_its_values() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path(report_path(Period::D7)))
+        .and(header("if-none-match", "\"v1\""))
+        .respond_with(ResponseTemplate::new(304))
+        .with_priority(1)
+        .mount(&graph)
+        .await;
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path("/reports/D7.csv"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("etag", "\"v1\"")
+                .set_body_string(format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n")),
+        )
+        .expect(1)
+        .mount(&download)
+        .await;
+    let options = Options {
+        interval: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    assert!(
+        eventually(|| async { app.requests_to(&app.graph, "/v1.0/reports/").await.len() >= 3 })
+            .await
+    );
+    let body = app.metrics().await;
+    assert_eq!(
+        sample(&body, &per_period("sfb_refresh_success", "D7")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, &activity("D7", "audio_video")), Some(60.0));
+    assert_eq!(sample(&body, &failures("D7", "http")), Some(0.0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_never_reach_metrics_or_readiness() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&download)
+        .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    app.metrics_when("the first refresh", refreshed("D7")).await;
+    for path in ["/metrics", "/readyz", "/"] {
+        let body = app.get(path).await.text().await.unwrap();
+        for secret in [CLIENT_SECRET, ACCESS_TOKEN, DOWNLOAD_SIG] {
+            assert!(!body.contains(secret), "{secret} in {path}: {body}");
+        }
+    }
+    app.stop().await;
+}
