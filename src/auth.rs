@@ -14,6 +14,8 @@ use crate::http::{exchange, Answer, Limits};
 
 /// Renew this long before the token expires, but never later than half its lifetime.
 const RENEW_MARGIN: Duration = Duration::from_secs(300);
+/// Tokens live about an hour; a longer claimed lifetime is capped rather than trusted.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 pub struct TokenSource {
     http: reqwest::Client,
@@ -126,7 +128,10 @@ fn parse_token(body: &[u8]) -> Result<(SecretString, Duration), Error> {
     }
     .filter(|&s| s > 0)
     .ok_or_else(|| bad("a positive expires_in"))?;
-    Ok((SecretString::from(token), Duration::from_secs(expires_in)))
+    Ok((
+        SecretString::from(token),
+        Duration::from_secs(expires_in).min(MAX_LIFETIME),
+    ))
 }
 
 /// Turns a refused token request into one actionable line, classified by `error_codes` (the
@@ -209,6 +214,9 @@ mod tests {
         assert_eq!((t.expose_secret(), d.as_secs()), ("abc", 3599));
         let (_, d) = parse_token(br#"{"expires_in":"60","access_token":"abc"}"#).unwrap();
         assert_eq!(d.as_secs(), 60);
+        let (_, d) =
+            parse_token(br#"{"expires_in":18446744073709551615,"access_token":"abc"}"#).unwrap();
+        assert_eq!(d, MAX_LIFETIME);
         for bad in [
             &b"<html>"[..],
             br#"{"expires_in":1}"#,

@@ -10,6 +10,8 @@ use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
+pub use crate::graph::RetryPolicy;
+
 /// Port from the 9xxx range that the Prometheus default-port-allocations list leaves unused:
 /// 9100-9999 is fully allocated to exporters, 9090-9094 to Prometheus' own components.
 pub const DEFAULT_PORT: u16 = 9065;
@@ -17,6 +19,9 @@ pub const DEFAULT_PORT: u16 = 9065;
 /// Graph allows 14 CSV report requests per 10 minutes per app and tenant.
 const GRAPH_REQUESTS_PER_WINDOW: u32 = 14;
 const GRAPH_WINDOW: Duration = Duration::from_secs(600);
+
+/// Longer durations are surely typos, and timers this far out are where clocks overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const AFTER_HELP: &str = "\
 Identity (ignored with --demo), read from the environment variables the Azure SDKs use:
@@ -66,6 +71,10 @@ pub struct Args {
     /// Largest response body accepted from Graph or the identity platform, in bytes.
     #[arg(long = "graph.max-body-bytes", value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_body_bytes: u64,
+
+    /// Retries within one refresh after 429, 502-504 or a connection error.
+    #[arg(long = "graph.max-retries", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub max_retries: u32,
 
     /// File holding the client secret (Docker and Kubernetes secrets); overrides AZURE_CLIENT_SECRET.
     #[arg(long = "azure.client-secret-file", value_name = "PATH")]
@@ -304,6 +313,11 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     if d < Duration::from_secs(1) {
         return Err(format!("refresh interval {s:?} is below the minimum of 1s"));
     }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "refresh interval {s:?} is above the maximum of 365d"
+        ));
+    }
     Ok(d)
 }
 
@@ -311,6 +325,9 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
         return Err("a timeout of 0 would fail every request: give e.g. 30s".to_string());
+    }
+    if d > MAX_DURATION {
+        return Err(format!("timeout {s:?} is above the maximum of 365d"));
     }
     Ok(d)
 }
@@ -355,6 +372,7 @@ pub struct Config {
     pub refresh_interval: Duration,
     pub graph_timeout: Duration,
     pub max_body_bytes: u64,
+    pub retry: RetryPolicy,
     pub source: Source,
 }
 
@@ -421,6 +439,10 @@ impl Config {
             refresh_interval: args.refresh_interval,
             graph_timeout: args.graph_timeout,
             max_body_bytes: args.max_body_bytes,
+            retry: RetryPolicy {
+                max_retries: args.max_retries,
+                ..RetryPolicy::default()
+            },
             source,
         })
     }
@@ -556,6 +578,8 @@ mod tests {
             vec!["--refresh.interval", "500ms"],
             vec!["--refresh.interval", "soon"],
             vec!["--graph.timeout", "0s"],
+            vec!["--refresh.interval", "366d"],
+            vec!["--graph.timeout", "1000000years"],
         ] {
             assert!(args(&bad).is_err(), "{bad:?} accepted");
         }

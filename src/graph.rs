@@ -1,5 +1,7 @@
 //! The report request: bearer token, one redirect to a pre-authenticated download, CSV body.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use reqwest::header::{ETAG, IF_NONE_MATCH, LOCATION, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -16,6 +18,63 @@ pub struct GraphClient {
     graph: Url,
     tokens: TokenSource,
     limits: Limits,
+    retry: RetryPolicy,
+}
+
+/// Retries within one refresh, for the failures that are worth another try soon.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    /// First backoff when the server gives no Retry-After; doubled on each retry.
+    pub base_delay: Duration,
+    /// Longest wait; a Retry-After beyond it ends the refresh instead.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait before retry number `retry` (from 0) after `error`, or None to give up.
+    /// 429 waits what Retry-After says; 502, 503, 504 and connection errors back off
+    /// exponentially with jitter. Anything else (400, 403, parse errors, ...) is not retried.
+    pub fn delay(&self, error: &Error, retry: u32) -> Option<Duration> {
+        if retry >= self.max_retries {
+            return None;
+        }
+        match error {
+            Error::Throttled {
+                retry_after: Some(wait),
+                ..
+            } => (*wait <= self.max_delay).then_some(*wait),
+            Error::Throttled {
+                retry_after: None, ..
+            }
+            | Error::Network { .. } => Some(self.backoff(retry)),
+            Error::Http {
+                status: Some(502..=504),
+                ..
+            } => Some(self.backoff(retry)),
+            _ => None,
+        }
+    }
+
+    /// Exponential backoff with jitter: a random point in the upper half of the window, so
+    /// that periods failing together do not retry together.
+    fn backoff(&self, retry: u32) -> Duration {
+        let window = self
+            .base_delay
+            .saturating_mul(1 << retry.min(20))
+            .min(self.max_delay);
+        window.mul_f64(0.5 + 0.5 * fastrand::f64())
+    }
 }
 
 /// What a report request brought.
@@ -35,12 +94,14 @@ impl GraphClient {
         graph: Url,
         tokens: TokenSource,
         limits: Limits,
+        retry: RetryPolicy,
     ) -> GraphClient {
         GraphClient {
             http,
             graph,
             tokens,
             limits,
+            retry,
         }
     }
 
@@ -57,8 +118,34 @@ impl GraphClient {
         url
     }
 
-    /// Fetches one period's report. A token Graph rejects with 401 is dropped and replaced once.
+    /// Fetches one period's report, retrying as the retry policy allows.
     pub async fn fetch(&self, period: Period, etag: Option<&str>) -> Result<Fetched, Error> {
+        let mut retry = 0;
+        loop {
+            let error = match self.fetch_reauthenticating(period, etag).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(error) => error,
+            };
+            let Some(wait) = self.retry.delay(&error, retry) else {
+                return Err(error);
+            };
+            retry += 1;
+            tracing::info!(
+                %period,
+                reason = %error.reason(),
+                "{error}; retry {retry} of {} in {wait:.1?}",
+                self.retry.max_retries
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A token Graph rejects with 401 is dropped and replaced once.
+    async fn fetch_reauthenticating(
+        &self,
+        period: Period,
+        etag: Option<&str>,
+    ) -> Result<Fetched, Error> {
         match self.fetch_once(period, etag).await {
             Err(Unauthorized(token, _)) => {
                 tracing::info!(%period, "Graph rejected the cached access token; requesting a new one");
@@ -189,7 +276,7 @@ fn unexpected(stage: Stage, answer: &Answer) -> Error {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok())
-                .map(std::time::Duration::from_secs),
+                .map(Duration::from_secs),
         },
         status => Error::Http {
             stage,
@@ -197,5 +284,89 @@ fn unexpected(stage: Stage, answer: &Answer) -> Error {
             request_id,
             detail: answer.describe(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RequestId;
+
+    fn http(status: u16) -> Error {
+        Error::Http {
+            stage: Stage::Report,
+            status: Some(status),
+            request_id: RequestId::default(),
+            detail: String::new(),
+        }
+    }
+
+    fn throttled(retry_after: Option<u64>) -> Error {
+        Error::Throttled {
+            stage: Stage::Report,
+            request_id: RequestId::default(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn what_is_retried_and_how_long_it_waits() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+        };
+        assert_eq!(
+            policy.delay(&throttled(Some(7)), 0),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            policy.delay(&throttled(Some(61)), 0),
+            None,
+            "beyond max_delay"
+        );
+        assert_eq!(
+            policy.delay(&throttled(Some(1)), 3),
+            None,
+            "retries exhausted"
+        );
+        for retry in 0..3 {
+            let window = Duration::from_secs(2 << retry);
+            for error in [throttled(None), http(503), http(504), http(502)] {
+                let wait = policy.delay(&error, retry).unwrap();
+                assert!(
+                    wait >= window / 2 && wait <= window,
+                    "{wait:?} for retry {retry}"
+                );
+            }
+        }
+        let network = Error::Network {
+            stage: Stage::Download,
+            detail: String::new(),
+        };
+        assert!(policy.delay(&network, 0).is_some());
+        for never in [
+            http(400),
+            http(404),
+            http(500),
+            Error::Forbidden {
+                stage: Stage::Report,
+                request_id: RequestId::default(),
+            },
+            Error::Timeout {
+                stage: Stage::Report,
+                timeout: Duration::from_secs(1),
+            },
+            Error::Parse(crate::report::ReportError::Empty),
+        ] {
+            assert_eq!(policy.delay(&never, 0), None, "{never}");
+        }
+        // The window stops doubling at max_delay.
+        assert!(policy.delay(&http(503), 2).unwrap() <= Duration::from_secs(60));
+        let long = RetryPolicy {
+            max_retries: 40,
+            ..policy
+        };
+        assert!(long.delay(&http(503), 39).unwrap() <= Duration::from_secs(60));
     }
 }

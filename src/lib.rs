@@ -98,7 +98,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         max_body_bytes: config.max_body_bytes,
     };
     let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
-    let graph = GraphClient::new(http, graph, tokens, limits());
+    let graph = GraphClient::new(http, graph, tokens, limits(), config.retry);
     let state = State::new(tenant, config.periods.iter());
     let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
 

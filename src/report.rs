@@ -361,3 +361,112 @@ mod tests {
         assert!(!err.contains(['\n', '\r', '\x07']), "{err:?}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use time::Duration;
+
+    const COLUMNS: [&str; 7] = [
+        REFRESH_DATE,
+        REPORT_DATE,
+        "Report Period",
+        AUDIO_VIDEO,
+        DIAL_IN,
+        DIAL_OUT,
+        "Some Future Column",
+    ];
+
+    /// A cell as Graph might write it: zero sometimes as an empty cell.
+    fn minutes() -> impl Strategy<Value = (f64, bool)> {
+        (
+            prop_oneof![Just(0.0), 0.0..1e9f64, (0u32..100_000).prop_map(f64::from)],
+            any::<bool>(),
+        )
+    }
+
+    fn row() -> impl Strategy<Value = (Row, [bool; 3])> {
+        (0i64..3650, 0i64..10, minutes(), minutes(), minutes()).prop_map(
+            |(day, lag, av, din, dout)| {
+                let epoch = time::macros::date!(2015 - 01 - 01);
+                let row = Row {
+                    report_refresh_date: epoch + Duration::days(day + lag),
+                    report_date: epoch + Duration::days(day),
+                    audio_video_minutes: av.0,
+                    dial_in_microsoft_minutes: din.0,
+                    dial_out_microsoft_minutes: dout.0,
+                };
+                (row, [av.1, din.1, dout.1])
+            },
+        )
+    }
+
+    fn render(rows: &[(Row, [bool; 3])], columns: &[&str], bom: bool, eol: &str) -> String {
+        let mut out = String::new();
+        if bom {
+            out.push('\u{FEFF}');
+        }
+        out.push_str(&columns.join(","));
+        for (row, blank) in rows {
+            out.push_str(eol);
+            let number = |v: f64, blank: bool| {
+                if v == 0.0 && blank {
+                    String::new()
+                } else {
+                    v.to_string()
+                }
+            };
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|c| match *c {
+                    REFRESH_DATE => row.report_refresh_date.to_string(),
+                    REPORT_DATE => row.report_date.to_string(),
+                    AUDIO_VIDEO => number(row.audio_video_minutes, blank[0]),
+                    DIAL_IN => number(row.dial_in_microsoft_minutes, blank[1]),
+                    DIAL_OUT => number(row.dial_out_microsoft_minutes, blank[2]),
+                    "Report Period" => "180".into(),
+                    _ => "\"quoted, with comma\"".into(),
+                })
+                .collect();
+            out.push_str(&cells.join(","));
+        }
+        out.push_str(eol);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn generated_reports_round_trip(
+            rows in prop::collection::vec(row(), 0..40),
+            columns in Just(COLUMNS.to_vec()).prop_shuffle(),
+            bom in any::<bool>(),
+            crlf in any::<bool>(),
+        ) {
+            let body = render(&rows, &columns, bom, if crlf { "\r\n" } else { "\n" });
+            let report = parse(body.as_bytes()).unwrap();
+            let expected: Vec<Row> = rows.iter().map(|(r, _)| *r).collect();
+            prop_assert_eq!(&report.rows, &expected);
+            let newest = expected.iter().map(|r| r.report_date).max();
+            prop_assert_eq!(report.newest().map(|r| r.report_date), newest);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse(&body);
+        }
+
+        #[test]
+        fn csv_like_noise_never_panics(parts in prop::collection::vec(prop_oneof![
+            Just(REPORT_DATE.to_string()), Just(REFRESH_DATE.to_string()), Just(AUDIO_VIDEO.to_string()),
+            Just(DIAL_IN.to_string()), Just(DIAL_OUT.to_string()), Just(",".to_string()),
+            Just("\n".to_string()), Just("\r\n".to_string()), Just("\"".to_string()),
+            Just("\u{FEFF}".to_string()), "[0-9T:Z .e+-]{0,14}", "\\PC{0,6}",
+        ], 0..120)) {
+            let body = parts.concat();
+            if let Err(e) = parse(body.as_bytes()) {
+                prop_assert!(!e.to_string().contains(['\n', '\r']));
+            }
+        }
+    }
+}

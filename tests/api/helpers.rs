@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sfb_exporter::config::{Config, Identity, Period, Periods, Source};
+use sfb_exporter::config::{Config, Identity, Period, Periods, RetryPolicy, Source};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use wiremock::matchers::{body_string_contains, header, method, path};
@@ -34,6 +34,8 @@ pub struct Options {
     pub periods: Vec<Period>,
     pub interval: Duration,
     pub timeout: Duration,
+    pub max_body_bytes: u64,
+    pub retry: RetryPolicy,
 }
 
 impl Default for Options {
@@ -42,6 +44,13 @@ impl Default for Options {
             periods: vec![Period::D7],
             interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
+            max_body_bytes: 4 * 1024 * 1024,
+            // The production schedule, compressed so retries take milliseconds.
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_secs(2),
+            },
         }
     }
 }
@@ -59,7 +68,8 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         periods: Periods::new(options.periods).unwrap(),
         refresh_interval: options.interval,
         graph_timeout: options.timeout,
-        max_body_bytes: 4 * 1024 * 1024,
+        max_body_bytes: options.max_body_bytes,
+        retry: options.retry,
         source: Source::Azure {
             identity: Identity {
                 tenant_id: TENANT.into(),

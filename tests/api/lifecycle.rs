@@ -1,42 +1,8 @@
 //! The binary as an operator meets it: bad configuration, demo mode, signals.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
 use crate::helpers::eventually;
+use crate::process::{assert_one_line, exporter, run, Process};
 use crate::promtool::promtool_check;
-
-fn exporter() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfb-exporter"));
-    cmd.env_clear().stdin(Stdio::null());
-    cmd
-}
-
-/// Runs to completion and returns (exit code, stderr).
-fn run(cmd: &mut Command) -> (i32, String) {
-    let out = cmd.output().expect("binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_one_line(stderr: &str, needles: &[&str]) {
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "not one line: {stderr:?}"
-    );
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "{needle:?} missing from {stderr:?}"
-        );
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
 
 #[test]
 fn bad_flags_fail_with_one_clear_line() {
@@ -110,76 +76,6 @@ fn help_and_version_exit_zero() {
         .unwrap()
         .status
         .success());
-}
-
-/// A running exporter process, killed if the test fails before it stops it.
-struct Process {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn spawn(cmd: &mut Command) -> Process {
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pipe = child.stderr.take().unwrap();
-        let (tx, stderr) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Process { child, stderr }
-    }
-
-    /// The first log line (JSON) that `matches`, or a panic after a generous deadline.
-    fn log_line(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(Duration::from_secs(15))
-                .expect("expected log line within 15s");
-            let json: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if matches(&json) {
-                return json;
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no exit within 10s of the signal"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 #[tokio::test]

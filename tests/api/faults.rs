@@ -1,0 +1,568 @@
+//! Fault injection: what Graph and the identity platform do in practice, and what the exporter
+//! makes of it, asserted on /metrics, on logs and on time.
+
+use std::time::{Duration, Instant};
+
+use sfb_exporter::config::Period;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+use crate::process::{exporter_against, Process};
+
+const GOOD: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
+
+fn per_period(name: &str, period: Period) -> String {
+    format!(r#"{name}{{period="{period}",tenant="{TENANT}"}}"#)
+}
+
+fn failures(period: Period, reason: &str) -> String {
+    format!(
+        r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
+    )
+}
+
+fn success(period: Period) -> String {
+    per_period("sfb_refresh_success", period)
+}
+
+/// Waits for the first finished attempt of `period` and returns /metrics then.
+async fn first_attempt(app: &TestApp, period: Period) -> String {
+    let series = success(period);
+    app.metrics_when("the first attempt", |b| sample(b, &series).is_some())
+        .await
+}
+
+fn report_answer(period: Period, answer: ResponseTemplate) -> Mock {
+    Mock::given(method("GET"))
+        .and(path(report_path(period)))
+        .respond_with(answer)
+}
+
+async fn report_requests(app: &TestApp) -> usize {
+    app.requests_to(&app.graph, "/v1.0/reports/").await.len()
+}
+
+#[tokio::test]
+async fn throttling_waits_retry_after_then_succeeds_within_the_cycle() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    report_answer(
+        Period::D7,
+        ResponseTemplate::new(429).insert_header("retry-after", "1"),
+    )
+    .up_to_n_times(2)
+    .with_priority(1)
+    .mount(&graph)
+    .await;
+    mount_report(&graph, &download, Period::D7, GOOD).await;
+    let started = Instant::now();
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After not honoured"
+    );
+    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
+    assert_eq!(sample(&body, &failures(Period::D7, "throttled")), Some(0.0));
+    assert_eq!(report_requests(&app).await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn persistent_throttling_is_counted_once_when_the_cycle_gives_up() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    report_answer(
+        Period::D7,
+        ResponseTemplate::new(429).insert_header("retry-after", "0"),
+    )
+    .mount(&graph)
+    .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "throttled")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(report_requests(&app).await, 4, "one try and three retries");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn throttling_without_retry_after_backs_off_and_a_long_retry_after_gives_up() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    report_answer(Period::D7, ResponseTemplate::new(429))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&graph)
+        .await;
+    mount_report(&graph, &download, Period::D7, GOOD).await;
+    report_answer(
+        Period::D30,
+        ResponseTemplate::new(429).insert_header("retry-after", "3600"),
+    )
+    .mount(&graph)
+    .await;
+    let options = Options {
+        periods: vec![Period::D7, Period::D30],
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
+    let body = first_attempt(&app, Period::D30).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D30, "throttled")),
+        Some(1.0),
+        "{body}"
+    );
+    let d30 = app.requests_to(&app.graph, "(period='D30')").await.len();
+    assert_eq!(
+        d30, 1,
+        "a Retry-After beyond the policy's limit ends the cycle at once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn transient_server_errors_are_retried_with_backoff() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    report_answer(Period::D7, ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&graph)
+        .await;
+    report_answer(Period::D7, ResponseTemplate::new(504))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&graph)
+        .await;
+    mount_report(&graph, &download, Period::D7, GOOD).await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
+    assert_eq!(sample(&body, &failures(Period::D7, "http")), Some(0.0));
+    assert_eq!(report_requests(&app).await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn client_errors_are_never_retried() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    report_answer(Period::D7, ResponseTemplate::new(400))
+        .mount(&graph)
+        .await;
+    report_answer(Period::D30, ResponseTemplate::new(403))
+        .mount(&graph)
+        .await;
+    let options = Options {
+        periods: vec![Period::D7, Period::D30],
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app
+        .metrics_when("both attempts", |b| {
+            b.matches("sfb_refresh_success{").count() == 2
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "http")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &failures(Period::D30, "forbidden")),
+        Some(1.0),
+        "{body}"
+    );
+    // Let any (wrong) retry happen before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(report_requests(&app).await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried_then_counted_as_network() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    report_answer(
+        Period::D7,
+        ResponseTemplate::new(302).insert_header(
+            "location",
+            format!("http://{closed}/r.csv?{DOWNLOAD_SIG}").as_str(),
+        ),
+    )
+    .mount(&graph)
+    .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "network")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        report_requests(&app).await,
+        4,
+        "each retry asks for a fresh download URL"
+    );
+    let (_, readyz) = app.readyz().await;
+    let error = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
+    assert!(
+        !error.contains(DOWNLOAD_SIG) && !error.contains(&closed.to_string()),
+        "{error}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_401_is_an_auth_failure() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).expect(2).mount(&graph).await;
+    report_answer(Period::D7, ResponseTemplate::new(401))
+        .mount(&graph)
+        .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "auth")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(report_requests(&app).await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    mount_report(&graph, &download, Period::D30, GOOD).await;
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path("/reports/D7.csv"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(GOOD)
+                .set_delay(Duration::from_secs(60)),
+        )
+        .mount(&download)
+        .await;
+    let options = Options {
+        periods: vec![Period::D7, Period::D30],
+        timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let app = spawn_app(graph, download, options).await;
+
+    let body = first_attempt(&app, Period::D30).await;
+    assert_eq!(sample(&body, &success(Period::D30)), Some(1.0));
+    assert_eq!(
+        sample(&body, &success(Period::D7)),
+        None,
+        "D7 is still hanging: {body}"
+    );
+    // Scrapes and health checks answer at once while D7 hangs.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let asked = Instant::now();
+        app.get(path).await;
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{path} took {:?}",
+            asked.elapsed()
+        );
+    }
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "timeout")),
+        Some(1.0),
+        "{body}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_past_the_size_cap_are_refused() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    let big = format!("{GOOD}{}", "2024-03-05,2024-03-03,7,1,2,3\n".repeat(200));
+    mount_report(&graph, &download, Period::D7, &big).await;
+    report_answer(
+        Period::D30,
+        ResponseTemplate::new(200).set_body_string(big.clone()),
+    )
+    .mount(&graph)
+    .await;
+    let options = Options {
+        periods: vec![Period::D7, Period::D30],
+        max_body_bytes: 2048,
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app
+        .metrics_when("both attempts", |b| {
+            b.matches("sfb_refresh_success{").count() == 2
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "too_large")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &failures(Period::D30, "too_large")),
+        Some(1.0),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_one_redirect_hop_is_followed() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    // D7: the download redirects again, to itself.
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", download_url(&download, Period::D7).as_str()),
+        )
+        .mount(&download)
+        .await;
+    // D30: a redirect without Location.
+    report_answer(Period::D30, ResponseTemplate::new(302))
+        .mount(&graph)
+        .await;
+    let options = Options {
+        periods: vec![Period::D7, Period::D30],
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app
+        .metrics_when("both attempts", |b| {
+            b.matches("sfb_refresh_success{").count() == 2
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "http")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &failures(Period::D30, "http")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        app.requests_to(&app.download, "/reports/").await.len(),
+        1,
+        "no loop"
+    );
+    let (_, readyz) = app.readyz().await;
+    let d7 = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
+    assert!(d7.contains("second redirect"), "{d7}");
+    let d30 = readyz["periods"]["D30"]["last_error"].as_str().unwrap();
+    assert!(d30.contains("without a usable Location"), "{d30}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_are_rejected_whole_and_leave_other_periods_alone() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    let sign_in = "<!DOCTYPE html><html><head><title>Sign in to your account</title></head></html>";
+    let garbage: Vec<u8> = (0..2000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let missing_column = "Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft\n2024-03-05,2024-03-04,1,2\n";
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    download_mock(Period::D7, sign_in).mount(&download).await;
+    redirect_mock(Period::D30, &download).mount(&graph).await;
+    download_mock(Period::D30, garbage).mount(&download).await;
+    mount_report(&graph, &download, Period::D90, missing_column).await;
+    mount_report(&graph, &download, Period::D180, GOOD).await;
+    let options = Options {
+        periods: Period::ALL.to_vec(),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app
+        .metrics_when("every attempt", |b| {
+            b.matches("sfb_refresh_success{").count() == 4
+        })
+        .await;
+    for period in [Period::D7, Period::D30, Period::D90] {
+        assert_eq!(
+            sample(&body, &failures(period, "parse")),
+            Some(1.0),
+            "{period}: {body}"
+        );
+        assert_eq!(sample(&body, &per_period("sfb_report_rows", period)), None);
+    }
+    assert_eq!(sample(&body, &success(Period::D180)), Some(1.0), "{body}");
+    assert_eq!(
+        sample(&body, &per_period("sfb_report_rows", Period::D180)),
+        Some(1.0)
+    );
+    app.stop().await;
+}
+
+fn count(lines: &[serde_json::Value], message: &str) -> usize {
+    lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_logs_even_at_debug_level() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    // D7: the download fails; D30: the download host refuses connections; D90: it hangs past
+    // the timeout; D180: all good. Each error path sees the token or the download URL.
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path("/reports/D7.csv"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&download)
+        .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    report_answer(
+        Period::D30,
+        ResponseTemplate::new(302).insert_header(
+            "location",
+            format!("http://{closed}/r.csv?{DOWNLOAD_SIG}").as_str(),
+        ),
+    )
+    .mount(&graph)
+    .await;
+    redirect_mock(Period::D90, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .and(path("/reports/D90.csv"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&download)
+        .await;
+    mount_report(&graph, &download, Period::D180, GOOD).await;
+
+    let mut process = Process::spawn(&mut exporter_against(
+        &graph.uri(),
+        &[
+            "--log.level",
+            "debug",
+            "--graph.timeout",
+            "1s",
+            "--graph.max-retries",
+            "0",
+        ],
+    ));
+    let mut log =
+        process.log_until(|l| count(l, "refresh failed") + count(l, "report refreshed") == 4);
+    process.signal("TERM");
+    assert_eq!(process.wait_exit().code(), Some(0));
+    log.extend(process.rest_of_log());
+
+    let all = log.join("\n");
+    for secret in [
+        CLIENT_SECRET,
+        ACCESS_TOKEN,
+        DOWNLOAD_SIG,
+        "download-signature",
+    ] {
+        assert!(!all.contains(secret), "{secret} logged:\n{all}");
+    }
+    for reason in [
+        "\"reason\":\"http\"",
+        "\"reason\":\"network\"",
+        "\"reason\":\"timeout\"",
+    ] {
+        assert!(all.contains(reason), "{reason} not logged:\n{all}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_token_is_logged_with_its_code_and_what_to_do() {
+    let graph = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "error": "invalid_client",
+            "error_description": format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{CLIENT_ID}'.\r\nTrace ID: 0c5c\r\nCorrelation ID: 9a2e\r\nTimestamp: 2024-03-05 10:00:00Z"),
+            "error_codes": [7000215],
+            "trace_id": "0c5c",
+            "correlation_id": "9a2e"})))
+        .mount(&graph)
+        .await;
+    let mut process = Process::spawn(&mut exporter_against(
+        &graph.uri(),
+        &["--report.periods", "D7"],
+    ));
+    let log = process.log_until(|l| count(l, "refresh failed") == 1);
+    process.signal("TERM");
+    assert_eq!(process.wait_exit().code(), Some(0));
+    let line = log.iter().find(|l| l.contains("refresh failed")).unwrap();
+    for needle in [
+        "AADSTS7000215",
+        "AZURE_CLIENT_SECRET to the secret's value",
+        "\"reason\":\"auth\"",
+        "trace_id 0c5c",
+    ] {
+        assert!(line.contains(needle), "{needle} missing from {line}");
+    }
+    assert!(!line.contains(CLIENT_SECRET));
+}
+
+#[tokio::test]
+async fn sigterm_during_a_hung_fetch_exits_promptly() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
+        .mount(&download)
+        .await;
+    let mut process = Process::spawn(&mut exporter_against(
+        &graph.uri(),
+        &["--report.periods", "D7", "--graph.timeout", "100s"],
+    ));
+    process.log_line(|l| l["message"] == "sfb-exporter listening");
+    let in_flight = eventually(|| async {
+        !download
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    })
+    .await;
+    assert!(in_flight, "the download never started");
+    let signalled = Instant::now();
+    process.signal("TERM");
+    let status = process.wait_exit();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+}
