@@ -24,7 +24,14 @@ pub struct TokenSource {
     client_secret: SecretString,
     scope: String,
     limits: Limits,
-    cache: Mutex<Option<CachedToken>>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    token: Option<CachedToken>,
+    /// The last failed request and when it ended.
+    failure: Option<(Instant, Error)>,
 }
 
 struct CachedToken {
@@ -53,31 +60,48 @@ impl TokenSource {
             client_secret: identity.client_secret,
             scope: format!("{}/.default", graph.as_str().trim_end_matches('/')),
             limits,
-            cache: Mutex::new(None),
+            cache: Mutex::new(Cache::default()),
         }
     }
 
     /// A valid access token, from the cache when it has one. Holding the lock across the request
     /// makes concurrent periods wait for one token instead of each asking for its own.
     pub async fn token(&self) -> Result<SecretString, Error> {
+        let asked = Instant::now();
         let mut cache = self.cache.lock().await;
-        if let Some(cached) = cache.as_ref().filter(|c| Instant::now() < c.renew_at) {
+        if let Some(cached) = cache.token.as_ref().filter(|c| Instant::now() < c.renew_at) {
             return Ok(cached.value.clone());
         }
-        let fresh = self.request().await?;
-        let value = fresh.value.clone();
-        *cache = Some(fresh);
-        Ok(value)
+        // A request that failed while this one waited answers it too: repeating it at once
+        // would most likely fail the same way, after the same timeout.
+        if let Some((_, error)) = cache.failure.as_ref().filter(|(at, _)| *at >= asked) {
+            return Err(error.clone());
+        }
+        match self.request().await {
+            Ok(fresh) => {
+                let value = fresh.value.clone();
+                *cache = Cache {
+                    token: Some(fresh),
+                    failure: None,
+                };
+                Ok(value)
+            }
+            Err(error) => {
+                cache.failure = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 
     /// Forgets `rejected` after Graph refused it, unless another task already replaced it.
     pub async fn invalidate(&self, rejected: &SecretString) {
         let mut cache = self.cache.lock().await;
         if cache
+            .token
             .as_ref()
             .is_some_and(|c| c.value.expose_secret() == rejected.expose_secret())
         {
-            *cache = None;
+            cache.token = None;
         }
     }
 
@@ -142,7 +166,7 @@ fn token_error(answer: &Answer) -> Error {
         return Error::Throttled {
             stage: Stage::Token,
             request_id: Default::default(),
-            retry_after: None,
+            retry_after: answer.retry_after(),
         };
     }
     let json: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
@@ -169,7 +193,7 @@ fn token_error(answer: &Answer) -> Error {
         .and_then(|d| d.lines().next().map(str::to_string))
         .unwrap_or_default();
     let detail = match code.and_then(hint) {
-        Some(hint) => format!("{hint} ({error})"),
+        Some(hint) => format!("{hint} ({})", one_line(&error, 80)),
         None => one_line(&format!("{error}: {description}"), 300),
     };
     let trace = field("trace_id").map(|t| format!(" [trace_id {}]", one_line(&t, 64)));

@@ -37,8 +37,9 @@ impl fmt::Display for RequestId {
 }
 
 /// Every message is a single line and free of secrets: no token, no client secret and no
-/// download URL is ever put into an error.
-#[derive(Debug, thiserror::Error)]
+/// download URL is ever put into an error. Cloneable so that one failed token request can
+/// answer every period that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("token request rejected with HTTP {status}{}: {detail}", code.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
     Auth {
@@ -75,6 +76,13 @@ pub enum Error {
     TooLarge { stage: Stage, limit: u64 },
     #[error("{stage}: {detail}")]
     Network { stage: Stage, detail: String },
+    /// A failure after Graph answered the report request, tagged with that answer's request-id
+    /// (the download host and the CSV parser have none of their own to offer).
+    #[error("{error} (report request-id {request_id})")]
+    AfterReport {
+        request_id: String,
+        error: Box<Error>,
+    },
 }
 
 impl Error {
@@ -89,6 +97,27 @@ impl Error {
             Error::Parse(_) => Reason::Parse,
             Error::TooLarge { .. } => Reason::TooLarge,
             Error::Network { .. } => Reason::Network,
+            Error::AfterReport { error, .. } => error.reason(),
+        }
+    }
+
+    /// The failure itself, without request-id tagging.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::AfterReport { error, .. } => error.inner(),
+            other => other,
+        }
+    }
+
+    /// Tags the error with the report answer's request-id, when it has one and the error does
+    /// not already carry it.
+    pub fn after_report(self, request_id: &RequestId) -> Error {
+        match (&request_id.0, &self) {
+            (Some(id), e) if !e.to_string().contains(id.as_str()) => Error::AfterReport {
+                request_id: id.clone(),
+                error: Box::new(self),
+            },
+            _ => self,
         }
     }
 

@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{ETAG, IF_NONE_MATCH, LOCATION, RETRY_AFTER};
+use reqwest::header::{ETAG, IF_NONE_MATCH, LOCATION};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::auth::TokenSource;
 use crate::config::Period;
-use crate::error::{Error, Stage};
+use crate::error::{Error, RequestId, Stage};
 use crate::http::{exchange, Answer, Limits};
 
 pub struct GraphClient {
@@ -27,8 +27,10 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     /// First backoff when the server gives no Retry-After; doubled on each retry.
     pub base_delay: Duration,
-    /// Longest wait; a Retry-After beyond it ends the refresh instead.
+    /// Longest backoff window.
     pub max_delay: Duration,
+    /// Longest Retry-After honoured; beyond it the refresh ends and the next one tries again.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -37,23 +39,32 @@ impl Default for RetryPolicy {
             max_retries: 3,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(120),
+            // Graph's throttling window.
+            max_retry_after: Duration::from_secs(600),
         }
     }
 }
 
 impl RetryPolicy {
     /// How long to wait before retry number `retry` (from 0) after `error`, or None to give up.
-    /// 429 waits what Retry-After says; 502, 503, 504 and connection errors back off
-    /// exponentially with jitter. Anything else (400, 403, parse errors, ...) is not retried.
+    /// 429 waits what Retry-After says; 502, 503, 504, connection errors and a refused
+    /// download (its pre-authenticated URL may have expired: the retry asks for a new one) back
+    /// off exponentially with jitter. Anything else (400, 403, parse errors, timeouts) is not
+    /// retried.
     pub fn delay(&self, error: &Error, retry: u32) -> Option<Duration> {
         if retry >= self.max_retries {
             return None;
         }
-        match error {
+        match error.inner() {
             Error::Throttled {
                 retry_after: Some(wait),
                 ..
-            } => (*wait <= self.max_delay).then_some(*wait),
+            } => (*wait <= self.max_retry_after).then_some(*wait),
+            Error::Http {
+                stage: Stage::Download,
+                status: Some(401 | 403 | 404 | 410),
+                ..
+            } => Some(self.backoff(retry)),
             Error::Throttled {
                 retry_after: None, ..
             }
@@ -85,6 +96,8 @@ pub enum Fetched {
     Body {
         csv: Bytes,
         etag: Option<String>,
+        /// Graph's request-id for the report request, for errors found in the body later.
+        request_id: RequestId,
     },
 }
 
@@ -172,10 +185,24 @@ impl GraphClient {
         match answer.status {
             StatusCode::OK => Ok(Fetched::Body {
                 etag: etag_of(&answer),
+                request_id: answer.request_id(),
                 csv: answer.body,
             }),
             StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
-            s if s.is_redirection() => Ok(self.download(&url, &answer).await?),
+            s if s.is_redirection() => Ok(self
+                .download(&url, &answer)
+                .await
+                .map_err(|e| e.after_report(&answer.request_id()))?),
+            // A missing permission can come as 401 too; a new token would not help.
+            StatusCode::UNAUTHORIZED
+                if graph_code(&answer).as_deref() == Some("S2SUnauthorized") =>
+            {
+                Err(Error::Forbidden {
+                    stage: Stage::Report,
+                    request_id: answer.request_id(),
+                }
+                .into())
+            }
             StatusCode::UNAUTHORIZED => Err(Unauthorized(
                 token,
                 Error::Unauthorized {
@@ -197,22 +224,15 @@ impl GraphClient {
             request_id: redirect.request_id(),
             detail: format!("HTTP {}: {detail}", redirect.status.as_u16()),
         };
-        let location = redirect
-            .headers
-            .get(LOCATION)
-            .and_then(|l| l.to_str().ok())
-            .ok_or_else(|| http_error("redirect without a usable Location header"))?;
-        let target = base
-            .join(location)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| http_error("redirect to an invalid Location"))?;
+        let location = redirect.headers.get(LOCATION).and_then(|l| l.to_str().ok());
+        let target = redirect_target(base, location).map_err(http_error)?;
         let target = SecretString::from(target.to_string());
         let request = self.http.get(target.expose_secret());
         let answer = exchange(Stage::Download, request, &self.limits).await?;
         match answer.status {
             StatusCode::OK => Ok(Fetched::Body {
                 etag: etag_of(&answer).or_else(|| etag_of(redirect)),
+                request_id: redirect.request_id(),
                 csv: answer.body,
             }),
             s if s.is_redirection() => Err(Error::Http {
@@ -224,9 +244,44 @@ impl GraphClient {
                     s.as_u16()
                 ),
             }),
+            // The download host knows nothing of the app's permissions: a refusal there means
+            // the pre-authenticated URL was not accepted (expired, most likely).
+            s @ (StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::GONE) => Err(Error::Http {
+                stage: Stage::Download,
+                status: Some(s.as_u16()),
+                request_id: answer.request_id(),
+                detail: format!(
+                    "HTTP {}: the download URL was refused (expired?)",
+                    s.as_u16()
+                ),
+            }),
             _ => Err(unexpected(Stage::Download, &answer)),
         }
     }
+}
+
+/// Where the report's redirect leads: an absolute http(s) URL, never a downgrade from https
+/// to http, since the URL is a credential.
+fn redirect_target(base: &Url, location: Option<&str>) -> Result<Url, &'static str> {
+    let location = location.ok_or("redirect without a usable Location header")?;
+    let target = base
+        .join(location)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or("redirect to an invalid Location")?;
+    if target.scheme() == "http" && base.scheme() == "https" {
+        return Err("redirect from https to http refused");
+    }
+    Ok(target)
+}
+
+/// The `error.code` of Graph's error envelope.
+fn graph_code(answer: &Answer) -> Option<String> {
+    let envelope: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    Some(envelope.pointer("/error/code")?.as_str()?.to_string())
 }
 
 /// A 401 keeps the token it refused, so that exactly that token can be dropped from the cache.
@@ -271,12 +326,7 @@ fn unexpected(stage: Stage, answer: &Answer) -> Error {
         StatusCode::TOO_MANY_REQUESTS => Error::Throttled {
             stage,
             request_id,
-            retry_after: answer
-                .headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-                .map(Duration::from_secs),
+            retry_after: answer.retry_after(),
         },
         status => Error::Http {
             stage,
@@ -290,7 +340,6 @@ fn unexpected(stage: Stage, answer: &Answer) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::RequestId;
 
     fn http(status: u16) -> Error {
         Error::Http {
@@ -310,20 +359,61 @@ mod tests {
     }
 
     #[test]
+    fn redirect_targets() {
+        let https = Url::parse("https://graph.example.test/v1.0/reports/x").unwrap();
+        let http = Url::parse("http://127.0.0.1:1/v1.0/reports/x").unwrap();
+        let ok = |base: &Url, l: &str| redirect_target(base, Some(l)).map(|u| u.to_string());
+        assert_eq!(
+            ok(&https, "https://dl.example.test/a?sig=1").unwrap(),
+            "https://dl.example.test/a?sig=1"
+        );
+        assert_eq!(
+            ok(&https, "/a?b").unwrap(),
+            "https://graph.example.test/a?b"
+        );
+        assert_eq!(
+            ok(&http, "http://127.0.0.2:2/a").unwrap(),
+            "http://127.0.0.2:2/a"
+        );
+        assert_eq!(
+            ok(&https, "http://dl.example.test/a"),
+            Err("redirect from https to http refused")
+        );
+        assert_eq!(
+            ok(&https, "ftp://dl.example.test/a"),
+            Err("redirect to an invalid Location")
+        );
+        assert_eq!(
+            ok(&https, "https://"),
+            Err("redirect to an invalid Location")
+        );
+        assert_eq!(
+            redirect_target(&https, None),
+            Err("redirect without a usable Location header")
+        );
+    }
+
+    #[test]
     fn what_is_retried_and_how_long_it_waits() {
         let policy = RetryPolicy {
             max_retries: 3,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(600),
         };
         assert_eq!(
             policy.delay(&throttled(Some(7)), 0),
             Some(Duration::from_secs(7))
         );
         assert_eq!(
-            policy.delay(&throttled(Some(61)), 0),
+            policy.delay(&throttled(Some(599)), 0),
+            Some(Duration::from_secs(599)),
+            "Retry-After is honoured beyond the backoff cap"
+        );
+        assert_eq!(
+            policy.delay(&throttled(Some(601)), 0),
             None,
-            "beyond max_delay"
+            "beyond max_retry_after"
         );
         assert_eq!(
             policy.delay(&throttled(Some(1)), 3),
@@ -332,7 +422,25 @@ mod tests {
         );
         for retry in 0..3 {
             let window = Duration::from_secs(2 << retry);
-            for error in [throttled(None), http(503), http(504), http(502)] {
+            let refused_download = |status| Error::Http {
+                stage: Stage::Download,
+                status: Some(status),
+                request_id: RequestId::default(),
+                detail: String::new(),
+            };
+            let tagged = Error::AfterReport {
+                request_id: "r".into(),
+                error: Box::new(http(503)),
+            };
+            for error in [
+                throttled(None),
+                http(503),
+                http(504),
+                http(502),
+                refused_download(403),
+                refused_download(410),
+                tagged,
+            ] {
                 let wait = policy.delay(&error, retry).unwrap();
                 assert!(
                     wait >= window / 2 && wait <= window,

@@ -1,10 +1,10 @@
 //! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
 //! cap, or an error that says which limit was hit.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 
 use crate::error::{one_line, Error, RequestId, Stage};
@@ -34,6 +34,19 @@ impl Answer {
             let id = envelope.pointer("/error/innerError/request-id")?.as_str()?;
             Some(one_line(id, 64))
         }))
+    }
+
+    /// Retry-After, in seconds or as an HTTP date.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(Duration::from_secs(seconds));
+        }
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     }
 
     /// A one-line account of an unexpected answer: Graph's error code and message when the body
@@ -104,8 +117,40 @@ pub async fn exchange(
 /// report's redirect must be followed by hand, without the Authorization header.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        // An async resolver: no blocking getaddrinfo threads to outlive shutdown, and no
+        // dependency on glibc's NSS, which a static binary cannot load.
+        .hickory_dns(true)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)
         .user_agent(concat!("sfb-exporter/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer_with(retry_after: &str) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, retry_after.parse().unwrap());
+        Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(answer_with("7").retry_after(), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let wait = answer_with(&soon).retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(120));
+        assert_eq!(answer_with(&past).retry_after(), Some(Duration::ZERO));
+        assert_eq!(answer_with("soon").retry_after(), None);
+    }
 }

@@ -5,13 +5,15 @@ use anyhow::Context;
 use clap::Parser;
 use sfb_exporter::config::{Args, Config};
 use sfb_exporter::{start, telemetry};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-/// How long shutdown may take before the process exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the server and the refresh loops get to wind down after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// How long tasks that ignore cancellation may hold up the exit after that.
+const RUNTIME_GRACE: Duration = Duration::from_millis(300);
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if e.use_stderr() => {
@@ -27,7 +29,17 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(args.log_level, args.log_format);
-    match run(args).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // Bounded, unlike dropping the runtime, which waits for every blocking task.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -37,6 +49,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Installed first, so that a signal during startup is a clean stop too.
+    let mut signals = Signals::install()?;
     let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
     if let Some(warning) = config.throttling_warning() {
         tracing::warn!("{warning}");
@@ -44,7 +58,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let periods: Vec<String> = config.periods.iter().map(|p| p.to_string()).collect();
     let interval = humantime::format_duration(config.refresh_interval).to_string();
     let cancel = CancellationToken::new();
-    let running = start(config, cancel.clone()).await?;
+    let running = tokio::select! {
+        running = start(config, cancel.clone()) => running?,
+        () = signals.recv() => return Ok(()),
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         address = %running.local_addr,
@@ -52,7 +69,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         refresh_interval = interval,
         "sfb-exporter listening"
     );
-    shutdown_signal().await?;
+    signals.recv().await;
     tracing::info!("shutting down");
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, running.wait())
@@ -64,13 +81,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

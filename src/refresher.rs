@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
-use tokio::time::MissedTickBehavior;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Period;
@@ -61,14 +61,18 @@ impl Refresher {
     }
 
     async fn run_period(&self, period: Period) {
-        // The interval runs from the start of each attempt, so a slow attempt does not shift
-        // the schedule, and missed ticks are not made up in a burst that Graph would throttle.
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            // The interval runs from the start of each attempt, so a slow attempt does not
+            // shift the schedule; an attempt longer than the interval is followed at once by
+            // the next, never by a burst of missed ones that Graph would throttle.
+            let started = Instant::now();
             let outcome = self.refresh(period).await;
             self.record(period, outcome);
+            match started.checked_add(self.interval) {
+                Some(next) => tokio::time::sleep_until(next).await,
+                // An interval beyond the clock's range: refresh once.
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -86,8 +90,13 @@ impl Refresher {
                 request_id: Default::default(),
                 detail: "HTTP 304 Not Modified to a request that sent no ETag".into(),
             }),
-            Fetched::Body { csv, etag } => {
-                let report = report::parse(&csv)?;
+            Fetched::Body {
+                csv,
+                etag,
+                request_id,
+            } => {
+                let report =
+                    report::parse(&csv).map_err(|e| Error::from(e).after_report(&request_id))?;
                 Ok(Some(Accepted {
                     rows: report.rows.len(),
                     newest: report.newest().copied(),

@@ -161,7 +161,8 @@ fn parse_minutes(line: u64, column: &'static str, text: &str) -> Result<f64, Rep
         return Ok(0.0);
     }
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        // Finite also once turned into seconds.
+        Ok(v) if (v * 60.0).is_finite() && v >= 0.0 => Ok(v),
         _ => Err(ReportError::BadCell {
             line,
             column,
@@ -326,6 +327,10 @@ mod tests {
             (
                 "2024-03-05,2024-03-04,7,0,0,inf",
                 "line 2: Dial-out Microsoft \"inf\" is not",
+            ),
+            (
+                "2024-03-05,2024-03-04,7,1e307,0,0",
+                "line 2: Audio/Video \"1e307\" is not",
             ),
             (
                 "2024-03-05,yesterday,7,0,0,0",

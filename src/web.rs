@@ -205,3 +205,25 @@ mod tests {
         assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::state::State;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever --web.telemetry-path accepts, the router takes without panicking.
+        #[test]
+        fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
+            if let Ok(path) = crate::config::parse_telemetry_path(&path) {
+                let published = Arc::new(ArcSwap::from_pointee(Published {
+                    state: State::new("t", []),
+                    metrics: Default::default(),
+                }));
+                let built = std::panic::catch_unwind(|| app(published, &path));
+                prop_assert!(built.is_ok(), "router panicked on {:?}", path);
+            }
+        }
+    }
+}

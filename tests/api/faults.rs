@@ -190,10 +190,7 @@ async fn client_errors_are_never_retried() {
 async fn connection_errors_are_retried_then_counted_as_network() {
     let (graph, download) = mock_servers().await;
     token_mock(3599).mount(&graph).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = dropping_server();
     report_answer(
         Period::D7,
         ResponseTemplate::new(302).insert_header(
@@ -220,6 +217,116 @@ async fn connection_errors_are_retried_then_counted_as_network() {
     assert!(
         !error.contains(DOWNLOAD_SIG) && !error.contains(&closed.to_string()),
         "{error}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_download_is_retried_with_a_fresh_url() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    redirect_mock(Period::D7, &download).mount(&graph).await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_string("AuthenticationFailed: signature expired"),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&download)
+        .await;
+    download_mock(Period::D7, GOOD).mount(&download).await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
+    assert_eq!(sample(&body, &failures(Period::D7, "forbidden")), Some(0.0));
+    assert_eq!(
+        report_requests(&app).await,
+        2,
+        "the retry asked Graph for a new URL"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_permission_reported_as_401_is_forbidden_not_a_token_problem() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).expect(1).mount(&graph).await;
+    report_answer(
+        Period::D7,
+        ResponseTemplate::new(401).set_body_json(serde_json::json!(
+            {"error": {"code": "S2SUnauthorized", "message": "Invalid scope claims/roles."}})),
+    )
+    .mount(&graph)
+    .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "forbidden")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(report_requests(&app).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failures_after_the_redirect_carry_the_report_request_id() {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    report_answer(
+        Period::D7,
+        ResponseTemplate::new(302)
+            .insert_header("location", download_url(&download, Period::D7).as_str())
+            .insert_header("request-id", "rid-302"),
+    )
+    .mount(&graph)
+    .await;
+    download_mock(Period::D7, "<html>not a report</html>")
+        .mount(&download)
+        .await;
+    let app = spawn_app(graph, download, Options::default()).await;
+    let body = first_attempt(&app, Period::D7).await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "parse")),
+        Some(1.0),
+        "{body}"
+    );
+    let (_, readyz) = app.readyz().await;
+    let error = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
+    assert!(error.contains("report request-id rid-302"), "{error}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_failed_token_request_answers_every_period_waiting_for_it() {
+    let (graph, download) = mock_servers().await;
+    Mock::given(method("POST"))
+        .respond_with(token_response(3599).set_delay(Duration::from_secs(30)))
+        .mount(&graph)
+        .await;
+    let options = Options {
+        periods: Period::ALL.to_vec(),
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app
+        .metrics_when("every attempt", |b| {
+            b.matches("sfb_refresh_success{").count() == 4
+        })
+        .await;
+    for period in Period::ALL {
+        assert_eq!(
+            sample(&body, &failures(period, "timeout")),
+            Some(1.0),
+            "{period}: {body}"
+        );
+    }
+    assert_eq!(
+        app.requests_to(&app.graph, "/oauth2/v2.0/token")
+            .await
+            .len(),
+        1
     );
     app.stop().await;
 }
@@ -259,7 +366,7 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
         .await;
     let options = Options {
         periods: vec![Period::D7, Period::D30],
-        timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(5),
         ..Default::default()
     };
     let started = Instant::now();
@@ -277,7 +384,7 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
         let asked = Instant::now();
         app.get(path).await;
         assert!(
-            asked.elapsed() < Duration::from_secs(1),
+            asked.elapsed() < Duration::from_secs(2),
             "{path} took {:?}",
             asked.elapsed()
         );
@@ -290,7 +397,7 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
     );
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(10),
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(20),
         "{elapsed:?}"
     );
     app.stop().await;
@@ -446,10 +553,7 @@ async fn secrets_never_appear_in_logs_even_at_debug_level() {
         .respond_with(ResponseTemplate::new(500))
         .mount(&download)
         .await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = dropping_server();
     report_answer(
         Period::D30,
         ResponseTemplate::new(302).insert_header(
@@ -560,8 +664,9 @@ async fn sigterm_during_a_hung_fetch_exits_promptly() {
     process.signal("TERM");
     let status = process.wait_exit();
     assert_eq!(status.code(), Some(0));
+    // Cancellation is immediate (milliseconds); the bound leaves room for a loaded machine.
     assert!(
-        signalled.elapsed() < Duration::from_secs(2),
+        signalled.elapsed() < Duration::from_secs(3),
         "exit took {:?}",
         signalled.elapsed()
     );

@@ -50,6 +50,7 @@ impl Default for Options {
                 max_retries: 3,
                 base_delay: Duration::from_millis(20),
                 max_delay: Duration::from_secs(2),
+                max_retry_after: Duration::from_secs(2),
             },
         }
     }
@@ -245,4 +246,17 @@ pub async fn mount_report(graph: &MockServer, download: &MockServer, period: Per
 pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An address that accepts connections and drops them at once: a dependable connection error
+/// (a closed port could be reused by another test's server).
+pub fn dropping_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    addr
 }

@@ -1,8 +1,10 @@
 //! One integration binary: the exporter against a fake Graph and identity platform on loopback.
 
+mod e2e;
 mod faults;
 mod helpers;
 mod lifecycle;
+mod packaging;
 mod process;
 mod promtool;
 mod protocol;

@@ -1,5 +1,5 @@
-//! `promtool check metrics` on real exposition output. Runs wherever promtool is installed and
-//! is required where SFB_REQUIRE_PROMTOOL=1 (CI sets it).
+//! promtool on what the project ships: the exposition, the alert rules and their unit tests.
+//! Runs wherever promtool is installed and is required where SFB_REQUIRE_PROMETHEUS=1 (CI).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -11,27 +11,59 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 
+/// Whether a Prometheus tool can run here; panics where it is required but missing.
+pub fn have(tool: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found || std::env::var_os("SFB_REQUIRE_PROMETHEUS").is_none(),
+        "SFB_REQUIRE_PROMETHEUS is set but {tool} cannot run (install Debian's prometheus package)"
+    );
+    if !found {
+        eprintln!("{tool} not found, skipping (install Debian's prometheus package)");
+    }
+    found
+}
+
+/// Runs `promtool` with `args` in the repository root and asserts it succeeds.
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    if have("promtool") {
+        promtool(&["check", "rules", "dashboards/sfb-exporter-alerts.yml"]);
+        promtool(&["test", "rules", "dashboards/sfb-exporter-alerts.test.yml"]);
+    }
+}
+
 /// Runs promtool on `body`; `false` when promtool is absent and not required.
 pub fn promtool_check(body: &str) -> bool {
+    if !have("promtool") {
+        return false;
+    }
     let child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            assert!(
-                std::env::var_os("SFB_REQUIRE_PROMTOOL").is_none(),
-                "SFB_REQUIRE_PROMTOOL is set but promtool cannot run: {e}"
-            );
-            eprintln!(
-                "promtool not found, skipping the check (install Debian's prometheus package)"
-            );
-            return false;
-        }
-    };
+    let mut child = child.expect("promtool runs");
     child
         .stdin
         .take()

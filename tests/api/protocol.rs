@@ -1,10 +1,11 @@
 //! The Graph protocol end to end: token, redirect, download and CSV, as seen on /metrics.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sfb_exporter::config::Period;
 use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -262,33 +263,96 @@ async fn one_token_serves_every_period_and_cycle() {
     app.stop().await;
 }
 
+/// Issues numbered tokens valid for `lifetime` and records when each was issued.
+struct NumberedTokens {
+    lifetime: Duration,
+    issued: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Respond for NumberedTokens {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut issued = self.issued.lock().unwrap();
+        issued.push(Instant::now());
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": self.lifetime.as_secs(),
+            "access_token": format!("token-{}", issued.len() - 1),
+        }))
+    }
+}
+
+/// Serves the report only to a token that has not expired yet, and records any that had.
+struct RequireLiveToken {
+    lifetime: Duration,
+    issued: Arc<Mutex<Vec<Instant>>>,
+    expired_uses: Arc<Mutex<Vec<String>>>,
+    csv: String,
+}
+
+impl Respond for RequireLiveToken {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let token = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let n: Option<usize> = token
+            .strip_prefix("Bearer token-")
+            .and_then(|n| n.parse().ok());
+        let issued = n.and_then(|n| self.issued.lock().unwrap().get(n).copied());
+        match issued {
+            Some(at) if at.elapsed() < self.lifetime => {
+                ResponseTemplate::new(200).set_body_string(self.csv.clone())
+            }
+            _ => {
+                self.expired_uses.lock().unwrap().push(token.to_string());
+                ResponseTemplate::new(401)
+            }
+        }
+    }
+}
+
 #[tokio::test]
-async fn an_expiring_token_is_renewed() {
+async fn tokens_are_reused_and_renewed_before_they_expire() {
     let (graph, download) = mock_servers().await;
-    // A short-lived token is not reused past its lifetime (when exactly it is renewed is
-    // unit-tested in auth.rs).
-    token_mock(2).mount(&graph).await;
-    mount_report(&graph, &download, Period::D7, &format!("{HEADER}\n")).await;
+    let lifetime = Duration::from_secs(4);
+    let issued = Arc::new(Mutex::new(Vec::new()));
+    let expired_uses = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .respond_with(NumberedTokens {
+            lifetime,
+            issued: Arc::clone(&issued),
+        })
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(report_path(Period::D7)))
+        .respond_with(RequireLiveToken {
+            lifetime,
+            issued: Arc::clone(&issued),
+            expired_uses: Arc::clone(&expired_uses),
+            csv: format!("{HEADER}\n"),
+        })
+        .mount(&graph)
+        .await;
     let options = Options {
         interval: Duration::from_secs(1),
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
+    // A 4 s token is renewed after 2 s: over 7 refreshes, 2 to 4 tokens, none used expired.
     assert!(
-        eventually(|| async {
-            app.requests_to(&app.graph, "/oauth2/v2.0/token")
-                .await
-                .len()
-                >= 2
-        })
-        .await
-    );
-    let body = app.metrics();
-    assert_eq!(
-        sample(&body.await, &per_period("sfb_refresh_success", "D7")),
-        Some(1.0)
+        eventually(|| async { app.requests_to(&app.graph, "/v1.0/reports/").await.len() >= 7 })
+            .await
     );
     app.stop().await;
+    let tokens = issued.lock().unwrap().len();
+    assert!((2..=4).contains(&tokens), "{tokens} tokens for 7 refreshes");
+    assert!(
+        expired_uses.lock().unwrap().is_empty(),
+        "{:?}",
+        expired_uses.lock().unwrap()
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,209 @@
+//! End to end with a real Prometheus: it scrapes the exporter (itself fed by the fake Graph)
+//! with the shipped alert rules loaded; every PromQL expression of the shipped dashboard must
+//! return data, no alert may fire while all is well, and SfbRefreshFailing must go pending
+//! once Graph fails. Runs where Debian's prometheus package is installed; required in CI.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use sfb_exporter::config::Period;
+use time::{Duration as Days, OffsetDateTime};
+use wiremock::matchers::method;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+use crate::promtool::have;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+struct Prometheus {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {ROOT}/dashboards/sfb-exporter-alerts.yml\n\
+             scrape_configs:\n  - job_name: sfb-exporter\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        // Prometheus cannot report a port chosen by the kernel, so pick a free one first.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .ok()?;
+        let json: Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
+        (json["status"] == "success").then(|| json["data"].clone())
+    }
+
+    /// The instant vector `expr` evaluates to now (empty on error or before startup).
+    async fn query(&self, expr: &str) -> Vec<Value> {
+        let data = self.get("/api/v1/query", &[("query", expr)]).await;
+        data.and_then(|d| d["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    async fn alerts(&self) -> Vec<Value> {
+        let data = self.get("/api/v1/alerts", &[]).await;
+        data.and_then(|d| d["alerts"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Every PromQL expression of the shipped dashboard, with template variables set to "All".
+fn dashboard_expressions() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(format!("{ROOT}/dashboards/sfb-exporter.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    let mut stack: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = stack.pop() {
+        stack.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let expr = expr
+                .replace("${tenant}", ".*")
+                .replace("$tenant", ".*")
+                .replace("${period}", ".*")
+                .replace("$period", ".*");
+            assert!(!expr.contains('$'), "unsubstituted variable in {expr}");
+            out.push((panel["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    assert!(out.len() >= 8, "{out:?}");
+    out
+}
+
+/// A healthy report: refreshed yesterday, newest day the day before.
+fn fresh_report() -> String {
+    let today = OffsetDateTime::now_utc().date();
+    let refreshed = today - Days::days(1);
+    let mut csv = String::from(HEADER);
+    for lag in 2..9 {
+        csv.push_str(&format!(
+            "\n{refreshed},{},7,{},3,1",
+            today - Days::days(lag),
+            100 + lag
+        ));
+    }
+    csv
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_evaluates_the_rules_and_answers_every_dashboard_query() {
+    if !have("prometheus") {
+        return;
+    }
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    for period in Period::ALL {
+        mount_report(&graph, &download, period, &fresh_report()).await;
+    }
+    let options = Options {
+        periods: Period::ALL.to_vec(),
+        interval: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let prometheus = Prometheus::start(&app.addr.to_string());
+
+    let scraped =
+        eventually(|| async { prometheus.query("sfb_refresh_success == 1").await.len() == 4 })
+            .await;
+    assert!(scraped, "Prometheus never saw four healthy periods");
+
+    for (title, expr) in dashboard_expressions() {
+        let answered = eventually(|| async { !prometheus.query(&expr).await.is_empty() }).await;
+        assert!(answered, "dashboard panel {title:?}: no data for {expr}");
+    }
+    for variable in ["tenant", "period"] {
+        let values = prometheus
+            .get(&format!("/api/v1/label/{variable}/values"), &[])
+            .await
+            .unwrap();
+        assert!(
+            values.as_array().is_some_and(|v| !v.is_empty()),
+            "{variable}: {values}"
+        );
+    }
+
+    // Let the rules be evaluated a few times over healthy data: nothing may be pending or firing.
+    let evaluated = eventually(|| async {
+        let rules = prometheus.get("/api/v1/rules", &[]).await;
+        rules.is_some_and(|r| {
+            r["groups"][0]["rules"]
+                .as_array()
+                .is_some_and(|rules| rules.len() == 4)
+        })
+    })
+    .await;
+    assert!(evaluated, "the shipped rules were not loaded");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = prometheus.alerts().await;
+    assert!(alerts.is_empty(), "alerts while healthy: {alerts:#?}");
+
+    // Graph starts failing: the next refreshes fail and SfbRefreshFailing goes pending.
+    app.graph.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&app.graph)
+        .await;
+    let pending = eventually(|| async {
+        prometheus
+            .alerts()
+            .await
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "SfbRefreshFailing" && a["state"] == "pending")
+    })
+    .await;
+    assert!(
+        pending,
+        "SfbRefreshFailing never went pending: {:#?}",
+        prometheus.alerts().await
+    );
+    app.stop().await;
+}

@@ -1,0 +1,303 @@
+//! What ships beside the binary: the dashboard, the Dockerfile, docker-compose and the
+//! Kubernetes manifests must parse and agree with the exporter's defaults and with each other.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use serde_norway::Value as Yaml;
+use sfb_exporter::config::DEFAULT_PORT;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml(path: &str) -> Yaml {
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn at<'a>(value: &'a Yaml, keys: &[&str]) -> &'a Yaml {
+    keys.iter().fold(value, |v, k| match k.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => &v[*k],
+    })
+}
+
+fn text<'a>(value: &'a Yaml, keys: &[&str]) -> &'a str {
+    at(value, keys)
+        .as_str()
+        .unwrap_or_else(|| panic!("{keys:?} is not a string"))
+}
+
+/// Metric names the exporter exposes, from the exposition of a healthy state.
+fn exposed_metrics() -> Vec<String> {
+    use sfb_exporter::state::{Accepted, Attempt, State};
+    let mut state = State::new("t", [sfb_exporter::config::Period::D7]);
+    let d7 = state.periods.values_mut().next().unwrap();
+    let csv = format!(
+        "{}\n2024-03-05,2024-03-04,7,1,2,3\n",
+        crate::helpers::HEADER
+    );
+    let report = sfb_exporter::report::parse(csv.as_bytes()).unwrap();
+    d7.accepted = Some(Accepted {
+        rows: 1,
+        newest: report.newest().copied(),
+        etag: None,
+    });
+    d7.last_attempt = Some(Attempt::Succeeded);
+    d7.last_success = Some(std::time::SystemTime::now());
+    let body =
+        sfb_exporter::metrics::render(&state, &sfb_exporter::metrics::BuildInfo::CURRENT).unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn dashboard_is_importable_and_uses_only_exposed_metrics() {
+    let dashboard: Json = serde_json::from_str(&read("dashboards/sfb-exporter.json")).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let names: Vec<&str> = variables
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["datasource", "tenant", "period"]);
+    assert_eq!(variables[0]["type"], "datasource");
+    assert_eq!(variables[0]["query"], "prometheus");
+
+    let metrics = exposed_metrics();
+    let mut stack: Vec<&Json> = dashboard["panels"].as_array().unwrap().iter().collect();
+    let mut panels = 0;
+    while let Some(panel) = stack.pop() {
+        stack.extend(panel["panels"].as_array().into_iter().flatten());
+        if panel["type"] == "row" {
+            continue;
+        }
+        panels += 1;
+        let title = panel["title"].as_str().unwrap();
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = target["expr"].as_str().unwrap();
+            let used: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("sfb_"))
+                .collect();
+            assert!(!used.is_empty(), "{title}: {expr}");
+            for name in used {
+                assert!(
+                    metrics.iter().any(|m| m == name),
+                    "{title}: {name} is not exposed"
+                );
+            }
+            // Seconds are shown as durations.
+            if expr.contains("_seconds") && !expr.contains("_total") {
+                let unit = panel["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .unwrap_or("");
+                assert!(
+                    ["s", "dtdurations"].contains(&unit),
+                    "{title}: unit {unit:?}"
+                );
+            }
+        }
+    }
+    assert!(panels >= 8, "{panels} panels");
+}
+
+#[test]
+fn dockerfile_exposes_the_default_port_as_a_numeric_non_root_user() {
+    let dockerfile = read("Dockerfile");
+    let line = |prefix: &str| {
+        dockerfile
+            .lines()
+            .rev()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}"))
+            .trim_start_matches(prefix)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(line("EXPOSE"), DEFAULT_PORT.to_string());
+    let user = line("USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("numeric USER");
+    assert_ne!(uid, 0);
+    assert!(
+        dockerfile.contains("AS build") && line("FROM").starts_with("gcr.io/distroless/static")
+    );
+    assert!(
+        !dockerfile.to_lowercase().contains("secret"),
+        "no secrets in the image"
+    );
+}
+
+#[test]
+fn docker_compose_mounts_existing_files_and_scrapes_the_default_port() {
+    let compose = yaml("deploy/docker-compose.yml");
+    let services = &compose["services"];
+    for service in ["sfb-exporter", "prometheus", "grafana"] {
+        for volume in at(services, &[service, "volumes"])
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            let source = volume.as_str().unwrap().split(':').next().unwrap();
+            let path = Path::new(ROOT).join("deploy").join(source);
+            assert!(path.exists(), "{service} mounts missing {}", path.display());
+        }
+    }
+    assert_eq!(
+        text(services, &["sfb-exporter", "ports", "0"]),
+        format!("{DEFAULT_PORT}:{DEFAULT_PORT}")
+    );
+
+    let prometheus = yaml("deploy/prometheus/prometheus.yml");
+    let job = at(&prometheus, &["scrape_configs", "0"]);
+    assert_eq!(
+        text(job, &["job_name"]),
+        "sfb-exporter",
+        "the alert rules expect this job"
+    );
+    assert_eq!(
+        text(job, &["static_configs", "0", "targets", "0"]),
+        format!("sfb-exporter:{DEFAULT_PORT}")
+    );
+    // The rule file Prometheus loads is the one compose mounts.
+    let rules = text(&prometheus, &["rule_files", "0"]);
+    let mounts: Vec<&str> = at(services, &["prometheus", "volumes"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        mounts.iter().any(|m| m.contains(&format!(":{rules}"))),
+        "{rules} not mounted: {mounts:?}"
+    );
+
+    let provider = yaml("deploy/grafana/provisioning/dashboards/sfb-exporter.yml");
+    let dir = text(&provider, &["providers", "0", "options", "path"]);
+    let grafana_mounts = at(services, &["grafana", "volumes"]).as_sequence().unwrap();
+    assert!(grafana_mounts
+        .iter()
+        .any(|m| m.as_str().unwrap().contains(&format!(":{dir}/"))));
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_exporter_and_each_other() {
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let pod = at(&deployment, &["spec", "template", "spec"]);
+    let container = at(pod, &["containers", "0"]);
+    assert_eq!(
+        at(container, &["ports", "0", "containerPort"]).as_u64(),
+        Some(u64::from(DEFAULT_PORT))
+    );
+    let port_name = text(container, &["ports", "0", "name"]);
+    assert_eq!(
+        text(container, &["livenessProbe", "httpGet", "path"]),
+        "/healthz"
+    );
+    assert_eq!(
+        text(container, &["readinessProbe", "httpGet", "path"]),
+        "/readyz"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(text(container, &[probe, "httpGet", "port"]), port_name);
+    }
+    assert_eq!(
+        at(pod, &["securityContext", "runAsNonRoot"]).as_bool(),
+        Some(true)
+    );
+
+    // The secret file the exporter reads is the mounted Secret's key.
+    let secret = yaml("deploy/kubernetes/secret.yaml");
+    let secret_name = text(&secret, &["metadata", "name"]);
+    let key = at(&secret, &["stringData"])
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let volume = at(pod, &["volumes", "0"]);
+    assert_eq!(text(volume, &["secret", "secretName"]), secret_name);
+    let mount = at(container, &["volumeMounts", "0"]);
+    assert_eq!(text(mount, &["name"]), text(volume, &["name"]));
+    let expected = format!(
+        "--azure.client-secret-file={}/{key}",
+        text(mount, &["mountPath"])
+    );
+    let args: Vec<&str> = at(container, &["args"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&expected.as_str()),
+        "{args:?} lacks {expected}"
+    );
+    let env: Vec<&str> = at(container, &["env"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| text(e, &["name"]))
+        .collect();
+    assert_eq!(env, ["AZURE_TENANT_ID", "AZURE_CLIENT_ID"]);
+
+    let service = yaml("deploy/kubernetes/service.yaml");
+    assert_eq!(
+        text(&service, &["metadata", "name"]),
+        "sfb-exporter",
+        "the job name the alerts expect"
+    );
+    assert_eq!(
+        at(&service, &["spec", "ports", "0", "port"]).as_u64(),
+        Some(u64::from(DEFAULT_PORT))
+    );
+    assert_eq!(
+        text(&service, &["spec", "ports", "0", "targetPort"]),
+        port_name
+    );
+    let service_port = text(&service, &["spec", "ports", "0", "name"]);
+
+    let monitor = yaml("deploy/kubernetes/servicemonitor.yaml");
+    assert_eq!(
+        text(&monitor, &["spec", "endpoints", "0", "port"]),
+        service_port
+    );
+    assert_eq!(
+        text(&monitor, &["spec", "endpoints", "0", "path"]),
+        "/metrics"
+    );
+    let labels = at(&deployment, &["spec", "template", "metadata", "labels"]);
+    assert_eq!(
+        at(&monitor, &["spec", "selector", "matchLabels"]),
+        at(&service, &["metadata", "labels"])
+    );
+    assert_eq!(at(&service, &["spec", "selector"]), labels);
+
+    let rule = yaml("deploy/kubernetes/prometheusrule.yaml");
+    let alerts = yaml("dashboards/sfb-exporter-alerts.yml");
+    assert_eq!(
+        at(&rule, &["spec", "groups"]),
+        at(&alerts, &["groups"]),
+        "PrometheusRule drifted from the rules file"
+    );
+
+    let kustomization = yaml("deploy/kubernetes/kustomization.yaml");
+    for resource in at(&kustomization, &["resources"]).as_sequence().unwrap() {
+        let path = Path::new(ROOT)
+            .join("deploy/kubernetes")
+            .join(resource.as_str().unwrap());
+        assert!(path.exists(), "{}", path.display());
+    }
+}
