@@ -41,6 +41,11 @@ pub struct Args {
     #[arg(long = "web.listen-address", value_name = "ADDR", default_value_t = ListenAddress::default())]
     pub listen_address: ListenAddress,
 
+    /// Path to a web configuration file (TLS, basic auth, headers) in the format of Prometheus'
+    /// exporter-toolkit.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
@@ -365,6 +370,7 @@ pub enum Source {
 #[derive(Debug)]
 pub struct Config {
     pub listen_address: ListenAddress,
+    pub web_config_file: Option<PathBuf>,
     pub telemetry_path: String,
     pub periods: Periods,
     pub refresh_interval: Duration,
@@ -434,6 +440,7 @@ impl Config {
         };
         Ok(Config {
             listen_address: args.listen_address,
+            web_config_file: args.web_config_file,
             telemetry_path: args.telemetry_path,
             periods: args.periods,
             refresh_interval: args.refresh_interval,

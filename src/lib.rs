@@ -16,6 +16,7 @@ pub mod report;
 pub mod state;
 pub mod telemetry;
 pub mod web;
+pub mod webconfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ use crate::graph::GraphClient;
 use crate::http::Limits;
 use crate::refresher::Refresher;
 use crate::state::State;
+use crate::webconfig::WebConfig;
+
+/// How long open connections get to finish after shutdown begins.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,6 +47,8 @@ pub enum StartError {
     },
     #[error("cannot start the demo Graph: {0}")]
     Demo(std::io::Error),
+    #[error(transparent)]
+    WebConfig(#[from] webconfig::WebConfigError),
 }
 
 /// A started exporter: serving, refreshing, until its cancellation token fires.
@@ -59,15 +66,21 @@ impl Running {
 
 /// Binds, starts the refresher and the server, and returns once both are running.
 pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running, StartError> {
+    let web = match &config.web_config_file {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::plain(),
+    };
     // Bind first, so that a busy port fails before anything else starts.
     let address = config.listen_address.bind_target();
+    let bind_error = |error| StartError::Bind {
+        address: config.listen_address.to_string(),
+        error,
+    };
     let listener = TcpListener::bind(&address)
         .await
         .map_err(|error| StartError::Bind { address, error })?;
-    let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
-        address: config.listen_address.to_string(),
-        error,
-    })?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let listener = listener.into_std().map_err(bind_error)?;
 
     let http =
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
@@ -102,14 +115,34 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     let state = State::new(tenant, config.periods.iter());
     let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
 
-    let app = web::app(refresher.published(), &config.telemetry_path);
-    let shutdown = cancel.clone().cancelled_owned();
+    tracing::info!(
+        tls = web.tls.is_some(),
+        basic_auth = web.security.requires_auth(),
+        "web configuration"
+    );
+    let app =
+        web::app(refresher.published(), &config.telemetry_path, web.security).into_make_service();
+    let handle = axum_server::Handle::new();
+    let server = match web.tls {
+        Some(tls) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+            let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
+            tokio::spawn(server.handle(handle.clone()).serve(app))
+        }
+        None => {
+            let server = axum_server::from_tcp(listener).map_err(bind_error)?;
+            tokio::spawn(server.handle(handle.clone()).serve(app))
+        }
+    };
+    let shutdown = cancel.clone();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!("HTTP server failed: {e}");
+        shutdown.cancelled().await;
+        // Open connections get a moment to finish their response, then are closed.
+        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("HTTP server failed: {e}"),
+            Err(e) => tracing::error!("HTTP server task failed: {e}"),
         }
     });
     let mut refreshers = refresher.spawn(cancel);

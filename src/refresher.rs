@@ -27,10 +27,10 @@ pub struct Refresher {
 
 impl Refresher {
     pub fn new(graph: GraphClient, state: State, interval: Duration) -> Refresher {
-        let published = Arc::new(ArcSwap::from_pointee(Published {
-            metrics: Default::default(),
-            state: state.clone(),
-        }));
+        let published = Arc::new(ArcSwap::from_pointee(Published::new(
+            state.clone(),
+            Default::default(),
+        )));
         let refresher = Refresher {
             graph,
             interval,
@@ -145,10 +145,9 @@ impl Refresher {
 
     fn publish(&self, state: &State) {
         match render(state, &BuildInfo::CURRENT) {
-            Ok(body) => self.published.store(Arc::new(Published {
-                state: state.clone(),
-                metrics: body.into(),
-            })),
+            Ok(body) => self
+                .published
+                .store(Arc::new(Published::new(state.clone(), body.into()))),
             Err(e) => {
                 tracing::error!("cannot render metrics, keeping the previous exposition: {e}")
             }

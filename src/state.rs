@@ -57,9 +57,34 @@ impl State {
     }
 }
 
-/// A state and its exposition, rendered together so that a scrape only copies bytes.
+/// A state and its exposition, rendered (and compressed) together so that a scrape only copies
+/// bytes.
 #[derive(Debug)]
 pub struct Published {
     pub state: State,
     pub metrics: Bytes,
+    /// `metrics`, gzip-compressed.
+    pub metrics_gzip: Bytes,
+}
+
+impl Published {
+    pub fn new(state: State, metrics: Bytes) -> Published {
+        let metrics_gzip = gzip(&metrics);
+        Published {
+            state,
+            metrics,
+            metrics_gzip,
+        }
+    }
+}
+
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default().into()
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::extract::State as Extract;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::metrics::CONTENT_TYPE;
 use crate::state::{Attempt, Published};
+use crate::webconfig::{guard, Security};
 
 #[derive(Clone)]
 struct AppState {
@@ -21,22 +22,73 @@ struct AppState {
     landing: Bytes,
 }
 
-pub fn app(published: Arc<ArcSwap<Published>>, telemetry_path: &str) -> Router {
+pub fn app(
+    published: Arc<ArcSwap<Published>>,
+    telemetry_path: &str,
+    security: Arc<Security>,
+) -> Router {
     let state = AppState {
         published,
         landing: landing_page(telemetry_path).into(),
     };
-    Router::new()
+    let router = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(telemetry_path, get(metrics))
-        .with_state(state)
+        .with_state(state);
+    // Without a web config there is nothing to guard: keep the scrape path free of the layer.
+    if security.is_noop() {
+        router
+    } else {
+        // route_layer would skip unmatched paths; a plain layer covers 404s too, as
+        // exporter-toolkit covers every path.
+        router.layer(axum::middleware::from_fn_with_state(security, guard))
+    }
 }
 
-async fn metrics(Extract(s): Extract<AppState>) -> Response {
-    let body = s.published.load().metrics.clone();
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response {
+    let published = s.published.load();
+    if accepts_gzip(&headers) {
+        let body = published.metrics_gzip.clone();
+        return (
+            [
+                (header::CONTENT_TYPE, CONTENT_TYPE),
+                (header::CONTENT_ENCODING, "gzip"),
+                (header::VARY, "Accept-Encoding"),
+            ],
+            body,
+        )
+            .into_response();
+    }
+    let body = published.metrics.clone();
+    (
+        [
+            (header::CONTENT_TYPE, CONTENT_TYPE),
+            (header::VARY, "Accept-Encoding"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether Accept-Encoding admits gzip: `gzip` or `*` with a q-value above 0.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|q| q.trim().parse::<f32>().ok())
+                .next()
+                .unwrap_or(1.0);
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && q > 0.0
+        })
 }
 
 async fn healthz() -> &'static str {
@@ -122,10 +174,13 @@ mod tests {
     use tower::ServiceExt;
 
     fn published(state: State) -> Arc<ArcSwap<Published>> {
-        Arc::new(ArcSwap::from_pointee(Published {
+        Arc::new(ArcSwap::from_pointee(Published::new(
             state,
-            metrics: "# HELP x y\nx 1\n".into(),
-        }))
+            "# HELP x y
+x 1
+"
+            .into(),
+        )))
     }
 
     async fn get(app: &Router, uri: &str) -> (StatusCode, String, String) {
@@ -147,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn routes() {
         let snapshot = published(State::new("t", [Period::D7, Period::D30]));
-        let app = app(Arc::clone(&snapshot), "/custom");
+        let app = app(Arc::clone(&snapshot), "/custom", Security::none());
         assert_eq!(
             get(&app, "/custom").await,
             (
@@ -167,7 +222,7 @@ mod tests {
     async fn readiness_follows_the_snapshot() {
         let mut state = State::new("t", [Period::D7, Period::D30]);
         let snapshot = published(state.clone());
-        let app = app(Arc::clone(&snapshot), "/metrics");
+        let app = app(Arc::clone(&snapshot), "/metrics", Security::none());
 
         let (status, ctype, body) = get(&app, "/readyz").await;
         assert_eq!(
@@ -186,10 +241,7 @@ mod tests {
             reason: crate::error::Reason::Forbidden,
             message: "nope".into(),
         });
-        snapshot.store(Arc::new(Published {
-            state: state.clone(),
-            metrics: Default::default(),
-        }));
+        snapshot.store(Arc::new(Published::new(state.clone(), Default::default())));
         let (status, _, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -198,10 +250,7 @@ mod tests {
         assert_eq!(json["periods"]["D30"]["last_error"], "forbidden: nope");
 
         state.periods.get_mut(&Period::D30).unwrap().last_success = Some(SystemTime::now());
-        snapshot.store(Arc::new(Published {
-            state,
-            metrics: Default::default(),
-        }));
+        snapshot.store(Arc::new(Published::new(state, Default::default())));
         assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
     }
 }
@@ -217,11 +266,8 @@ mod properties {
         #[test]
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
             if let Ok(path) = crate::config::parse_telemetry_path(&path) {
-                let published = Arc::new(ArcSwap::from_pointee(Published {
-                    state: State::new("t", []),
-                    metrics: Default::default(),
-                }));
-                let built = std::panic::catch_unwind(|| app(published, &path));
+                let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
+                let built = std::panic::catch_unwind(|| app(published, &path, Security::none()));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);
             }
         }

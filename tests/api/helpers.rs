@@ -36,6 +36,7 @@ pub struct Options {
     pub timeout: Duration,
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
+    pub web_config: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -52,6 +53,7 @@ impl Default for Options {
                 max_delay: Duration::from_secs(2),
                 max_retry_after: Duration::from_secs(2),
             },
+            web_config: None,
         }
     }
 }
@@ -65,6 +67,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
     let base = Url::parse(&graph.uri()).unwrap();
     let config = Config {
         listen_address: "127.0.0.1:0".parse().unwrap(),
+        web_config_file: options.web_config,
         telemetry_path: "/metrics".into(),
         periods: Periods::new(options.periods).unwrap(),
         refresh_interval: options.interval,

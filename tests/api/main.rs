@@ -8,3 +8,4 @@ mod packaging;
 mod process;
 mod promtool;
 mod protocol;
+mod serving;

@@ -1,0 +1,610 @@
+//! `--web.config.file`: the TLS, basic auth and header settings that Prometheus' Go exporters
+//! take (prometheus/exporter-toolkit), validated at startup with one-line errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The file as exporter-toolkit defines it; unknown keys are errors, as there.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    tls_server_config: Option<TlsFile>,
+    http_server_config: Option<HttpFile>,
+    basic_auth_users: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    cert: Option<String>,
+    key: Option<String>,
+    client_auth_type: Option<String>,
+    client_ca_file: Option<PathBuf>,
+    client_ca: Option<String>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    curve_preferences: Option<Vec<String>>,
+    /// Ignored by Go since 1.18 as well.
+    #[allow(dead_code)]
+    prefer_server_cipher_suites: Option<bool>,
+    client_allowed_sans: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    /// Accepted for compatibility; the exporter serves HTTP/1.1.
+    #[allow(dead_code)]
+    http2: Option<bool>,
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// The headers exporter-toolkit lets a web config set.
+const ALLOWED_HEADERS: [&str; 5] = [
+    "Content-Security-Policy",
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("--web.config.file {path:?}: {message}")]
+pub struct WebConfigError {
+    path: PathBuf,
+    message: String,
+}
+
+/// What the web config asks of the server.
+pub struct WebConfig {
+    pub tls: Option<Arc<ServerConfig>>,
+    pub security: Arc<Security>,
+}
+
+/// Basic auth and response headers, applied to every route.
+pub struct Security {
+    users: Option<Users>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+struct Users {
+    hashes: HashMap<String, String>,
+    /// Checked for unknown users, so the time taken does not reveal which users exist.
+    dummy: String,
+    /// Successful (user, SHA-256 of password) pairs: bcrypt costs tens of milliseconds, and a
+    /// scraper sends the same credentials every few seconds.
+    verified: Mutex<Vec<(String, [u8; 32])>>,
+}
+
+const VERIFIED_CACHE: usize = 64;
+
+impl WebConfig {
+    /// No TLS, no auth, no extra headers: what runs without --web.config.file.
+    pub fn plain() -> WebConfig {
+        WebConfig {
+            tls: None,
+            security: Security::none(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
+        let fail = |message: String| WebConfigError {
+            path: path.to_path_buf(),
+            message: crate::error::one_line(&message, 400),
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        // Relative file names in the config are relative to the config file, as in the toolkit.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let file: File = if text.trim().is_empty() {
+            File::default()
+        } else {
+            serde_norway::from_str(&text).map_err(|e| fail(format!("invalid YAML: {e}")))?
+        };
+        let tls = file
+            .tls_server_config
+            .map(|t| tls_config(t, dir).map(Arc::new))
+            .transpose()
+            .map_err(fail)?;
+        let headers = file
+            .http_server_config
+            .and_then(|h| h.headers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| header_pair(&name, &value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
+        let users = file.basic_auth_users.map(users).transpose().map_err(fail)?;
+        Ok(WebConfig {
+            tls,
+            security: Arc::new(Security { users, headers }),
+        })
+    }
+}
+
+fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let Some(allowed) = ALLOWED_HEADERS
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(name))
+    else {
+        return Err(format!(
+            "http_server_config.headers: {name:?} cannot be set; allowed: {}",
+            ALLOWED_HEADERS.join(", ")
+        ));
+    };
+    let value = HeaderValue::from_str(value)
+        .map_err(|_| format!("http_server_config.headers: invalid value for {allowed}"))?;
+    Ok((HeaderName::from_static(lowercase(allowed)), value))
+}
+
+fn lowercase(name: &'static str) -> &'static str {
+    match name {
+        "Content-Security-Policy" => "content-security-policy",
+        "Strict-Transport-Security" => "strict-transport-security",
+        "X-Content-Type-Options" => "x-content-type-options",
+        "X-Frame-Options" => "x-frame-options",
+        _ => "x-xss-protection",
+    }
+}
+
+fn users(hashes: BTreeMap<String, String>) -> Result<Users, String> {
+    let mut cost = 0;
+    for (user, hash) in &hashes {
+        let parts: bcrypt::HashParts = hash.parse().map_err(|_| {
+            format!("basic_auth_users: the password of {user:?} is not a bcrypt hash")
+        })?;
+        cost = cost.max(parts.get_cost());
+    }
+    // As costly as the dearest real hash, so an unknown user takes as long as a known one.
+    let dummy = bcrypt::hash(fastrand::u64(..).to_string(), cost.max(4))
+        .map_err(|e| format!("basic_auth_users: {e}"))?;
+    Ok(Users {
+        hashes: hashes.into_iter().collect(),
+        dummy,
+        verified: Mutex::new(Vec::new()),
+    })
+}
+
+impl Users {
+    fn check(&self, user: &str, password: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let cache = || self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache().iter().any(|(u, d)| u == user && *d == digest) {
+            return true;
+        }
+        let (hash, known) = match self.hashes.get(user) {
+            Some(hash) => (hash.as_str(), true),
+            None => (self.dummy.as_str(), false),
+        };
+        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+        if ok {
+            let mut cache = cache();
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.push((user.to_string(), digest));
+        }
+        ok
+    }
+}
+
+impl Security {
+    /// Nothing to enforce.
+    pub fn none() -> Arc<Security> {
+        Arc::new(Security {
+            users: None,
+            headers: Vec::new(),
+        })
+    }
+
+    pub fn requires_auth(&self) -> bool {
+        self.users.is_some()
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.users.is_none() && self.headers.is_empty()
+    }
+}
+
+/// Middleware: configured headers on every response, basic auth on every route.
+pub async fn guard(
+    State(security): State<Arc<Security>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = match &security.users {
+        Some(_) if !authorized(&security, request.headers()).await => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"sfb-exporter\"")],
+            "Unauthorized\n",
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    };
+    for (name, value) in &security.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+async fn authorized(security: &Arc<Security>, headers: &HeaderMap) -> bool {
+    let Some((user, password)) = basic_credentials(headers) else {
+        return false;
+    };
+    let security = Arc::clone(security);
+    // bcrypt is deliberately slow: keep it off the threads that serve other requests.
+    tokio::task::spawn_blocking(move || {
+        security
+            .users
+            .as_ref()
+            .is_some_and(|users| users.check(&user, &password))
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    NoClientCert,
+    RequestClientCert,
+    RequireAnyClientCert,
+    VerifyClientCertIfGiven,
+    RequireAndVerifyClientCert,
+}
+
+fn tls_config(t: TlsFile, dir: &Path) -> Result<ServerConfig, String> {
+    for (set, key) in [
+        (t.cipher_suites.is_some(), "cipher_suites"),
+        (t.curve_preferences.is_some(), "curve_preferences"),
+        (t.client_allowed_sans.is_some(), "client_allowed_sans"),
+    ] {
+        if set {
+            return Err(format!(
+                "tls_server_config.{key} is not supported by sfb-exporter (rustls offers only modern, secure choices); remove it"
+            ));
+        }
+    }
+    let read = |what: &str,
+                inline: Option<String>,
+                file: Option<PathBuf>|
+     -> Result<Option<Vec<u8>>, String> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(format!(
+                "tls_server_config: give {what} or {what}_file, not both"
+            )),
+            (Some(text), None) => Ok(Some(text.into_bytes())),
+            (None, Some(file)) => {
+                let file = dir.join(file);
+                std::fs::read(&file)
+                    .map(Some)
+                    .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))
+            }
+            (None, None) => Ok(None),
+        }
+    };
+    // The settings are checked before any file is read, so a wrong setting is named first.
+    let auth = match t.client_auth_type.as_deref().unwrap_or("") {
+        "" | "NoClientCert" => ClientAuth::NoClientCert,
+        "RequestClientCert" => ClientAuth::RequestClientCert,
+        "RequireAnyClientCert" => ClientAuth::RequireAnyClientCert,
+        "VerifyClientCertIfGiven" => ClientAuth::VerifyClientCertIfGiven,
+        "RequireAndVerifyClientCert" => ClientAuth::RequireAndVerifyClientCert,
+        other => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {other:?} is not one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
+            ))
+        }
+    };
+    let verifies = matches!(
+        auth,
+        ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
+    );
+    match (t.client_ca.is_some() || t.client_ca_file.is_some(), verifies) {
+        (true, false) => {
+            return Err(format!(
+                "tls_server_config: client_ca_file is set but client_auth_type is {auth:?}, which does not verify client certificates"
+            ))
+        }
+        (false, true) => return Err(format!("tls_server_config: client_auth_type {auth:?} needs client_ca_file")),
+        _ => {}
+    }
+
+    let client_ca = read("client_ca", t.client_ca, t.client_ca_file)?;
+    let cert =
+        read("cert", t.cert, t.cert_file)?.ok_or("tls_server_config: cert_file is required")?;
+    let key = read("key", t.key, t.key_file)?.ok_or("tls_server_config: key_file is required")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls_server_config: cert_file is not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls_server_config: cert_file holds no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|e| format!("tls_server_config: key_file is not a PEM private key: {e}"))?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = versions(t.min_version.as_deref(), t.max_version.as_deref())?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("tls_server_config: {e}"))?;
+    let builder = match (auth, client_ca) {
+        (ClientAuth::NoClientCert, _) => builder.with_no_client_auth(),
+        (ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert, _) => builder
+            .with_client_cert_verifier(Arc::new(AnyClientCert {
+                mandatory: auth == ClientAuth::RequireAnyClientCert,
+                provider: Arc::clone(&provider),
+            })),
+        (_, ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&ca.unwrap_or_default()) {
+                let cert =
+                    cert.map_err(|e| format!("tls_server_config: client_ca_file is not PEM: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("tls_server_config: client_ca_file: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("tls_server_config: client_ca_file holds no certificate".into());
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            let verifier = if auth == ClientAuth::VerifyClientCertIfGiven {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("tls_server_config: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls_server_config: certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn versions(
+    min: Option<&str>,
+    max: Option<&str>,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
+    let parse = |key: &str, v: Option<&str>, default: u8| match v {
+        None | Some("") => Ok(default),
+        Some("TLS12") => Ok(12),
+        Some("TLS13") => Ok(13),
+        Some(old @ ("TLS10" | "TLS11")) => Err(format!(
+            "tls_server_config.{key} {old} is not supported: sfb-exporter speaks TLS 1.2 and 1.3"
+        )),
+        Some(other) => Err(format!(
+            "tls_server_config.{key} {other:?} is not one of TLS12, TLS13"
+        )),
+    };
+    let (min, max) = (
+        parse("min_version", min, 12)?,
+        parse("max_version", max, 13)?,
+    );
+    let versions: Vec<_> = [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| (min..=max).contains(v))
+        .map(|(_, version)| version)
+        .collect();
+    if versions.is_empty() {
+        return Err("tls_server_config: min_version is above max_version".into());
+    }
+    Ok(versions)
+}
+
+/// Go's RequestClientCert and RequireAnyClientCert: ask for a certificate and check it signs
+/// the handshake, but do not verify it against any CA.
+#[derive(Debug)]
+struct AnyClientCert {
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<WebConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, yaml).unwrap();
+        WebConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_plain_http() {
+        let c = load("").unwrap();
+        assert!(c.tls.is_none() && !c.security.requires_auth());
+        let c = load("basic_auth_users: {}\n").unwrap();
+        assert!(
+            c.security.requires_auth(),
+            "an empty user list still demands auth"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_name_what_is_wrong() {
+        let cases = [
+            (
+                "tls_server_config:\n  key_file: k\n",
+                "cert_file is required",
+            ),
+            (
+                "tls_server_config:\n  cert_file: /nonexistent/c\n  key_file: k\n",
+                "/nonexistent/c",
+            ),
+            (
+                "tls_server_config:\n  min_version: TLS10\n",
+                "cert_file is required",
+            ),
+            ("unknown_key: 1\n", "unknown field `unknown_key`"),
+            (
+                "tls_server_config:\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+                "cipher_suites is not supported",
+            ),
+            (
+                "basic_auth_users:\n  alice: plaintext\n",
+                "the password of \"alice\" is not a bcrypt hash",
+            ),
+            (
+                "http_server_config:\n  headers:\n    Server: x\n",
+                "\"Server\" cannot be set",
+            ),
+            (
+                "http_server_config:\n  headers:\n    X-Frame-Options: \"a\\nb\"\n",
+                "invalid value for X-Frame-Options",
+            ),
+            ("tls_server_config: [\n", "invalid YAML"),
+        ];
+        for (yaml, expected) in cases {
+            let err = load(yaml)
+                .err()
+                .unwrap_or_else(|| panic!("{yaml:?} accepted"));
+            assert!(err.contains(expected), "{yaml:?}: {err}");
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn versions_follow_min_and_max() {
+        assert_eq!(versions(None, None).unwrap().len(), 2);
+        assert_eq!(
+            versions(Some("TLS13"), None).unwrap(),
+            vec![&rustls::version::TLS13]
+        );
+        assert_eq!(
+            versions(None, Some("TLS12")).unwrap(),
+            vec![&rustls::version::TLS12]
+        );
+        assert!(versions(Some("TLS11"), None)
+            .unwrap_err()
+            .contains("TLS 1.2 and 1.3"));
+        assert!(versions(Some("TLS13"), Some("TLS12"))
+            .unwrap_err()
+            .contains("above"));
+        assert!(versions(Some("SSL3"), None).is_err());
+    }
+
+    #[test]
+    fn basic_auth_checks_and_caches() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let users = users([("alice".to_string(), hash)].into_iter().collect()).unwrap();
+        let dummy: bcrypt::HashParts = users.dummy.parse().unwrap();
+        assert_eq!(dummy.get_cost(), 4, "as costly as the configured hashes");
+        assert!(!users.check("alice", "wrong"));
+        assert!(!users.check("bob", "s3cret"));
+        assert!(users.check("alice", "s3cret"));
+        assert_eq!(users.verified.lock().unwrap().len(), 1);
+        assert!(users.check("alice", "s3cret"));
+        assert!(!users.check("alice", "s3cret2"));
+    }
+
+    #[test]
+    fn credentials_from_the_header() {
+        let mut headers = HeaderMap::new();
+        let encoded = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {encoded}").parse().unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("alice".into(), "pa:ss".into()))
+        );
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(basic_credentials(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert_eq!(basic_credentials(&headers), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! Serving: gzip, and --web.config.file (TLS, mutual TLS, basic auth, headers) with real
+//! handshakes against certificates generated for the test.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use sfb_exporter::config::Period;
+
+use crate::helpers::*;
+use crate::process::{assert_one_line, exporter, run};
+
+const GOOD: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
+
+/// A CA, a server certificate for localhost signed by it, and a client certificate.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "sfb-exporter test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "prometheus");
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &ca).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.crt"), server.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
+        Pki {
+            dir,
+            ca_pem: ca_cert.pem(),
+            client_pem: format!("{}{}", client.pem(), client_key.serialize_pem()),
+        }
+    }
+
+    /// Writes a web config next to the certificates (which it names relatively).
+    fn web_config(&self, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join("web.yml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    fn client(&self, app: &TestApp, with_client_cert: bool) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .resolve("localhost", app.addr)
+            .timeout(Duration::from_secs(10));
+        if with_client_cert {
+            builder =
+                builder.identity(reqwest::Identity::from_pem(self.client_pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+}
+
+const TLS: &str = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+
+async fn spawn_with(web_config: Option<PathBuf>) -> TestApp {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    mount_report(&graph, &download, Period::D7, GOOD).await;
+    spawn_app(
+        graph,
+        download,
+        Options {
+            web_config,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+fn https(app: &TestApp, path: &str) -> String {
+    format!("https://localhost:{}{path}", app.addr.port())
+}
+
+#[tokio::test]
+async fn gzip_is_served_when_asked_for_and_matches_the_plain_body() {
+    let app = spawn_with(None).await;
+    let plain = app
+        .metrics_when("the first refresh", |b| b.contains("sfb_report_rows{"))
+        .await;
+    let response = app
+        .http
+        .get(format!("http://{}/metrics", app.addr))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["vary"], "Accept-Encoding");
+    let compressed = response.bytes().await.unwrap();
+    assert!(
+        compressed.len() < plain.len() / 3,
+        "{} vs {}",
+        compressed.len(),
+        plain.len()
+    );
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain);
+    for refused in ["identity", "gzip;q=0", "br"] {
+        let r = app
+            .http
+            .get(format!("http://{}/metrics", app.addr))
+            .header("accept-encoding", refused)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("content-encoding").is_none(), "{refused}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tls_serves_every_endpoint() {
+    let pki = Pki::new();
+    let app = spawn_with(Some(pki.web_config(TLS))).await;
+    let client = pki.client(&app, false);
+    for path in ["/", "/healthz", "/readyz", "/metrics"] {
+        let response = client.get(https(&app, path)).send().await.unwrap();
+        assert!(
+            response.status().is_success() || response.status() == 503,
+            "{path}: {}",
+            response.status()
+        );
+    }
+    let body = client
+        .get(https(&app, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("sfb_build_info"), "{body}");
+    // Plain HTTP on the TLS port is refused.
+    let plain = app
+        .http
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let pki = Pki::new();
+    let config = format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS13\n");
+    let app = spawn_with(Some(pki.web_config(&config))).await;
+    let refused = pki
+        .client(&app, false)
+        .get(https(&app, "/metrics"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "served without a client certificate: {refused:?}"
+    );
+    let accepted = pki
+        .client(&app, true)
+        .get(https(&app, "/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn basic_auth_guards_every_path_and_headers_are_set() {
+    let pki = Pki::new();
+    let hash = bcrypt::hash("correct horse", 4).unwrap();
+    let config = format!(
+        "{TLS}basic_auth_users:\n  prometheus: {hash}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n    Strict-Transport-Security: max-age=31536000\n"
+    );
+    let app = spawn_with(Some(pki.web_config(&config))).await;
+    let client = pki.client(&app, false);
+    for path in ["/", "/healthz", "/readyz", "/metrics", "/no-such-page"] {
+        for (user, password) in [
+            (None, None),
+            (Some("prometheus"), Some("wrong")),
+            (Some("nobody"), Some("correct horse")),
+        ] {
+            let mut request = client.get(https(&app, path));
+            if let Some(user) = user {
+                request = request.basic_auth(user, password);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{path} {user:?}");
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Basic realm=\"sfb-exporter\""
+            );
+            assert_eq!(response.headers()["x-frame-options"], "deny");
+        }
+        let response = client
+            .get(https(&app, path))
+            .basic_auth("prometheus", Some("correct horse"))
+            .send()
+            .await
+            .unwrap();
+        let expected = if path == "/no-such-page" {
+            404
+        } else if path == "/readyz" {
+            response.status().as_u16()
+        } else {
+            200
+        };
+        assert_eq!(response.status().as_u16(), expected, "{path}");
+        assert_ne!(response.status(), 401, "{path}");
+        assert_eq!(
+            response.headers()["strict-transport-security"],
+            "max-age=31536000"
+        );
+    }
+    app.stop().await;
+}
+
+#[test]
+fn a_bad_web_config_stops_startup_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+            "missing.crt",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
+            "client_ca_file",
+        ),
+        ("basic_auth_users:\n  alice: hunter2\n", "not a bcrypt hash"),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_fil: b\n",
+            "unknown field",
+        ),
+    ];
+    for (yaml, needle) in cases {
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, yaml).unwrap();
+        let (code, stderr) = run(exporter()
+            .args([
+                "--demo",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--web.config.file",
+            ])
+            .arg(&path));
+        assert_eq!(code, 1, "{yaml}: {stderr}");
+        assert_one_line(&stderr, &["--web.config.file", needle]);
+    }
+}
