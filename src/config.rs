@@ -168,6 +168,12 @@ impl fmt::Display for Period {
     }
 }
 
+impl serde::Serialize for Period {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl FromStr for Period {
     type Err = String;
 
@@ -371,6 +377,8 @@ pub enum Source {
 pub struct Config {
     pub listen_address: ListenAddress,
     pub web_config_file: Option<PathBuf>,
+    /// How often the web config's files are checked for changes.
+    pub web_config_check_interval: Duration,
     pub telemetry_path: String,
     pub periods: Periods,
     pub refresh_interval: Duration,
@@ -441,6 +449,7 @@ impl Config {
         Ok(Config {
             listen_address: args.listen_address,
             web_config_file: args.web_config_file,
+            web_config_check_interval: Duration::from_secs(10),
             telemetry_path: args.telemetry_path,
             periods: args.periods,
             refresh_interval: args.refresh_interval,

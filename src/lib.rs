@@ -31,7 +31,9 @@ use crate::graph::GraphClient;
 use crate::http::Limits;
 use crate::refresher::Refresher;
 use crate::state::State;
-use crate::webconfig::WebConfig;
+use crate::webconfig::{Security, Sources, WebConfig};
+use arc_swap::ArcSwap;
+use axum_server::tls_rustls::RustlsConfig;
 
 /// How long open connections get to finish after shutdown begins.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -120,12 +122,33 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         basic_auth = web.security.requires_auth(),
         "web configuration"
     );
-    let app =
-        web::app(refresher.published(), &config.telemetry_path, web.security).into_make_service();
+    let security = config
+        .web_config_file
+        .as_ref()
+        .map(|_| Arc::new(ArcSwap::new(Arc::clone(&web.security))));
+    let app = web::app(
+        refresher.published(),
+        &config.telemetry_path,
+        security.clone(),
+    )
+    .into_make_service();
     let handle = axum_server::Handle::new();
-    let server = match web.tls {
+    let tls = web.tls.clone().map(RustlsConfig::from_config);
+    if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {
+        let reload = WebConfigReload {
+            path,
+            sources: web.sources,
+            security,
+            tls: tls.clone(),
+        };
+        let cancel = cancel.clone();
+        let every = config.web_config_check_interval;
+        tasks.spawn(async move {
+            cancel.run_until_cancelled(reload.run(every)).await;
+        });
+    }
+    let server = match tls {
         Some(tls) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
             let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
             tokio::spawn(server.handle(handle.clone()).serve(app))
         }
@@ -149,4 +172,49 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     tasks.spawn(async move { while refreshers.join_next().await.is_some() {} });
 
     Ok(Running { local_addr, tasks })
+}
+
+/// Reads the web configuration again when one of its files changes, as exporter-toolkit picks
+/// up changes without a restart: rotated certificates, new users. A configuration that no
+/// longer loads is logged and the previous one kept.
+struct WebConfigReload {
+    path: std::path::PathBuf,
+    sources: Sources,
+    security: Arc<ArcSwap<Security>>,
+    tls: Option<RustlsConfig>,
+}
+
+impl WebConfigReload {
+    async fn run(mut self, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.sources.now();
+            if now == self.sources {
+                continue;
+            }
+            // Remembered even when the new files fail to load, so the failure is logged once.
+            self.sources = now;
+            match WebConfig::load(&self.path) {
+                Ok(web) => self.apply(web),
+                Err(e) => tracing::warn!("{e}; keeping the previous web configuration"),
+            }
+        }
+    }
+
+    fn apply(&mut self, web: WebConfig) {
+        match (&self.tls, web.tls) {
+            (Some(current), Some(new)) => current.reload_from_config(new),
+            (None, None) => {}
+            _ => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "TLS cannot be turned on or off without a restart; keeping the previous web configuration"
+                );
+                return;
+            }
+        }
+        self.security.store(web.security);
+        self.sources = web.sources;
+        tracing::info!(path = %self.path.display(), "web configuration reloaded");
+    }
 }

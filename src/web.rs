@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::config::Period;
 use crate::metrics::CONTENT_TYPE;
 use crate::state::{Attempt, Published};
 use crate::webconfig::{guard, Security};
@@ -22,10 +23,12 @@ struct AppState {
     landing: Bytes,
 }
 
+/// `security` is None without a web config: then there is nothing to guard, and the scrape
+/// path stays free of the layer.
 pub fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
-    security: Arc<Security>,
+    security: Option<Arc<ArcSwap<Security>>>,
 ) -> Router {
     let state = AppState {
         published,
@@ -37,13 +40,11 @@ pub fn app(
         .route("/readyz", get(readyz))
         .route(telemetry_path, get(metrics))
         .with_state(state);
-    // Without a web config there is nothing to guard: keep the scrape path free of the layer.
-    if security.is_noop() {
-        router
-    } else {
+    match security {
+        None => router,
         // route_layer would skip unmatched paths; a plain layer covers 404s too, as
         // exporter-toolkit covers every path.
-        router.layer(axum::middleware::from_fn_with_state(security, guard))
+        Some(security) => router.layer(axum::middleware::from_fn_with_state(security, guard)),
     }
 }
 
@@ -98,7 +99,8 @@ async fn healthz() -> &'static str {
 #[derive(Serialize)]
 struct Readiness {
     ready: bool,
-    periods: BTreeMap<&'static str, PeriodReadiness>,
+    /// In period order: D7, D30, D90, D180.
+    periods: BTreeMap<Period, PeriodReadiness>,
 }
 
 #[derive(Serialize)]
@@ -130,7 +132,7 @@ async fn readyz(Extract(s): Extract<AppState>) -> Response {
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                 last_error,
             };
-            (period.as_str(), readiness)
+            (*period, readiness)
         })
         .collect();
     let ready = state.ready();
@@ -165,7 +167,6 @@ fn landing_page(telemetry_path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Period;
     use crate::state::State;
     use axum::body::Body;
     use axum::http::Request;
@@ -202,7 +203,7 @@ x 1
     #[tokio::test]
     async fn routes() {
         let snapshot = published(State::new("t", [Period::D7, Period::D30]));
-        let app = app(Arc::clone(&snapshot), "/custom", Security::none());
+        let app = app(Arc::clone(&snapshot), "/custom", None);
         assert_eq!(
             get(&app, "/custom").await,
             (
@@ -222,12 +223,16 @@ x 1
     async fn readiness_follows_the_snapshot() {
         let mut state = State::new("t", [Period::D7, Period::D30]);
         let snapshot = published(state.clone());
-        let app = app(Arc::clone(&snapshot), "/metrics", Security::none());
+        let app = app(Arc::clone(&snapshot), "/metrics", None);
 
         let (status, ctype, body) = get(&app, "/readyz").await;
         assert_eq!(
             (status, ctype.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "application/json")
+        );
+        assert!(
+            body.find("\"D7\"").unwrap() < body.find("\"D30\"").unwrap(),
+            "{body}"
         );
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["ready"], false);
@@ -267,7 +272,7 @@ mod properties {
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
             if let Ok(path) = crate::config::parse_telemetry_path(&path) {
                 let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
-                let built = std::panic::catch_unwind(|| app(published, &path, Security::none()));
+                let built = std::panic::catch_unwind(|| app(published, &path, None));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);
             }
         }

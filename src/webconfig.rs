@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -79,6 +80,35 @@ pub struct WebConfigError {
 pub struct WebConfig {
     pub tls: Option<Arc<ServerConfig>>,
     pub security: Arc<Security>,
+    /// The files this configuration was read from, as they were then.
+    pub sources: Sources,
+}
+
+/// Size and modification time of every file a configuration was read from, to tell when it
+/// must be read again (certificates get rotated; Kubernetes swaps mounted secrets by symlink,
+/// which the metadata, following links, sees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources(Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)>);
+
+impl Sources {
+    fn of(paths: Vec<PathBuf>) -> Sources {
+        Sources(
+            paths
+                .into_iter()
+                .map(|path| {
+                    let meta = std::fs::metadata(&path)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())));
+                    (path, meta)
+                })
+                .collect(),
+        )
+    }
+
+    /// The same files as they are now.
+    pub fn now(&self) -> Sources {
+        Sources::of(self.0.iter().map(|(path, _)| path.clone()).collect())
+    }
 }
 
 /// Basic auth and response headers, applied to every route.
@@ -104,6 +134,7 @@ impl WebConfig {
         WebConfig {
             tls: None,
             security: Security::none(),
+            sources: Sources(Vec::new()),
         }
     }
 
@@ -112,6 +143,9 @@ impl WebConfig {
             path: path.to_path_buf(),
             message: crate::error::one_line(&message, 400),
         };
+        let mut files = vec![path.to_path_buf()];
+        // Taken before reading, so that a change made while reading is seen next time.
+        let sources = Sources::of(files.clone());
         let text =
             std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
         // Relative file names in the config are relative to the config file, as in the toolkit.
@@ -121,6 +155,21 @@ impl WebConfig {
         } else {
             serde_norway::from_str(&text).map_err(|e| fail(format!("invalid YAML: {e}")))?
         };
+        if let Some(t) = &file.tls_server_config {
+            files.extend(
+                [&t.cert_file, &t.key_file, &t.client_ca_file]
+                    .into_iter()
+                    .flatten()
+                    .map(|f| dir.join(f)),
+            );
+        }
+        let sources = Sources(
+            sources
+                .0
+                .into_iter()
+                .chain(Sources::of(files.split_off(1)).0)
+                .collect(),
+        );
         let tls = file
             .tls_server_config
             .map(|t| tls_config(t, dir).map(Arc::new))
@@ -138,6 +187,7 @@ impl WebConfig {
         Ok(WebConfig {
             tls,
             security: Arc::new(Security { users, headers }),
+            sources,
         })
     }
 }
@@ -220,18 +270,15 @@ impl Security {
     pub fn requires_auth(&self) -> bool {
         self.users.is_some()
     }
-
-    pub fn is_noop(&self) -> bool {
-        self.users.is_none() && self.headers.is_empty()
-    }
 }
 
 /// Middleware: configured headers on every response, basic auth on every route.
 pub async fn guard(
-    State(security): State<Arc<Security>>,
+    State(current): State<Arc<ArcSwap<Security>>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let security = current.load_full();
     let mut response = match &security.users {
         Some(_) if !authorized(&security, request.headers()).await => (
             StatusCode::UNAUTHORIZED,

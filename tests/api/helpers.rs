@@ -68,6 +68,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
     let config = Config {
         listen_address: "127.0.0.1:0".parse().unwrap(),
         web_config_file: options.web_config,
+        web_config_check_interval: Duration::from_millis(100),
         telemetry_path: "/metrics".into(),
         periods: Periods::new(options.periods).unwrap(),
         refresh_interval: options.interval,

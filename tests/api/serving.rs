@@ -21,6 +21,7 @@ struct Pki {
     dir: tempfile::TempDir,
     ca_pem: String,
     client_pem: String,
+    server_pem: (String, String),
 }
 
 impl Pki {
@@ -52,15 +53,21 @@ impl Pki {
         client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let client = client_params.signed_by(&client_key, &ca).unwrap();
 
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("server.crt"), server.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
-        std::fs::write(dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
-        Pki {
-            dir,
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
             ca_pem: ca_cert.pem(),
             client_pem: format!("{}{}", client.pem(), client_key.serialize_pem()),
-        }
+            server_pem: (server.pem(), server_key.serialize_pem()),
+        };
+        pki.install_server_cert(pki.dir.path());
+        std::fs::write(pki.dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
+        pki
+    }
+
+    /// Writes this PKI's server certificate and key as server.crt and server.key in `dir`.
+    fn install_server_cert(&self, dir: &std::path::Path) {
+        std::fs::write(dir.join("server.crt"), &self.server_pem.0).unwrap();
+        std::fs::write(dir.join("server.key"), &self.server_pem.1).unwrap();
     }
 
     /// Writes a web config next to the certificates (which it names relatively).
@@ -282,4 +289,62 @@ fn a_bad_web_config_stops_startup_with_one_line() {
         assert_eq!(code, 1, "{yaml}: {stderr}");
         assert_one_line(&stderr, &["--web.config.file", needle]);
     }
+}
+
+#[tokio::test]
+async fn the_web_config_is_reloaded_when_its_files_change() {
+    let pki = Pki::new();
+    let user = |name: &str| {
+        format!(
+            "basic_auth_users:\n  {name}: {}\n",
+            bcrypt::hash("pw", 4).unwrap()
+        )
+    };
+    let path = pki.web_config(&format!("{TLS}{}", user("alice")));
+    let app = spawn_with(Some(path.clone())).await;
+    let client = pki.client(&app, false);
+    let status = |name: &'static str| {
+        let request = client
+            .get(https(&app, "/healthz"))
+            .basic_auth(name, Some("pw"));
+        async move {
+            request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(status("alice").await, 200);
+    assert_eq!(status("bob").await, 401);
+
+    // New users: bob in, alice out.
+    std::fs::write(&path, format!("{TLS}{}", user("bob"))).unwrap();
+    assert!(
+        eventually(|| async { status("bob").await == 200 }).await,
+        "bob never let in"
+    );
+    assert_eq!(status("alice").await, 401);
+
+    // A broken file is refused and the last good configuration stays.
+    std::fs::write(&path, "basic_auth_users: [\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status("bob").await, 200);
+
+    // A rotated certificate, from another CA, is served to new connections.
+    std::fs::write(&path, format!("{TLS}{}", user("bob"))).unwrap();
+    let rotated = Pki::new();
+    rotated.install_server_cert(pki.dir.path());
+    let new_client = rotated.client(&app, false);
+    let served = eventually(|| async {
+        let r = new_client
+            .get(https(&app, "/healthz"))
+            .basic_auth("bob", Some("pw"))
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(served, "the rotated certificate was never served");
+    app.stop().await;
 }
