@@ -165,11 +165,7 @@ async fn client_errors_are_never_retried() {
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = app
-        .metrics_when("both attempts", |b| {
-            b.matches("sfb_refresh_success{").count() == 2
-        })
-        .await;
+    let body = app.after_first_attempts(2).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "http")),
         Some(1.0),
@@ -310,11 +306,7 @@ async fn one_failed_token_request_answers_every_period_waiting_for_it() {
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = app
-        .metrics_when("every attempt", |b| {
-            b.matches("sfb_refresh_success{").count() == 4
-        })
-        .await;
+    let body = app.after_first_attempts(4).await;
     for period in Period::ALL {
         assert_eq!(
             sample(&body, &failures(period, "timeout")),
@@ -421,11 +413,7 @@ async fn bodies_past_the_size_cap_are_refused() {
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = app
-        .metrics_when("both attempts", |b| {
-            b.matches("sfb_refresh_success{").count() == 2
-        })
-        .await;
+    let body = app.after_first_attempts(2).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "too_large")),
         Some(1.0),
@@ -461,11 +449,7 @@ async fn only_one_redirect_hop_is_followed() {
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = app
-        .metrics_when("both attempts", |b| {
-            b.matches("sfb_refresh_success{").count() == 2
-        })
-        .await;
+    let body = app.after_first_attempts(2).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "http")),
         Some(1.0),
@@ -509,11 +493,7 @@ async fn bad_bodies_are_rejected_whole_and_leave_other_periods_alone() {
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = app
-        .metrics_when("every attempt", |b| {
-            b.matches("sfb_refresh_success{").count() == 4
-        })
-        .await;
+    let body = app.after_first_attempts(4).await;
     for period in [Period::D7, Period::D30, Period::D90] {
         assert_eq!(
             sample(&body, &failures(period, "parse")),

@@ -128,6 +128,14 @@ impl TestApp {
         }
     }
 
+    /// /metrics once `periods` periods have finished their first attempt.
+    pub async fn after_first_attempts(&self, periods: usize) -> String {
+        self.metrics_when("the first attempt of every period", |b| {
+            b.matches("sfb_refresh_success{").count() == periods
+        })
+        .await
+    }
+
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
         let response = self.get("/readyz").await;
         let status = response.status().as_u16();

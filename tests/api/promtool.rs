@@ -103,11 +103,7 @@ async fn exposition_passes_promtool_in_every_state() {
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = app
-        .metrics_when("every period's first refresh", |b| {
-            b.matches("sfb_refresh_success{").count() == 4
-        })
-        .await;
+    let body = app.after_first_attempts(4).await;
     assert!(
         body.contains(
             r#"sfb_refresh_failures_total{period="D90",reason="http",tenant="tenant-1"} 1"#
