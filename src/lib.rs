@@ -213,6 +213,14 @@ impl WebConfigReload {
                 return;
             }
         }
+        // Fail closed: a file emptied or cut short must not silently switch basic auth off.
+        if self.security.load().requires_auth() && !web.security.requires_auth() {
+            tracing::warn!(
+                path = %self.path.display(),
+                "the new web configuration has no basic_auth_users; removing basic auth needs a restart, keeping the previous web configuration"
+            );
+            return;
+        }
         self.security.store(web.security);
         self.sources = web.sources;
         tracing::info!(path = %self.path.display(), "web configuration reloaded");

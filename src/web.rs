@@ -73,23 +73,31 @@ async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response 
         .into_response()
 }
 
-/// Whether Accept-Encoding admits gzip: `gzip` or `*` with a q-value above 0.
+/// Whether Accept-Encoding admits gzip (RFC 9110, 12.5.3): the q-value of `gzip` (or
+/// `x-gzip`) when listed, else that of `*`, must be above 0.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
+    let mut gzip = None;
+    let mut any = None;
+    for coding in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .filter_map(|q| q.trim().parse::<f32>().ok())
-                .next()
-                .unwrap_or(1.0);
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && q > 0.0
-        })
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+            .unwrap_or(0.0);
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(q);
+        } else if name == "*" {
+            any = Some(q);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 async fn healthz() -> &'static str {
@@ -198,6 +206,38 @@ x 1
             .unwrap_or_default();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, value.parse().unwrap());
+            accepts_gzip(&headers)
+        };
+        for yes in [
+            "gzip",
+            "GZIP",
+            "x-gzip",
+            "br, gzip;q=0.5",
+            "*",
+            "gzip;Q=1",
+            "identity, *;q=0.1",
+        ] {
+            assert!(accepts(yes), "{yes}");
+        }
+        for no in [
+            "identity",
+            "br",
+            "gzip;q=0",
+            "gzip;Q=0, *",
+            "*;q=0",
+            "gzip;q=0.0",
+            "gzip;q=x",
+        ] {
+            assert!(!accepts(no), "{no}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 
     #[tokio::test]

@@ -22,8 +22,9 @@ use rustls::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// The file as exporter-toolkit defines it; unknown keys are errors, as there.
-#[derive(Debug, Default, Deserialize)]
+/// The file as exporter-toolkit defines it; unknown keys are errors, as there. No Debug: it
+/// may hold an inline private key.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     tls_server_config: Option<TlsFile>,
@@ -31,7 +32,7 @@ struct File {
     basic_auth_users: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TlsFile {
     cert_file: Option<PathBuf>,
@@ -51,7 +52,7 @@ struct TlsFile {
     client_allowed_sans: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HttpFile {
     /// Accepted for compatibility; the exporter serves HTTP/1.1.
@@ -115,18 +116,22 @@ impl Sources {
 pub struct Security {
     users: Option<Users>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// One bcrypt at a time: a flood of wrong passwords queues here instead of taking every
+    /// core, while scrapers with cached credentials never wait on it.
+    bcrypt_slot: tokio::sync::Semaphore,
 }
 
 struct Users {
     hashes: HashMap<String, String>,
     /// Checked for unknown users, so the time taken does not reveal which users exist.
     dummy: String,
-    /// Successful (user, SHA-256 of password) pairs: bcrypt costs tens of milliseconds, and a
-    /// scraper sends the same credentials every few seconds.
-    verified: Mutex<Vec<(String, [u8; 32])>>,
+    /// Outcomes by (user, SHA-256 of password): bcrypt costs tens of milliseconds, a scraper
+    /// sends the same credentials every few seconds, and an attacker's repeats should cost
+    /// nothing either.
+    outcomes: Mutex<Vec<(String, [u8; 32], bool)>>,
 }
 
-const VERIFIED_CACHE: usize = 64;
+const OUTCOME_CACHE: usize = 256;
 
 impl WebConfig {
     /// No TLS, no auth, no extra headers: what runs without --web.config.file.
@@ -153,7 +158,8 @@ impl WebConfig {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_norway::from_str(&text).map_err(|e| fail(format!("invalid YAML: {e}")))?
+            serde_norway::from_str(&text)
+                .map_err(|e| fail(format!("invalid YAML: {}", without_quoted(&e.to_string()))))?
         };
         if let Some(t) = &file.tls_server_config {
             files.extend(
@@ -170,8 +176,12 @@ impl WebConfig {
                 .chain(Sources::of(files.split_off(1)).0)
                 .collect(),
         );
+        // A tls_server_config with neither certificate nor key means plain HTTP, as there.
         let tls = file
             .tls_server_config
+            .filter(|t| {
+                t.cert.is_some() || t.cert_file.is_some() || t.key.is_some() || t.key_file.is_some()
+            })
             .map(|t| tls_config(t, dir).map(Arc::new))
             .transpose()
             .map_err(fail)?;
@@ -183,13 +193,41 @@ impl WebConfig {
             .map(|(name, value)| header_pair(&name, &value))
             .collect::<Result<Vec<_>, _>>()
             .map_err(fail)?;
-        let users = file.basic_auth_users.map(users).transpose().map_err(fail)?;
+        // As in exporter-toolkit, an empty user list means no basic auth.
+        let users = file
+            .basic_auth_users
+            .filter(|u| !u.is_empty())
+            .map(users)
+            .transpose()
+            .map_err(fail)?;
         Ok(WebConfig {
             tls,
-            security: Arc::new(Security { users, headers }),
+            security: Arc::new(Security::new(users, headers)),
             sources,
         })
     }
+}
+
+/// The YAML parser quotes offending values, which may be passwords or keys: keep the message,
+/// drop what is between quotes.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                out.push('"');
+            }
+            (c, false) => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
@@ -231,40 +269,54 @@ fn users(hashes: BTreeMap<String, String>) -> Result<Users, String> {
     Ok(Users {
         hashes: hashes.into_iter().collect(),
         dummy,
-        verified: Mutex::new(Vec::new()),
+        outcomes: Mutex::new(Vec::new()),
     })
 }
 
 impl Users {
-    fn check(&self, user: &str, password: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
-        let cache = || self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache().iter().any(|(u, d)| u == user && *d == digest) {
-            return true;
-        }
+    fn cached(&self, user: &str, digest: &[u8; 32]) -> Option<bool> {
+        let outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        outcomes
+            .iter()
+            .find(|(u, d, _)| u == user && d == digest)
+            .map(|(_, _, ok)| *ok)
+    }
+
+    /// The slow check, with bcrypt; unknown users are checked against the dummy hash.
+    fn verify(&self, user: &str, password: &str, digest: [u8; 32]) -> bool {
         let (hash, known) = match self.hashes.get(user) {
             Some(hash) => (hash.as_str(), true),
             None => (self.dummy.as_str(), false),
         };
         let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
-        if ok {
-            let mut cache = cache();
-            if cache.len() >= VERIFIED_CACHE {
-                cache.clear();
-            }
-            cache.push((user.to_string(), digest));
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        if outcomes.len() >= OUTCOME_CACHE {
+            outcomes.clear();
         }
+        outcomes.push((user.to_string(), digest, ok));
         ok
+    }
+
+    #[cfg(test)]
+    fn check(&self, user: &str, password: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        self.cached(user, &digest)
+            .unwrap_or_else(|| self.verify(user, password, digest))
     }
 }
 
 impl Security {
     /// Nothing to enforce.
     pub fn none() -> Arc<Security> {
-        Arc::new(Security {
-            users: None,
-            headers: Vec::new(),
-        })
+        Arc::new(Security::new(None, Vec::new()))
+    }
+
+    fn new(users: Option<Users>, headers: Vec<(HeaderName, HeaderValue)>) -> Security {
+        Security {
+            users,
+            headers,
+            bcrypt_slot: tokio::sync::Semaphore::new(1),
+        }
     }
 
     pub fn requires_auth(&self) -> bool {
@@ -295,7 +347,15 @@ pub async fn guard(
 }
 
 async fn authorized(security: &Arc<Security>, headers: &HeaderMap) -> bool {
-    let Some((user, password)) = basic_credentials(headers) else {
+    let (Some(users), Some((user, password))) = (&security.users, basic_credentials(headers))
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+    if let Some(ok) = users.cached(&user, &digest) {
+        return ok;
+    }
+    let Ok(_slot) = security.bcrypt_slot.acquire().await else {
         return false;
     };
     let security = Arc::clone(security);
@@ -304,7 +364,7 @@ async fn authorized(security: &Arc<Security>, headers: &HeaderMap) -> bool {
         security
             .users
             .as_ref()
-            .is_some_and(|users| users.check(&user, &password))
+            .is_some_and(|users| users.verify(&user, &password, digest))
     })
     .await
     .unwrap_or(false)
@@ -367,7 +427,8 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<ServerConfig, String> {
     let auth = match t.client_auth_type.as_deref().unwrap_or("") {
         "" | "NoClientCert" => ClientAuth::NoClientCert,
         "RequestClientCert" => ClientAuth::RequestClientCert,
-        "RequireAnyClientCert" => ClientAuth::RequireAnyClientCert,
+        // RequireClientCert: exporter-toolkit's older name for it.
+        "RequireAnyClientCert" | "RequireClientCert" => ClientAuth::RequireAnyClientCert,
         "VerifyClientCertIfGiven" => ClientAuth::VerifyClientCertIfGiven,
         "RequireAndVerifyClientCert" => ClientAuth::RequireAndVerifyClientCert,
         other => {
@@ -381,9 +442,10 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<ServerConfig, String> {
         ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
     );
     match (t.client_ca.is_some() || t.client_ca_file.is_some(), verifies) {
-        (true, false) => {
+        // Request/RequireAny take a CA without verifying against it, as Go does.
+        (true, false) if auth == ClientAuth::NoClientCert => {
             return Err(format!(
-                "tls_server_config: client_ca_file is set but client_auth_type is {auth:?}, which does not verify client certificates"
+                "tls_server_config: client_ca_file is set but client_auth_type is NoClientCert: set a client_auth_type"
             ))
         }
         (false, true) => return Err(format!("tls_server_config: client_auth_type {auth:?} needs client_ca_file")),
@@ -553,10 +615,20 @@ mod tests {
     fn empty_file_is_plain_http() {
         let c = load("").unwrap();
         assert!(c.tls.is_none() && !c.security.requires_auth());
-        let c = load("basic_auth_users: {}\n").unwrap();
+        let c = load(
+            "basic_auth_users: {}
+tls_server_config:
+  min_version: TLS13
+",
+        )
+        .unwrap();
         assert!(
-            c.security.requires_auth(),
-            "an empty user list still demands auth"
+            !c.security.requires_auth(),
+            "an empty user list means no auth, as in the toolkit"
+        );
+        assert!(
+            c.tls.is_none(),
+            "no certificate and no key means plain HTTP, as in the toolkit"
         );
     }
 
@@ -572,12 +644,12 @@ mod tests {
                 "/nonexistent/c",
             ),
             (
-                "tls_server_config:\n  min_version: TLS10\n",
+                "tls_server_config:\n  key_file: k\n  min_version: TLS10\n",
                 "cert_file is required",
             ),
             ("unknown_key: 1\n", "unknown field `unknown_key`"),
             (
-                "tls_server_config:\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+                "tls_server_config:\n  cert_file: c\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
                 "cipher_suites is not supported",
             ),
             (
@@ -593,6 +665,7 @@ mod tests {
                 "invalid value for X-Frame-Options",
             ),
             ("tls_server_config: [\n", "invalid YAML"),
+            ("basic_auth_users: \"hunter2secret\"\n", "invalid YAML"),
         ];
         for (yaml, expected) in cases {
             let err = load(yaml)
@@ -600,6 +673,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("{yaml:?} accepted"));
             assert!(err.contains(expected), "{yaml:?}: {err}");
             assert!(!err.contains('\n'), "{err:?}");
+            assert!(!err.contains("hunter2secret"), "{err:?}");
         }
     }
 
@@ -632,7 +706,11 @@ mod tests {
         assert!(!users.check("alice", "wrong"));
         assert!(!users.check("bob", "s3cret"));
         assert!(users.check("alice", "s3cret"));
-        assert_eq!(users.verified.lock().unwrap().len(), 1);
+        assert_eq!(
+            users.outcomes.lock().unwrap().len(),
+            3,
+            "failures are cached too"
+        );
         assert!(users.check("alice", "s3cret"));
         assert!(!users.check("alice", "s3cret2"));
     }

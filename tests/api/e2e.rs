@@ -109,7 +109,9 @@ fn dashboard_expressions() -> Vec<(String, String)> {
                 .replace("${tenant}", ".*")
                 .replace("$tenant", ".*")
                 .replace("${period}", ".*")
-                .replace("$period", ".*");
+                .replace("$period", ".*")
+                // What the panels with an explicit interval of 1h get from Grafana.
+                .replace("$__interval", "1h");
             assert!(!expr.contains('$'), "unsubstituted variable in {expr}");
             out.push((panel["title"].as_str().unwrap().to_string(), expr));
         }
