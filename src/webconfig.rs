@@ -444,9 +444,7 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<ServerConfig, String> {
     match (t.client_ca.is_some() || t.client_ca_file.is_some(), verifies) {
         // Request/RequireAny take a CA without verifying against it, as Go does.
         (true, false) if auth == ClientAuth::NoClientCert => {
-            return Err(format!(
-                "tls_server_config: client_ca_file is set but client_auth_type is NoClientCert: set a client_auth_type"
-            ))
+            return Err("tls_server_config: client_ca_file is set but client_auth_type is NoClientCert: set a client_auth_type".into())
         }
         (false, true) => return Err(format!("tls_server_config: client_auth_type {auth:?} needs client_ca_file")),
         _ => {}
