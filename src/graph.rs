@@ -60,17 +60,17 @@ impl RetryPolicy {
                 retry_after: Some(wait),
                 ..
             } => (*wait <= self.max_retry_after).then_some(*wait),
-            Error::Http {
-                stage: Stage::Download,
-                status: Some(401 | 403 | 404 | 410),
-                ..
-            } => Some(self.backoff(retry)),
             Error::Throttled {
                 retry_after: None, ..
             }
-            | Error::Network { .. } => Some(self.backoff(retry)),
-            Error::Http {
+            | Error::Network { .. }
+            | Error::Http {
                 status: Some(502..=504),
+                ..
+            }
+            | Error::Http {
+                stage: Stage::Download,
+                status: Some(401 | 403 | 404 | 410),
                 ..
             } => Some(self.backoff(retry)),
             _ => None,
@@ -195,7 +195,7 @@ impl GraphClient {
                 .map_err(|e| e.after_report(&answer.request_id()))?),
             // A missing permission can come as 401 too; a new token would not help.
             StatusCode::UNAUTHORIZED
-                if graph_code(&answer).as_deref() == Some("S2SUnauthorized") =>
+                if answer.graph_code().as_deref() == Some("S2SUnauthorized") =>
             {
                 Err(Error::Forbidden {
                     stage: Stage::Report,
@@ -276,12 +276,6 @@ fn redirect_target(base: &Url, location: Option<&str>) -> Result<Url, &'static s
         return Err("redirect from https to http refused");
     }
     Ok(target)
-}
-
-/// The `error.code` of Graph's error envelope.
-fn graph_code(answer: &Answer) -> Option<String> {
-    let envelope: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
-    Some(envelope.pointer("/error/code")?.as_str()?.to_string())
 }
 
 /// A 401 keeps the token it refused, so that exactly that token can be dropped from the cache.

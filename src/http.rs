@@ -22,6 +22,18 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// A string field of Graph's error envelope (`{"error":{"code","message","innerError":{..}}}`),
+    /// by JSON pointer; None when the body is not that envelope.
+    fn graph_error(&self, pointer: &str) -> Option<String> {
+        let envelope: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        Some(envelope.pointer(pointer)?.as_str()?.to_string())
+    }
+
+    /// Graph's error code (`error.code`), such as S2SUnauthorized.
+    pub fn graph_code(&self) -> Option<String> {
+        self.graph_error("/error/code")
+    }
+
     /// Graph's request-id, from the header or else from the error envelope's innerError.
     pub fn request_id(&self) -> RequestId {
         let header = self
@@ -30,9 +42,8 @@ impl Answer {
             .and_then(|v| v.to_str().ok())
             .map(|v| one_line(v, 64));
         RequestId(header.or_else(|| {
-            let envelope: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-            let id = envelope.pointer("/error/innerError/request-id")?.as_str()?;
-            Some(one_line(id, 64))
+            let id = self.graph_error("/error/innerError/request-id")?;
+            Some(one_line(&id, 64))
         }))
     }
 
@@ -52,14 +63,9 @@ impl Answer {
     /// A one-line account of an unexpected answer: Graph's error code and message when the body
     /// is its JSON envelope, else the status line.
     pub fn describe(&self) -> String {
-        let envelope: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
-        let graph_error = envelope.as_ref().and_then(|v| {
-            let code = v.pointer("/error/code")?.as_str()?;
-            let message = v
-                .pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("");
-            Some(one_line(&format!("{code}: {message}"), 200))
+        let graph_error = self.graph_code().map(|code| {
+            let message = self.graph_error("/error/message").unwrap_or_default();
+            one_line(&format!("{code}: {message}"), 200)
         });
         match graph_error {
             Some(e) => format!("HTTP {}: {e}", self.status.as_u16()),

@@ -242,17 +242,10 @@ fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Str
     };
     let value = HeaderValue::from_str(value)
         .map_err(|_| format!("http_server_config.headers: invalid value for {allowed}"))?;
-    Ok((HeaderName::from_static(lowercase(allowed)), value))
-}
-
-fn lowercase(name: &'static str) -> &'static str {
-    match name {
-        "Content-Security-Policy" => "content-security-policy",
-        "Strict-Transport-Security" => "strict-transport-security",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-Frame-Options" => "x-frame-options",
-        _ => "x-xss-protection",
-    }
+    // from_bytes normalizes the configured spelling to the lowercase form HeaderName holds.
+    let name = HeaderName::from_bytes(allowed.as_bytes())
+        .map_err(|_| format!("http_server_config.headers: invalid name {allowed}"))?;
+    Ok((name, value))
 }
 
 fn users(hashes: BTreeMap<String, String>) -> Result<Users, String> {
