@@ -12,27 +12,6 @@ use crate::process::{exporter_against, Process};
 
 const GOOD: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
 
-fn per_period(name: &str, period: Period) -> String {
-    format!(r#"{name}{{period="{period}",tenant="{TENANT}"}}"#)
-}
-
-fn failures(period: Period, reason: &str) -> String {
-    format!(
-        r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
-    )
-}
-
-fn success(period: Period) -> String {
-    per_period("sfb_refresh_success", period)
-}
-
-/// Waits for the first finished attempt of `period` and returns /metrics then.
-async fn first_attempt(app: &TestApp, period: Period) -> String {
-    let series = success(period);
-    app.metrics_when("the first attempt", |b| sample(b, &series).is_some())
-        .await
-}
-
 fn report_answer(period: Period, answer: ResponseTemplate) -> Mock {
     Mock::given(method("GET"))
         .and(path(report_path(period)))
@@ -58,7 +37,7 @@ async fn throttling_waits_retry_after_then_succeeds_within_the_cycle() {
     mount_report(&graph, &download, Period::D7, GOOD).await;
     let started = Instant::now();
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "Retry-After not honoured"
@@ -80,7 +59,7 @@ async fn persistent_throttling_is_counted_once_when_the_cycle_gives_up() {
     .mount(&graph)
     .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "throttled")),
         Some(1.0),
@@ -111,9 +90,9 @@ async fn throttling_without_retry_after_backs_off_and_a_long_retry_after_gives_u
         ..Default::default()
     };
     let app = spawn_app(graph, download, options).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
-    let body = first_attempt(&app, Period::D30).await;
+    let body = app.first_attempt(Period::D30).await;
     assert_eq!(
         sample(&body, &failures(Period::D30, "throttled")),
         Some(1.0),
@@ -143,7 +122,7 @@ async fn transient_server_errors_are_retried_with_backoff() {
         .await;
     mount_report(&graph, &download, Period::D7, GOOD).await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
     assert_eq!(sample(&body, &failures(Period::D7, "http")), Some(0.0));
     assert_eq!(report_requests(&app).await, 3);
@@ -197,7 +176,7 @@ async fn connection_errors_are_retried_then_counted_as_network() {
     .mount(&graph)
     .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "network")),
         Some(1.0),
@@ -232,7 +211,7 @@ async fn a_refused_download_is_retried_with_a_fresh_url() {
         .await;
     download_mock(Period::D7, GOOD).mount(&download).await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
     assert_eq!(sample(&body, &failures(Period::D7, "forbidden")), Some(0.0));
     assert_eq!(
@@ -255,7 +234,7 @@ async fn a_missing_permission_reported_as_401_is_forbidden_not_a_token_problem()
     .mount(&graph)
     .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "forbidden")),
         Some(1.0),
@@ -281,7 +260,7 @@ async fn failures_after_the_redirect_carry_the_report_request_id() {
         .mount(&download)
         .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "parse")),
         Some(1.0),
@@ -331,7 +310,7 @@ async fn a_second_401_is_an_auth_failure() {
         .mount(&graph)
         .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "auth")),
         Some(1.0),
@@ -364,7 +343,7 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
     let started = Instant::now();
     let app = spawn_app(graph, download, options).await;
 
-    let body = first_attempt(&app, Period::D30).await;
+    let body = app.first_attempt(Period::D30).await;
     assert_eq!(sample(&body, &success(Period::D30)), Some(1.0));
     assert_eq!(
         sample(&body, &success(Period::D7)),
@@ -381,7 +360,7 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
             asked.elapsed()
         );
     }
-    let body = first_attempt(&app, Period::D7).await;
+    let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "timeout")),
         Some(1.0),

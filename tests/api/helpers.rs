@@ -1,3 +1,4 @@
+use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -126,6 +127,13 @@ impl TestApp {
             );
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// /metrics once `period` has finished its first attempt, successful or not.
+    pub async fn first_attempt(&self, period: impl Display) -> String {
+        let series = success(period);
+        self.metrics_when("the first attempt", |b| sample(b, &series).is_some())
+            .await
     }
 
     /// /metrics once `periods` periods have finished their first attempt.
@@ -271,4 +279,19 @@ pub fn dropping_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A per-period series of the test tenant, as exposed: `name{period="..",tenant=".."}`.
+pub fn per_period(name: &str, period: impl Display) -> String {
+    format!(r#"{name}{{period="{period}",tenant="{TENANT}"}}"#)
+}
+
+pub fn success(period: impl Display) -> String {
+    per_period("sfb_refresh_success", period)
+}
+
+pub fn failures(period: impl Display, reason: &str) -> String {
+    format!(
+        r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
+    )
 }

@@ -15,21 +15,6 @@ fn activity(period: &str, kind: &str) -> String {
     )
 }
 
-fn per_period(name: &str, period: &str) -> String {
-    format!(r#"{name}{{period="{period}",tenant="{TENANT}"}}"#)
-}
-
-fn failures(period: &str, reason: &str) -> String {
-    format!(
-        r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
-    )
-}
-
-fn refreshed(period: &str) -> impl Fn(&str) -> bool {
-    let series = per_period("sfb_refresh_success", period);
-    move |body| sample(body, &series).is_some()
-}
-
 #[tokio::test]
 async fn redirect_is_followed_without_authorization_and_newest_row_published() {
     let (graph, download) = mock_servers().await;
@@ -39,7 +24,7 @@ async fn redirect_is_followed_without_authorization_and_newest_row_published() {
     mount_report(&graph, &download, Period::D7, &csv).await;
     let app = spawn_app(graph, download, Options::default()).await;
 
-    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    let body = app.first_attempt("D7").await;
     assert_eq!(
         sample(&body, &per_period("sfb_refresh_success", "D7")),
         Some(1.0),
@@ -126,9 +111,7 @@ async fn a_direct_200_with_the_csv_is_accepted() {
         },
     )
     .await;
-    let body = app
-        .metrics_when("the first refresh", refreshed("D30"))
-        .await;
+    let body = app.first_attempt("D30").await;
     assert_eq!(
         sample(&body, &activity("D30", "dial_out_microsoft")),
         Some(180.0),
@@ -155,9 +138,7 @@ async fn csv_quirks_bom_crlf_column_order_row_order_empty_cells() {
         },
     )
     .await;
-    let body = app
-        .metrics_when("the first refresh", refreshed("D180"))
-        .await;
+    let body = app.first_attempt("D180").await;
     assert_eq!(
         sample(&body, &per_period("sfb_refresh_success", "D180")),
         Some(1.0),
@@ -206,9 +187,7 @@ async fn header_only_report_is_a_success_without_activity_series() {
         },
     )
     .await;
-    let body = app
-        .metrics_when("the first refresh", refreshed("D90"))
-        .await;
+    let body = app.first_attempt("D90").await;
     assert_eq!(
         sample(&body, &per_period("sfb_refresh_success", "D90")),
         Some(1.0),
@@ -367,7 +346,7 @@ async fn a_rejected_token_is_replaced_and_the_request_retried_once() {
     )
     .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    let body = app.first_attempt("D7").await;
     assert_eq!(
         sample(&body, &per_period("sfb_refresh_success", "D7")),
         Some(1.0),
@@ -462,7 +441,7 @@ async fn a_bad_report_publishes_nothing_partial() {
     let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-03,7,1,two,3\n");
     mount_report(&graph, &download, Period::D7, &csv).await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    let body = app.first_attempt("D7").await;
     assert_eq!(
         sample(&body, &per_period("sfb_refresh_success", "D7")),
         Some(0.0),
@@ -493,7 +472,7 @@ async fn forbidden_is_its_own_reason() {
         .mount(&graph)
         .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    let body = app.first_attempt("D7").await;
     assert_eq!(
         sample(&body, &failures("D7", "forbidden")),
         Some(1.0),
@@ -520,7 +499,7 @@ async fn a_refused_token_is_an_auth_failure() {
         .mount(&graph)
         .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    let body = app.metrics_when("the first refresh", refreshed("D7")).await;
+    let body = app.first_attempt("D7").await;
     assert_eq!(sample(&body, &failures("D7", "auth")), Some(1.0), "{body}");
     assert!(app
         .requests_to(&app.graph, "/v1.0/reports/")
@@ -581,7 +560,7 @@ async fn secrets_never_reach_metrics_or_readiness() {
         .mount(&download)
         .await;
     let app = spawn_app(graph, download, Options::default()).await;
-    app.metrics_when("the first refresh", refreshed("D7")).await;
+    app.first_attempt("D7").await;
     for path in ["/metrics", "/readyz", "/"] {
         let body = app.get(path).await.text().await.unwrap();
         for secret in [CLIENT_SECRET, ACCESS_TOKEN, DOWNLOAD_SIG] {
