@@ -1,6 +1,7 @@
 //! OAuth 2.0 client credentials against the Microsoft identity platform, with a token cache
 //! shared by every period so that one token serves all reports until shortly before it expires.
 
+use std::fmt;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -8,14 +9,31 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::Identity;
-use crate::error::{one_line, Error, Stage};
+use crate::error::{Error, Stage};
 use crate::http::{exchange, Answer, Limits};
+use crate::text::one_line;
 
 /// Renew this long before the token expires, but never later than half its lifetime.
 const RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// Tokens live about an hour; a longer claimed lifetime is capped rather than trusted.
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// App registration used for the client credentials grant.
+pub struct Identity {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
 
 pub struct TokenSource {
     http: reqwest::Client,

@@ -1,6 +1,5 @@
 //! Command line and environment, resolved once at startup into an immutable [`Config`].
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -10,7 +9,10 @@ use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
-pub use crate::graph::RetryPolicy;
+use crate::auth::Identity;
+use crate::graph::RetryPolicy;
+use crate::report::{Period, Periods};
+use crate::telemetry::{LogFormat, LogLevel};
 
 /// Port from the 9xxx range that the Prometheus default-port-allocations list leaves unused:
 /// 9100-9999 is fully allocated to exporters, 9090-9094 to Prometheus' own components.
@@ -114,98 +116,6 @@ impl Cloud {
             Cloud::Global => "https://graph.microsoft.com",
             Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// A report period Graph accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Period {
-    D7,
-    D30,
-    D90,
-    D180,
-}
-
-impl Period {
-    pub const ALL: [Period; 4] = [Period::D7, Period::D30, Period::D90, Period::D180];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Period::D7 => "D7",
-            Period::D30 => "D30",
-            Period::D90 => "D90",
-            Period::D180 => "D180",
-        }
-    }
-
-    pub fn days(self) -> u32 {
-        match self {
-            Period::D7 => 7,
-            Period::D30 => 30,
-            Period::D90 => 90,
-            Period::D180 => 180,
-        }
-    }
-}
-
-impl fmt::Display for Period {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for Period {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl FromStr for Period {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        Period::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown period {s:?}: allowed values are D7, D30, D90, D180"))
-    }
-}
-
-/// The configured periods: non-empty, without duplicates, in ascending order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Periods(Vec<Period>);
-
-impl Periods {
-    pub fn new(periods: impl IntoIterator<Item = Period>) -> Option<Periods> {
-        let set: BTreeSet<Period> = periods.into_iter().collect();
-        (!set.is_empty()).then(|| Periods(set.into_iter().collect()))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Period> + '_ {
-        self.0.iter().copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -339,23 +249,6 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 
     Ok(d)
-}
-
-/// App registration used for the client credentials grant.
-pub struct Identity {
-    pub tenant_id: String,
-    pub client_id: String,
-    pub client_secret: SecretString,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
-            .finish()
-    }
 }
 
 /// Where reports come from.

@@ -20,7 +20,8 @@ use time::{Date, Duration, OffsetDateTime, Weekday};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::{Identity, Period};
+use crate::auth::Identity;
+use crate::report::Period;
 
 pub const TENANT: &str = "demo";
 const CLIENT_ID: &str = "demo-client";

@@ -9,9 +9,9 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::auth::TokenSource;
-use crate::config::Period;
 use crate::error::{Error, RequestId, Stage};
 use crate::http::{exchange, Answer, Limits};
+use crate::report::Period;
 
 pub struct GraphClient {
     http: reqwest::Client,

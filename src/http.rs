@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 
-use crate::error::{one_line, Error, RequestId, Stage};
+use crate::error::{Error, RequestId, Stage};
+use crate::text::one_line;
 
 #[derive(Debug)]
 pub struct Limits {

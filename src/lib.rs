@@ -1,8 +1,12 @@
 //! sfb-exporter: the Microsoft Graph report getSkypeForBusinessOrganizerActivityMinuteCounts
 //! as Prometheus gauges.
 //!
-//! Data flows one way: `config` → `auth` + `graph` (HTTP) → `report` (CSV, pure) →
-//! `refresher` (state, once per refresh) → `metrics` (exposition, pure) → `web` (read only).
+//! Data flows one way: `config` (flags and environment, resolved once) → `auth` (tokens) →
+//! `graph` (report requests over `http`) → `report` (CSV, pure) → `state` + `metrics`
+//! (exposition, pure) → `refresher` (publishes an immutable snapshot) → `web` (reads it).
+//! Each domain type lives in the module that owns it (`Period` in `report`, `Identity` in
+//! `auth`), so `config` imports them and no two modules import each other
+//! (tests/api/layout.rs checks that no import cycle creeps back).
 
 pub mod auth;
 pub mod config;
@@ -15,6 +19,7 @@ pub mod refresher;
 pub mod report;
 pub mod state;
 pub mod telemetry;
+pub mod text;
 pub mod web;
 pub mod webconfig;
 

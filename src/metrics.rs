@@ -160,7 +160,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Period;
+    use crate::report::Period;
     use crate::state::{Accepted, PeriodState};
     use std::time::Duration;
     use time::macros::date;

@@ -9,11 +9,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Period;
 use crate::error::{Error, Stage};
 use crate::graph::{Fetched, GraphClient};
 use crate::metrics::{render, BuildInfo};
 use crate::report;
+use crate::report::Period;
 use crate::state::{Accepted, Attempt, Published, State};
 
 pub struct Refresher {

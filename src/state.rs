@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::config::Period;
 use crate::error::Reason;
+use crate::report::Period;
 use crate::report::Row;
 
 /// What is known of one period's report.

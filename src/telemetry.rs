@@ -3,7 +3,7 @@
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
-use crate::config::{LogFormat, LogLevel};
+use clap::ValueEnum;
 
 pub fn init(level: LogLevel, format: LogFormat) {
     let level = match level {
@@ -23,4 +23,18 @@ pub fn init(level: LogLevel, format: LogFormat) {
         LogFormat::Text => registry.with(fmt.with_ansi(false)).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

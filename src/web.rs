@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::config::Period;
 use crate::metrics::CONTENT_TYPE;
+use crate::report::Period;
 use crate::state::{Attempt, Published};
 use crate::webconfig::{guard, Security};
 

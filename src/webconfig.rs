@@ -146,7 +146,7 @@ impl WebConfig {
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let fail = |message: String| WebConfigError {
             path: path.to_path_buf(),
-            message: crate::error::one_line(&message, 400),
+            message: crate::text::one_line(&message, 400),
         };
         let mut files = vec![path.to_path_buf()];
         // Taken before reading, so that a change made while reading is seen next time.

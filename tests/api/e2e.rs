@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sfb_exporter::config::Period;
+use sfb_exporter::report::Period;
 use time::{Duration as Days, OffsetDateTime};
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};

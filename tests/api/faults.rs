@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sfb_exporter::config::Period;
+use sfb_exporter::report::Period;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 

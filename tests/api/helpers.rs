@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sfb_exporter::config::{Config, Identity, Period, Periods, RetryPolicy, Source};
+use sfb_exporter::auth::Identity;
+use sfb_exporter::config::{Config, Source};
+use sfb_exporter::graph::RetryPolicy;
+use sfb_exporter::report::{Period, Periods};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use wiremock::matchers::{body_string_contains, header, method, path};

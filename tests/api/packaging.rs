@@ -33,7 +33,7 @@ fn text<'a>(value: &'a Yaml, keys: &[&str]) -> &'a str {
 /// Metric names the exporter exposes, from the exposition of a healthy state.
 fn exposed_metrics() -> Vec<String> {
     use sfb_exporter::state::{Accepted, Attempt, State};
-    let mut state = State::new("t", [sfb_exporter::config::Period::D7]);
+    let mut state = State::new("t", [sfb_exporter::report::Period::D7]);
     let d7 = state.periods.values_mut().next().unwrap();
     let csv = format!(
         "{}\n2024-03-05,2024-03-04,7,1,2,3\n",

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sfb_exporter::config::Period;
+use sfb_exporter::report::Period;
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 

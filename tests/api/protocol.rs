@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sfb_exporter::config::Period;
+use sfb_exporter::report::Period;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 

@@ -9,7 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use sfb_exporter::config::Period;
+use sfb_exporter::report::Period;
 
 use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, run};
