@@ -128,7 +128,7 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
         ] {
             activity
                 .with_label_values(&[tenant, period.as_str(), kind])
-                .set(minutes * 60.0);
+                .set(minutes as f64 * 60.0);
         }
     }
 
@@ -179,9 +179,9 @@ mod tests {
         let row = crate::report::Row {
             report_refresh_date: date!(2024 - 03 - 05),
             report_date: date!(2024 - 03 - 04),
-            audio_video_minutes: 120.0,
-            dial_in_microsoft_minutes: 30.5,
-            dial_out_microsoft_minutes: 0.0,
+            audio_video_minutes: 120,
+            dial_in_microsoft_minutes: 30,
+            dial_out_microsoft_minutes: 0,
         };
         // D7: healthy.
         *state.periods.get_mut(&Period::D7).unwrap() = PeriodState {

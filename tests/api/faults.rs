@@ -489,6 +489,57 @@ async fn bad_bodies_are_rejected_whole_and_leave_other_periods_alone() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn impossible_reports_are_rejected_naming_row_column_and_value() {
+    let cases = [
+        (
+            Period::D7,
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2099-01-02,2099-01-01,7,1,2,3\n"),
+            "line 3: Report Date \"2099-01-01\" is more than one day after today",
+        ),
+        (
+            Period::D30,
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-04,7,9,2,3\n"),
+            "line 3: Report Date \"2024-03-04\" repeats the Report Date of line 2",
+        ),
+        (
+            Period::D90,
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,-0,2,3\n"),
+            "line 2: Audio/Video \"-0\" is not an unsigned decimal integer of minutes",
+        ),
+        (
+            Period::D180,
+            format!("{HEADER},Audio/Video\n2024-03-05,2024-03-04,7,1,2,3,4\n"),
+            "line 1: column \"Audio/Video\" is named twice in the header (fields 4 and 7)",
+        ),
+    ];
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    for (period, csv, _) in &cases {
+        mount_report(&graph, &download, *period, csv).await;
+    }
+    let options = Options {
+        periods: Period::ALL.to_vec(),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app.after_first_attempts(4).await;
+    let (_, readyz) = app.readyz().await;
+    for (period, _, message) in &cases {
+        assert_eq!(
+            sample(&body, &failures(period, "parse")),
+            Some(1.0),
+            "{period}: {body}"
+        );
+        assert_eq!(sample(&body, &per_period("sfb_report_rows", period)), None);
+        let error = readyz["periods"][period.as_str()]["last_error"]
+            .as_str()
+            .unwrap();
+        assert!(error.contains(message), "{period}: {error}");
+    }
+    app.stop().await;
+}
+
 fn count(lines: &[serde_json::Value], message: &str) -> usize {
     lines
         .iter()

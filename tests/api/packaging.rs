@@ -39,7 +39,8 @@ fn exposed_metrics() -> Vec<String> {
         "{}\n2024-03-05,2024-03-04,7,1,2,3\n",
         crate::helpers::HEADER
     );
-    let report = sfb_exporter::report::parse(csv.as_bytes()).unwrap();
+    let report =
+        sfb_exporter::report::parse(csv.as_bytes(), time::macros::date!(2024 - 03 - 06)).unwrap();
     d7.accepted = Some(Accepted {
         rows: 1,
         newest: report.newest().copied(),
