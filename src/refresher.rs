@@ -98,11 +98,7 @@ impl Refresher {
                 let today = time::OffsetDateTime::now_utc().date();
                 let report = report::parse(&csv, today)
                     .map_err(|e| Error::from(e).after_report(&request_id))?;
-                Ok(Some(Accepted {
-                    rows: report.rows.len(),
-                    newest: report.newest().copied(),
-                    etag,
-                }))
+                Ok(Some(Accepted::new(&report, etag)))
             }
         }
     }

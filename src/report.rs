@@ -114,6 +114,30 @@ impl Report {
     pub fn newest(&self) -> Option<&Row> {
         self.rows.iter().max_by_key(|row| row.report_date)
     }
+
+    /// The minutes of every row added up; `None` for a header-only report, which has no
+    /// totals rather than totals of zero.
+    pub fn totals(&self) -> Option<Totals> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let mut totals = Totals::default();
+        for row in &self.rows {
+            totals.audio_video_minutes += u128::from(row.audio_video_minutes);
+            totals.dial_in_microsoft_minutes += u128::from(row.dial_in_microsoft_minutes);
+            totals.dial_out_microsoft_minutes += u128::from(row.dial_out_microsoft_minutes);
+        }
+        Some(totals)
+    }
+}
+
+/// Minutes summed over the rows of a report, by conference type. Wider than a cell, so that
+/// no sum of 64-bit cells can overflow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub audio_video_minutes: u128,
+    pub dial_in_microsoft_minutes: u128,
+    pub dial_out_microsoft_minutes: u128,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -386,6 +410,25 @@ mod tests {
             assert_eq!(report.newest().unwrap().report_date, date!(2024 - 03 - 04));
             assert_eq!(report.newest().unwrap().audio_video_minutes, 9);
         }
+    }
+
+    #[test]
+    fn totals_add_every_row_and_empty_cells_count_zero() {
+        let body = format!(
+            "{HEADER}\n2024-03-05,2024-03-03,7,10,,1\n2024-03-05,2024-03-04,7,5,2,\n2024-03-05,2024-03-02,7,{},0,0\n",
+            u64::MAX
+        );
+        let report = parse(body.as_bytes(), TODAY).unwrap();
+        assert_eq!(
+            report.totals(),
+            Some(Totals {
+                audio_video_minutes: 15 + u128::from(u64::MAX),
+                dial_in_microsoft_minutes: 2,
+                dial_out_microsoft_minutes: 1,
+            })
+        );
+        let header_only = parse(HEADER.as_bytes(), TODAY).unwrap();
+        assert_eq!(header_only.totals(), None);
     }
 
     #[test]

@@ -41,11 +41,7 @@ fn exposed_metrics() -> Vec<String> {
     );
     let report =
         sfb_exporter::report::parse(csv.as_bytes(), time::macros::date!(2024 - 03 - 06)).unwrap();
-    d7.accepted = Some(Accepted {
-        rows: 1,
-        newest: report.newest().copied(),
-        etag: None,
-    });
+    d7.accepted = Some(Accepted::new(&report, None));
     d7.last_attempt = Some(Attempt::Succeeded);
     d7.last_success = Some(std::time::SystemTime::now());
     let body =

@@ -14,6 +14,14 @@ fn activity(period: &str, kind: &str) -> String {
     )
 }
 
+fn period_activity(period: &str, kind: &str) -> String {
+    format!(
+        r#"sfb_organizer_activity_period_seconds{{conference_type="{kind}",period="{period}",tenant="{TENANT}"}}"#
+    )
+}
+
+const CONFERENCE_TYPES: [&str; 3] = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
+
 #[tokio::test]
 async fn redirect_is_followed_without_authorization_and_newest_row_published() {
     let csv =
@@ -138,6 +146,47 @@ async fn header_only_report_is_a_success_without_activity_series() {
         "{body}"
     );
     assert_eq!(app.get("/readyz").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn window_totals_add_up_every_row_and_a_header_only_report_has_none() {
+    // Graph's rows for D7, in no order, with empty cells; D30 is header-only.
+    let rows: [(&str, [&str; 3]); 4] = [
+        ("2024-03-03", ["10", "", "1"]),
+        ("2024-03-05", ["120", "30", ""]),
+        ("2024-02-28", ["", "", ""]),
+        ("2024-03-04", ["5", "2", "3"]),
+    ];
+    let mut csv = HEADER.to_string();
+    for (day, cells) in rows {
+        csv.push_str(&format!("\n2024-03-06,{day},7,{}", cells.join(",")));
+    }
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D7, csv)
+        .report(Period::D30, format!("{HEADER}\n"))
+        .periods([Period::D7, Period::D30])
+        .spawn()
+        .await;
+    let body = app.after_first_attempts(2).await;
+    for (i, kind) in CONFERENCE_TYPES.into_iter().enumerate() {
+        let minutes: u64 = rows
+            .iter()
+            .map(|(_, cells)| cells[i].parse::<u64>().unwrap_or(0))
+            .sum();
+        assert_sample(
+            &body,
+            &period_activity("D7", kind),
+            Some(minutes as f64 * 60.0),
+        );
+        assert_sample(&body, &period_activity("D30", kind), None);
+    }
+    // The sums above, by hand: 135, 32 and 4 minutes.
+    assert_sample(&body, &period_activity("D7", "audio_video"), Some(8100.0));
+    assert_sample(&body, &success("D30"), Some(1.0));
+    assert_sample(&body, &per_period("sfb_report_rows", "D30"), Some(0.0));
     app.stop().await;
 }
 
@@ -308,6 +357,11 @@ async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
         Some(7200.0),
         "last values kept"
     );
+    assert_eq!(
+        sample(&body, &period_activity("D7", "audio_video")),
+        Some(7200.0),
+        "last totals kept"
+    );
     assert_sample(&body, &per_period("sfb_report_rows", "D7"), Some(1.0));
     let body = app
         .metrics_when("the parse failure", |b| {
@@ -318,6 +372,11 @@ async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
         sample(&body, &activity("D7", "audio_video")),
         Some(7200.0),
         "last values kept"
+    );
+    assert_eq!(
+        sample(&body, &period_activity("D7", "audio_video")),
+        Some(7200.0),
+        "last totals kept"
     );
     let (_, readyz) = app.readyz().await;
     assert_eq!(
