@@ -238,7 +238,7 @@ mod tests {
     fn demo_reports_parse_and_cover_the_period() {
         let today = date!(2026 - 11 - 27);
         for period in Period::ALL {
-            let report = crate::report::parse(csv(period, today).as_bytes()).unwrap();
+            let report = crate::report::parse(csv(period, today).as_bytes(), today).unwrap();
             assert_eq!(report.rows.len(), period.days() as usize);
             let newest = report.newest().unwrap();
             assert_eq!(newest.report_date, date!(2026 - 11 - 25));

@@ -30,6 +30,8 @@ impl BuildInfo {
 
 const ACTIVITY_HELP: &str = "Conference time organized in the tenant on the newest day of the Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (Graph's minutes x 60). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
 
+const PERIOD_ACTIVITY_HELP: &str = "Conference time organized in the tenant over every day of the period's Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (the sum of Graph's minutes x 60 over all rows). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
+
 pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
     let per_period = ["tenant", "period"];
@@ -38,6 +40,12 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
         &registry,
         "sfb_organizer_activity_seconds",
         ACTIVITY_HELP,
+        &["tenant", "period", "conference_type"],
+    )?;
+    let period_activity = gauge(
+        &registry,
+        "sfb_organizer_activity_period_seconds",
+        PERIOD_ACTIVITY_HELP,
         &["tenant", "period", "conference_type"],
     )?;
     let report_date = gauge(
@@ -112,6 +120,14 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
             continue;
         };
         rows.with_label_values(&labels).set(accepted.rows as f64);
+        if let Some(t) = &accepted.totals {
+            let minutes = [
+                t.audio_video_minutes,
+                t.dial_in_microsoft_minutes,
+                t.dial_out_microsoft_minutes,
+            ];
+            set_seconds(&period_activity, &labels, minutes.map(|m| m as f64));
+        }
         let Some(row) = &accepted.newest else {
             continue;
         };
@@ -121,15 +137,12 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
         refresh_date
             .with_label_values(&labels)
             .set(midnight_utc(row.report_refresh_date));
-        for (kind, minutes) in [
-            ("audio_video", row.audio_video_minutes),
-            ("dial_in_microsoft", row.dial_in_microsoft_minutes),
-            ("dial_out_microsoft", row.dial_out_microsoft_minutes),
-        ] {
-            activity
-                .with_label_values(&[tenant, period.as_str(), kind])
-                .set(minutes * 60.0);
-        }
+        let minutes = [
+            row.audio_video_minutes,
+            row.dial_in_microsoft_minutes,
+            row.dial_out_microsoft_minutes,
+        ];
+        set_seconds(&activity, &labels, minutes.map(|m| m as f64));
     }
 
     let mut out = Vec::with_capacity(4096);
@@ -148,6 +161,17 @@ fn gauge(
     Ok(g)
 }
 
+/// Sets the `conference_type` series of `gauge` for `[tenant, period]` to Graph's minutes
+/// (Audio/Video, Dial-in Microsoft, Dial-out Microsoft) in seconds.
+fn set_seconds(gauge: &GaugeVec, [tenant, period]: &[&str; 2], minutes: [f64; 3]) {
+    let kinds = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
+    for (kind, minutes) in kinds.into_iter().zip(minutes) {
+        gauge
+            .with_label_values(&[tenant, period, kind])
+            .set(minutes * 60.0);
+    }
+}
+
 fn midnight_utc(date: Date) -> f64 {
     date.midnight().assume_utc().unix_timestamp() as f64
 }
@@ -161,6 +185,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 mod tests {
     use super::*;
     use crate::report::Period;
+    use crate::report::Totals;
     use crate::state::{Accepted, PeriodState};
     use std::time::Duration;
     use time::macros::date;
@@ -179,9 +204,9 @@ mod tests {
         let row = crate::report::Row {
             report_refresh_date: date!(2024 - 03 - 05),
             report_date: date!(2024 - 03 - 04),
-            audio_video_minutes: 120.0,
-            dial_in_microsoft_minutes: 30.5,
-            dial_out_microsoft_minutes: 0.0,
+            audio_video_minutes: 120,
+            dial_in_microsoft_minutes: 30,
+            dial_out_microsoft_minutes: 0,
         };
         // D7: healthy.
         *state.periods.get_mut(&Period::D7).unwrap() = PeriodState {
@@ -190,6 +215,11 @@ mod tests {
             accepted: Some(Accepted {
                 rows: 7,
                 newest: Some(row),
+                totals: Some(Totals {
+                    audio_video_minutes: 840,
+                    dial_in_microsoft_minutes: 61,
+                    dial_out_microsoft_minutes: 0,
+                }),
                 etag: None,
             }),
             failures: Default::default(),
@@ -204,6 +234,11 @@ mod tests {
             accepted: Some(Accepted {
                 rows: 30,
                 newest: Some(row),
+                totals: Some(Totals {
+                    audio_video_minutes: 3600,
+                    dial_in_microsoft_minutes: 915,
+                    dial_out_microsoft_minutes: 2,
+                }),
                 etag: None,
             }),
             failures: [(Reason::Parse, 2), (Reason::Throttled, 1)]
@@ -217,6 +252,7 @@ mod tests {
             accepted: Some(Accepted {
                 rows: 0,
                 newest: None,
+                totals: None,
                 etag: None,
             }),
             failures: Default::default(),
@@ -235,6 +271,7 @@ mod tests {
         let body = render(&State::new("t", [Period::D7]), &BUILD).unwrap();
         for absent in [
             "sfb_organizer_activity_seconds{",
+            "sfb_organizer_activity_period_seconds{",
             "sfb_report_rows{",
             "sfb_refresh_success{",
             "sfb_refresh_last_success_timestamp_seconds{",

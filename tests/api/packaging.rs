@@ -39,12 +39,9 @@ fn exposed_metrics() -> Vec<String> {
         "{}\n2024-03-05,2024-03-04,7,1,2,3\n",
         crate::helpers::HEADER
     );
-    let report = sfb_exporter::report::parse(csv.as_bytes()).unwrap();
-    d7.accepted = Some(Accepted {
-        rows: 1,
-        newest: report.newest().copied(),
-        etag: None,
-    });
+    let report =
+        sfb_exporter::report::parse(csv.as_bytes(), time::macros::date!(2024 - 03 - 06)).unwrap();
+    d7.accepted = Some(Accepted::new(&report, None));
     d7.last_attempt = Some(Attempt::Succeeded);
     d7.last_success = Some(std::time::SystemTime::now());
     let body =
