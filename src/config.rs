@@ -351,10 +351,7 @@ pub enum ConfigError {
     #[error("AZURE_AUTHORITY_HOST: {0}")]
     AuthorityHost(String),
     #[error("{name}: {problem}")]
-    Endpoint {
-        name: &'static str,
-        problem: String,
-    },
+    Endpoint { name: &'static str, problem: String },
     #[error("cannot read {flag} {path:?}: {error}")]
     SecretFile {
         flag: &'static str,
@@ -609,16 +606,17 @@ fn credential(
                     None => env("AZURE_CLIENT_CERTIFICATE_PASSWORD").filter(|p| !p.is_empty()),
                 };
                 let password = password.map(SecretString::from);
-                Ok(ClientCertificate::load(Path::new(&path), password.as_ref())?)
+                Ok(ClientCertificate::load(
+                    Path::new(&path),
+                    password.as_ref(),
+                )?)
             });
             let send_chain = set(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-            both(client_id(), certificate).map(|(client_id, certificate)| {
-                Credential::Certificate {
-                    client_id,
-                    certificate: std::sync::Arc::new(certificate),
-                    send_chain,
-                }
+            both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
+                client_id,
+                certificate: std::sync::Arc::new(certificate),
+                send_chain,
             })
         }
         CredentialKind::WorkloadIdentity => {
@@ -636,12 +634,12 @@ fn credential(
                 }
             })
         }
-        CredentialKind::ManagedIdentity => managed_endpoint(env).map(|endpoint| {
-            Credential::ManagedIdentity {
+        CredentialKind::ManagedIdentity => {
+            managed_endpoint(env).map(|endpoint| Credential::ManagedIdentity {
                 client_id: set(env, "AZURE_CLIENT_ID"),
                 endpoint,
-            }
-        }),
+            })
+        }
     };
     resolved.map_err(|e| problems.extend(e)).ok()
 }
@@ -766,7 +764,10 @@ mod tests {
     }
 
     fn fixture(name: &str) -> String {
-        format!("{}/tests/fixtures/identity/{name}", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/tests/fixtures/identity/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
     }
 
     #[test]
@@ -783,7 +784,12 @@ mod tests {
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token"),
             ("IDENTITY_HEADER", "h"),
         ];
-        let kinds = ["secret", "certificate", "workload-identity", "managed-identity"];
+        let kinds = [
+            "secret",
+            "certificate",
+            "workload-identity",
+            "managed-identity",
+        ];
         // Drop the earlier kinds one by one: each time the next one is chosen.
         for (skip, kind) in [0, 1, 2, 3].into_iter().zip(kinds) {
             let vars: Vec<_> = base.iter().chain(&all[skip..]).copied().collect();
@@ -792,7 +798,10 @@ mod tests {
                 // The certificate path does not exist: chosen, and reported.
                 Err(problems) => {
                     assert_eq!(kind, "certificate");
-                    assert!(problems[0].contains("/nonexistent/cert.pem"), "{problems:?}");
+                    assert!(
+                        problems[0].contains("/nonexistent/cert.pem"),
+                        "{problems:?}"
+                    );
                 }
             }
         }
@@ -825,13 +834,19 @@ mod tests {
                 "AZURE_CLIENT_CERTIFICATE_PATH is not set, and --azure.credential certificate needs it (see --help)",
             ]
         );
-        let problems =
-            resolved(&["--azure.credential", "workload-identity"], &vars).unwrap_err();
-        assert!(problems[1].contains("AZURE_FEDERATED_TOKEN_FILE"), "{problems:?}");
+        let problems = resolved(&["--azure.credential", "workload-identity"], &vars).unwrap_err();
+        assert!(
+            problems[1].contains("AZURE_FEDERATED_TOKEN_FILE"),
+            "{problems:?}"
+        );
 
         // Managed identity: IMDS at the override, system-assigned without AZURE_CLIENT_ID.
         let identity = resolved(&["--azure.credential", "managed-identity"], &vars).unwrap();
-        let Credential::ManagedIdentity { client_id, endpoint } = &identity.credential else {
+        let Credential::ManagedIdentity {
+            client_id,
+            endpoint,
+        } = &identity.credential
+        else {
             panic!("{identity:?}")
         };
         assert_eq!(client_id, &None);
@@ -869,7 +884,10 @@ mod tests {
         let mut env_password = vars.to_vec();
         env_password.push(("AZURE_CLIENT_CERTIFICATE_PASSWORD", "nope-secret-9"));
         let problems = resolved(&[], &env_password).unwrap_err();
-        assert!(problems[0].contains("wrong PKCS#12 password"), "{problems:?}");
+        assert!(
+            problems[0].contains("wrong PKCS#12 password"),
+            "{problems:?}"
+        );
         assert!(!problems[0].contains("nope-secret-9"));
     }
 
@@ -893,10 +911,12 @@ mod tests {
             ("usgov", "graph.microsoft.us"),
             ("usgov-dod", "dod-graph.microsoft.us"),
         ] {
-            let c = Config::resolve(args(&["--azure.cloud", cloud]).unwrap(), env(&IDENTITY))
-                .unwrap();
+            let c =
+                Config::resolve(args(&["--azure.cloud", cloud]).unwrap(), env(&IDENTITY)).unwrap();
             let Source::Azure {
-                authority, graph: g, ..
+                authority,
+                graph: g,
+                ..
             } = c.source
             else {
                 panic!()

@@ -93,9 +93,7 @@ impl Error {
     /// The `reason` label of `sfb_refresh_failures_total`.
     pub fn reason(&self) -> Reason {
         match self {
-            Error::Auth { .. } | Error::Unauthorized { .. } | Error::Credential(_) => {
-                Reason::Auth
-            }
+            Error::Auth { .. } | Error::Unauthorized { .. } | Error::Credential(_) => Reason::Auth,
             Error::Forbidden { .. } => Reason::Forbidden,
             Error::Throttled { .. } => Reason::Throttled,
             Error::Http { .. } => Reason::Http,

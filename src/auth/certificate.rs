@@ -83,7 +83,9 @@ impl ClientCertificate {
 
     fn from_parts(path: &Path, certs: Vec<Vec<u8>>, key: Key) -> Result<Self, String> {
         if certs.is_empty() {
-            return Err("no certificate in the file: it needs the certificate and its private key".into());
+            return Err(
+                "no certificate in the file: it needs the certificate and its private key".into(),
+            );
         }
         let key = match key {
             Key::Pkcs8(der) => RsaKeyPair::from_pkcs8(&der),
@@ -104,7 +106,11 @@ impl ClientCertificate {
             let (_, cert) = x509_parser::parse_x509_certificate(der)
                 .map_err(|e| format!("not a valid X.509 certificate ({e})"))?;
             let matches = cert.public_key().subject_public_key.data.as_ref() == public;
-            parsed.push((matches, cert.subject().to_string(), cert.validity().not_after.timestamp()));
+            parsed.push((
+                matches,
+                cert.subject().to_string(),
+                cert.validity().not_after.timestamp(),
+            ));
         }
         let Some(leaf) = parsed.iter().position(|(matches, ..)| *matches) else {
             return Err(format!(
@@ -200,7 +206,12 @@ impl ClientCertificate {
         );
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
-            .sign(&RSA_PSS_SHA256, &rng, signing_input.as_bytes(), &mut signature)
+            .sign(
+                &RSA_PSS_SHA256,
+                &rng,
+                signing_input.as_bytes(),
+                &mut signature,
+            )
             .map_err(|_| failed("sign"))?;
         Ok(SecretString::from(format!(
             "{signing_input}.{}",
@@ -267,7 +278,11 @@ fn pkcs12_parts(
         }
         other => format!("cannot read the PKCS#12 file ({other})"),
     })?;
-    let certs = archive.certs.iter().map(|c| c.cert.as_der().to_vec()).collect();
+    let certs = archive
+        .certs
+        .iter()
+        .map(|c| c.cert.as_der().to_vec())
+        .collect();
     let key = archive
         .keys
         .first()
@@ -301,7 +316,10 @@ fn rfc3339(t: SystemTime) -> String {
     };
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("@{seconds}"))
 }
 
@@ -320,11 +338,17 @@ mod tests {
     fn load(
         parts: &[&str],
         password: Option<&str>,
-    ) -> (tempfile::TempDir, Result<ClientCertificate, CertificateError>) {
+    ) -> (
+        tempfile::TempDir,
+        Result<ClientCertificate, CertificateError>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credential");
-        std::fs::write(&path, parts.iter().flat_map(|p| fixture(p)).collect::<Vec<u8>>())
-            .unwrap();
+        std::fs::write(
+            &path,
+            parts.iter().flat_map(|p| fixture(p)).collect::<Vec<u8>>(),
+        )
+        .unwrap();
         let password = password.map(SecretString::from);
         let loaded = ClientCertificate::load(&path, password.as_ref());
         (dir, loaded)
@@ -365,8 +389,16 @@ mod tests {
             (&["cert-a.pem", "rsa-b.pkcs8.pem"], None, "does not match"),
             (&["cert-a.pem", "ec.pkcs8.pem"], None, "not RSA"),
             (&["cert-a.pem", "rsa-a.encrypted.pem"], None, "encrypted"),
-            (&["aes.p12"], Some("wrong-password-77"), "wrong PKCS#12 password"),
-            (&["legacy.p12"], Some("wrong-password-77"), "wrong PKCS#12 password"),
+            (
+                &["aes.p12"],
+                Some("wrong-password-77"),
+                "wrong PKCS#12 password",
+            ),
+            (
+                &["legacy.p12"],
+                Some("wrong-password-77"),
+                "wrong PKCS#12 password",
+            ),
             (&["aes.p12"], None, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
         ];
         for (parts, password, needle) in cases {

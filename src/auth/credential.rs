@@ -169,7 +169,10 @@ mod tests {
         };
         assert_eq!(
             proof(&credential),
-            [format!("client_assertion_type={JWT_BEARER}"), "client_assertion=first".into()]
+            [
+                format!("client_assertion_type={JWT_BEARER}"),
+                "client_assertion=first".into()
+            ]
         );
         std::fs::write(&path, "second").unwrap();
         assert_eq!(proof(&credential)[1], "client_assertion=second");
@@ -189,6 +192,9 @@ mod tests {
             secret: SecretString::from("hunter2"),
         };
         let debug = format!("{credential:?}");
-        assert!(!debug.contains("hunter2") && debug.contains("[redacted]"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("[redacted]"),
+            "{debug}"
+        );
     }
 }

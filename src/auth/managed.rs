@@ -113,7 +113,11 @@ impl ManagedEndpoint {
             if Instant::now() + wait >= deadline {
                 return Ok(answer);
             }
-            tracing::debug!(status, wait_ms = wait.as_millis() as u64, "IMDS busy, retrying");
+            tracing::debug!(
+                status,
+                wait_ms = wait.as_millis() as u64,
+                "IMDS busy, retrying"
+            );
             tokio::time::sleep(wait).await;
             backoff = backoff.saturating_mul(2);
         }

@@ -145,7 +145,12 @@ impl TokenSource {
                 endpoint,
             } => {
                 endpoint
-                    .request(&self.http, &self.resource, client_id.as_deref(), &self.limits)
+                    .request(
+                        &self.http,
+                        &self.resource,
+                        client_id.as_deref(),
+                        &self.limits,
+                    )
                     .await?
             }
             credential => {
@@ -287,14 +292,23 @@ mod tests {
 
     #[test]
     fn token_answers() {
-        let (t, d) =
-            parse_token(br#"{"token_type":"Bearer","expires_in":3599,"access_token":"abc"}"#, SystemTime::now())
-                .unwrap();
+        let (t, d) = parse_token(
+            br#"{"token_type":"Bearer","expires_in":3599,"access_token":"abc"}"#,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!((t.expose_secret(), d.as_secs()), ("abc", 3599));
-        let (_, d) = parse_token(br#"{"expires_in":"60","access_token":"abc"}"#, SystemTime::now()).unwrap();
+        let (_, d) = parse_token(
+            br#"{"expires_in":"60","access_token":"abc"}"#,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!(d.as_secs(), 60);
-        let (_, d) =
-            parse_token(br#"{"expires_in":18446744073709551615,"access_token":"abc"}"#, SystemTime::now()).unwrap();
+        let (_, d) = parse_token(
+            br#"{"expires_in":18446744073709551615,"access_token":"abc"}"#,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!(d, MAX_LIFETIME);
         for bad in [
             &b"<html>"[..],
