@@ -543,90 +543,73 @@ fn exporter_with(vars: &[(&str, &str)], args: &[&str]) -> std::process::Command 
     cmd
 }
 
+/// Runs the binary with `vars` and `args`; it must stop with one line holding `needles`.
+fn fails_with(vars: &[(&str, &str)], args: &[&str], needles: &[&str]) {
+    let (code, stderr) = run(&mut exporter_with(vars, args));
+    assert_eq!(code, 1, "{vars:?}: {stderr}");
+    assert_one_line(&stderr, needles);
+    assert!(!stderr.contains("very-wrong-pw"), "{stderr}");
+}
+
 #[test]
 fn startup_errors_are_one_line_naming_the_file_and_never_the_password() {
     let dir = tempfile::tempdir().unwrap();
-    let mismatched = dir.path().join("mismatched.pem");
-    let pieces = ["cert-a.pem", "rsa-b.pkcs8.pem"].map(|f| std::fs::read(fixture(f)).unwrap());
-    std::fs::write(&mismatched, pieces.concat()).unwrap();
-    let not_rsa = dir.path().join("ec.pem");
-    let pieces = ["cert-a.pem", "ec.pkcs8.pem"].map(|f| std::fs::read(fixture(f)).unwrap());
-    std::fs::write(&not_rsa, pieces.concat()).unwrap();
-    let p12 = fixture("aes.p12");
-    let readme = fixture("README.md");
-    let path = |p: &Path| p.to_str().unwrap().to_string();
-    let cases: Vec<(Vec<(&str, String)>, Vec<&str>, Vec<String>)> = vec![
+    let concat = |name: &str, parts: [&str; 2]| {
+        let file = dir.path().join(name);
+        let pieces = parts.map(|f| std::fs::read(fixture(f)).unwrap());
+        std::fs::write(&file, pieces.concat()).unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let mismatched = concat("mismatched.pem", ["cert-a.pem", "rsa-b.pkcs8.pem"]);
+    let not_rsa = concat("ec.pem", ["cert-a.pem", "ec.pkcs8.pem"]);
+    let p12 = fixture("aes.p12").to_str().unwrap().to_string();
+    let readme = fixture("README.md").to_str().unwrap().to_string();
+    let cert_only = fixture("cert-a.pem").to_str().unwrap().to_string();
+    let certificate = |path: &str| ("AZURE_CLIENT_CERTIFICATE_PATH", path.to_string());
+
+    fails_with(
+        &[],
+        &[],
+        &[
+            "no credential configured",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "--azure.credential managed-identity",
+        ],
+    );
+    let cases = [
+        (certificate("/nonexistent/c.pem"), "cannot read"),
+        (certificate(&readme), "not a certificate"),
+        (certificate(&cert_only), "no private key"),
+        (certificate(&mismatched), "does not match"),
+        (certificate(&not_rsa), "not RSA"),
         (
-            vec![],
-            vec![],
-            vec![
-                "no credential configured".into(),
-                "AZURE_CLIENT_SECRET".into(),
-                "AZURE_CLIENT_CERTIFICATE_PATH".into(),
-                "AZURE_FEDERATED_TOKEN_FILE".into(),
-                "--azure.credential managed-identity".into(),
-            ],
-        ),
-        (
-            vec![("AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/c.pem".into())],
-            vec![],
-            vec!["/nonexistent/c.pem".into(), "cannot read".into()],
-        ),
-        (
-            vec![("AZURE_CLIENT_CERTIFICATE_PATH", path(&readme))],
-            vec![],
-            vec![path(&readme), "not a certificate".into()],
-        ),
-        (
-            vec![
-                ("AZURE_CLIENT_CERTIFICATE_PATH", path(&p12)),
-                ("AZURE_CLIENT_CERTIFICATE_PASSWORD", "very-wrong-pw".into()),
-            ],
-            vec![],
-            vec![path(&p12), "wrong PKCS#12 password".into()],
-        ),
-        (
-            vec![(
-                "AZURE_CLIENT_CERTIFICATE_PATH",
-                path(&fixture("cert-a.pem")),
-            )],
-            vec![],
-            vec!["no private key".into()],
-        ),
-        (
-            vec![("AZURE_CLIENT_CERTIFICATE_PATH", path(&mismatched))],
-            vec![],
-            vec![path(&mismatched), "does not match".into()],
-        ),
-        (
-            vec![("AZURE_CLIENT_CERTIFICATE_PATH", path(&not_rsa))],
-            vec![],
-            vec![path(&not_rsa), "not RSA".into()],
-        ),
-        (
-            vec![("AZURE_FEDERATED_TOKEN_FILE", "/nonexistent/token".into())],
-            vec![],
-            vec!["/nonexistent/token".into()],
-        ),
-        (
-            vec![],
-            vec!["--azure.credential", "workload-identity"],
-            vec!["AZURE_FEDERATED_TOKEN_FILE is not set".into()],
-        ),
-        (
-            vec![("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi".into())],
-            vec!["--azure.credential", "managed-identity"],
-            vec!["IDENTITY_HEADER".into()],
+            ("AZURE_FEDERATED_TOKEN_FILE", "/nonexistent/token".into()),
+            "cannot read",
         ),
     ];
-    for (vars, args, needles) in cases {
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (code, stderr) = run(&mut exporter_with(&vars, &args));
-        assert_eq!(code, 1, "{vars:?}: {stderr}");
-        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
-        assert_one_line(&stderr, &needles);
-        assert!(!stderr.contains("very-wrong-pw"), "{stderr}");
+    for ((name, path), needle) in &cases {
+        fails_with(&[(name, path)], &[], &[path, needle]);
     }
+    fails_with(
+        &[
+            ("AZURE_CLIENT_CERTIFICATE_PATH", &p12),
+            ("AZURE_CLIENT_CERTIFICATE_PASSWORD", "very-wrong-pw"),
+        ],
+        &[],
+        &[&p12, "wrong PKCS#12 password"],
+    );
+    fails_with(
+        &[],
+        &["--azure.credential", "workload-identity"],
+        &["AZURE_FEDERATED_TOKEN_FILE is not set"],
+    );
+    fails_with(
+        &[("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi")],
+        &["--azure.credential", "managed-identity"],
+        &["IDENTITY_HEADER"],
+    );
 }
 
 #[test]
