@@ -29,11 +29,7 @@ const CLIENT_SECRET: &str = "demo-secret";
 const TOKEN_PREFIX: &str = "demo-token-";
 
 pub fn identity() -> Identity {
-    Identity {
-        tenant_id: TENANT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: SecretString::from(CLIENT_SECRET),
-    }
+    Identity::with_secret(TENANT, CLIENT_ID, SecretString::from(CLIENT_SECRET))
 }
 
 pub struct Demo {

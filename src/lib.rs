@@ -58,6 +58,48 @@ pub enum StartError {
     WebConfig(#[from] webconfig::WebConfigError),
 }
 
+/// `--config.check`: everything [`start`] would use, validated without binding a port or
+/// contacting anything. The resolved setup as `name: value` lines (warnings last), or every
+/// problem found. No secret is ever part of either.
+pub fn check_config(
+    args: config::Args,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
+    let web = args.web_config_file.clone().map(|path| {
+        let loaded = WebConfig::load(&path);
+        (path, loaded)
+    });
+    let mut problems: Vec<String> = Vec::new();
+    let config = Config::check(args, env)
+        .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
+        .ok();
+    let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
+    match web {
+        None => lines.push(("web config", "none (plain HTTP, no basic auth)".into())),
+        Some((path, Ok(web))) => lines.push((
+            "web config",
+            format!(
+                "{} (TLS: {}, basic auth: {})",
+                path.display(),
+                web.tls.is_some(),
+                web.security.requires_auth()
+            ),
+        )),
+        Some((_, Err(e))) => problems.push(e.to_string()),
+    }
+    let Some(config) = config.filter(|_| problems.is_empty()) else {
+        return Err(problems);
+    };
+    let mut report = String::from("configuration OK\n");
+    for (name, value) in lines {
+        report.push_str(&format!("{name}: {value}\n"));
+    }
+    for warning in config.warnings(std::time::SystemTime::now()) {
+        report.push_str(&format!("warning: {warning}\n"));
+    }
+    Ok(report)
+}
+
 /// A started exporter: serving, refreshing, until its cancellation token fires.
 pub struct Running {
     pub local_addr: SocketAddr,
@@ -117,9 +159,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         timeout: config.graph_timeout,
         max_body_bytes: config.max_body_bytes,
     };
+    let certificate_not_after = identity.credential.certificate().map(|c| c.not_after());
     let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
     let graph = GraphClient::new(http, graph, tokens, limits(), config.retry);
-    let state = State::new(tenant, config.periods.iter());
+    let mut state = State::new(tenant, config.periods.iter());
+    state.client_certificate_not_after = certificate_not_after;
     let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
 
     tracing::info!(

@@ -97,6 +97,16 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
         .with_label_values(&[build.version, build.revision])
         .set(1.0);
     let tenant = state.tenant.as_str();
+    if let Some(not_after) = state.client_certificate_not_after {
+        gauge(
+            &registry,
+            "sfb_client_certificate_expiry_timestamp_seconds",
+            "notAfter of the client certificate the exporter signs in with, as a Unix time.",
+            &["tenant"],
+        )?
+        .with_label_values(&[tenant])
+        .set(unix_seconds(not_after));
+    }
     for (period, p) in &state.periods {
         let labels = [tenant, period.as_str()];
         for reason in Reason::ALL {
@@ -177,8 +187,10 @@ fn midnight_utc(date: Date) -> f64 {
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ impl Accepted {
 pub struct State {
     pub tenant: String,
     pub periods: BTreeMap<Period, PeriodState>,
+    /// notAfter of the client certificate, when the exporter signs in with one.
+    pub client_certificate_not_after: Option<SystemTime>,
 }
 
 impl State {
@@ -62,6 +64,7 @@ impl State {
                 .into_iter()
                 .map(|p| (p, PeriodState::default()))
                 .collect(),
+            client_certificate_not_after: None,
         }
     }
 

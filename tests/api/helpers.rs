@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sfb_exporter::auth::Identity;
+use sfb_exporter::auth::{Credential, Identity};
 use sfb_exporter::config::{Config, Source};
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::{Period, Periods};
@@ -41,6 +41,8 @@ pub struct Options {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub web_config: Option<std::path::PathBuf>,
+    /// How the exporter signs in; None: the client secret the token mock expects.
+    pub credential: Option<Credential>,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
                 max_retry_after: Duration::from_secs(2),
             },
             web_config: None,
+            credential: None,
         }
     }
 }
@@ -82,8 +85,10 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         source: Source::Azure {
             identity: Identity {
                 tenant_id: TENANT.into(),
-                client_id: CLIENT_ID.into(),
-                client_secret: SecretString::from(CLIENT_SECRET),
+                credential: options.credential.unwrap_or_else(|| Credential::Secret {
+                    client_id: CLIENT_ID.into(),
+                    secret: SecretString::from(CLIENT_SECRET),
+                }),
             },
             authority: base.clone(),
             graph: base,
