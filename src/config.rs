@@ -65,15 +65,15 @@ pub struct Args {
     pub telemetry_path: String,
 
     /// Microsoft Graph root URL; the token scope is <graph.url>/.default [default: per --azure.cloud].
-    #[arg(long = "graph.url", value_name = "URL", value_parser = parse_base_url)]
+    #[arg(long = "graph.url", global = true, value_name = "URL", value_parser = parse_base_url)]
     pub graph_url: Option<Url>,
 
     /// Microsoft cloud: global (also GCC), china (21Vianet), usgov (GCC High) or usgov-dod (DoD).
-    #[arg(long = "azure.cloud", value_enum, default_value_t = Cloud::Global)]
+    #[arg(long = "azure.cloud", global = true, value_enum, default_value_t = Cloud::Global)]
     pub cloud: Cloud,
 
     /// How to sign in: auto, secret, certificate, workload-identity or managed-identity.
-    #[arg(long = "azure.credential", value_enum, default_value_t = CredentialKind::Auto)]
+    #[arg(long = "azure.credential", global = true, value_enum, default_value_t = CredentialKind::Auto)]
     pub credential: CredentialKind,
 
     /// Comma-separated report periods to keep: any of D7, D30, D90, D180.
@@ -85,23 +85,27 @@ pub struct Args {
     pub refresh_interval: Duration,
 
     /// Upper bound on each HTTP exchange with Graph or the identity platform.
-    #[arg(long = "graph.timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    #[arg(long = "graph.timeout", global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     pub graph_timeout: Duration,
 
     /// Largest response body accepted from Graph or the identity platform, in bytes.
-    #[arg(long = "graph.max-body-bytes", value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    #[arg(long = "graph.max-body-bytes", global = true, value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_body_bytes: u64,
 
     /// Retries within one refresh after 429, 502-504 or a connection error.
-    #[arg(long = "graph.max-retries", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    #[arg(long = "graph.max-retries", global = true, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub max_retries: u32,
 
     /// File holding the client secret (Docker and Kubernetes secrets); overrides AZURE_CLIENT_SECRET.
-    #[arg(long = "azure.client-secret-file", value_name = "PATH")]
+    #[arg(long = "azure.client-secret-file", global = true, value_name = "PATH")]
     pub client_secret_file: Option<PathBuf>,
 
     /// File holding the PKCS#12 password; overrides AZURE_CLIENT_CERTIFICATE_PASSWORD.
-    #[arg(long = "azure.client-certificate-password-file", value_name = "PATH")]
+    #[arg(
+        long = "azure.client-certificate-password-file",
+        global = true,
+        value_name = "PATH"
+    )]
     pub client_certificate_password_file: Option<PathBuf>,
 
     /// Validate flags, environment, files and certificates, print the resolved setup and
@@ -110,16 +114,46 @@ pub struct Args {
     pub config_check: bool,
 
     /// Serve simulated data from a built-in fake Graph on loopback; no Azure credentials needed.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub demo: bool,
 
     /// Only log messages with the given severity or above.
-    #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
+    #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
 
     /// Output format of log messages.
-    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Write the daily rows of a report (D180 by default) as OpenMetrics text for
+    /// `promtool tsdb create-blocks-from openmetrics`, then exit; starts no web server.
+    #[command(after_help = BACKFILL_AFTER_HELP)]
+    Backfill(BackfillArgs),
+}
+
+const BACKFILL_AFTER_HELP: &str = "\
+Identity, --demo and the --graph.* flags work as for the exporter (see sfb-exporter --help).
+Then, with Prometheus stopped or running:
+  promtool tsdb create-blocks-from openmetrics history.om ./blocks
+  move ./blocks/* into Prometheus' data directory (--storage.tsdb.path)
+Prometheus' --storage.tsdb.retention.time must exceed the period (15d by default): blocks
+older than the retention are deleted at once.";
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// Report period to fetch: D7, D30, D90 or D180 (the days of history written).
+    #[arg(long = "backfill.period", value_name = "PERIOD", default_value = "D180", value_parser = Period::from_str)]
+    pub period: Period,
+
+    /// File to write (replaced whole, only on success) [default: stdout].
+    #[arg(long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -415,15 +449,20 @@ impl Config {
     /// Warnings to log at startup: an expired client certificate, a refresh rate that Graph
     /// would throttle.
     pub fn warnings(&self, now: std::time::SystemTime) -> Vec<String> {
-        let certificate = match &self.source {
-            Source::Azure { identity, .. } => identity.credential.certificate(),
-            Source::Demo => None,
-        };
-        certificate
-            .and_then(|c| c.expiry_warning(now))
+        self.certificate_warning(now)
             .into_iter()
             .chain(self.throttling_warning())
             .collect()
+    }
+
+    /// A warning when the client certificate has expired or expires soon.
+    pub fn certificate_warning(&self, now: std::time::SystemTime) -> Option<String> {
+        match &self.source {
+            Source::Azure { identity, .. } => {
+                identity.credential.certificate()?.expiry_warning(now)
+            }
+            Source::Demo => None,
+        }
     }
 
     /// The resolved setup as `name: value` lines, free of secrets, for `--config.check`.

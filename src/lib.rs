@@ -9,6 +9,7 @@
 //! (tests/api/layout.rs checks that no import cycle creeps back).
 
 pub mod auth;
+pub mod backfill;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -98,6 +99,46 @@ pub fn check_config(
         report.push_str(&format!("warning: {warning}\n"));
     }
     Ok(report)
+}
+
+/// `sfb-exporter backfill`: `period`'s report of every configured tenant as OpenMetrics text.
+/// The demo Graph, when asked for, runs only for the duration of the call.
+pub async fn backfill(config: Config, period: report::Period) -> anyhow::Result<String> {
+    let http =
+        http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
+    let cancel = CancellationToken::new();
+    // Cancels the demo Graph on every way out, errors included.
+    let _stop_demo = cancel.clone().drop_guard();
+    let tenant = match config.source {
+        Source::Azure {
+            identity,
+            authority,
+            graph,
+        } => backfill::Tenant {
+            label: identity.tenant_id.clone(),
+            identity,
+            authority,
+            graph,
+        },
+        Source::Demo => {
+            let demo = demo::start(cancel).await.map_err(StartError::Demo)?;
+            tokio::spawn(demo.server);
+            backfill::Tenant {
+                label: demo::TENANT.to_string(),
+                identity: demo::identity(),
+                authority: demo.authority,
+                graph: demo.graph,
+            }
+        }
+    };
+    let settings = backfill::Settings {
+        http,
+        timeout: config.graph_timeout,
+        max_body_bytes: config.max_body_bytes,
+        retry: config.retry,
+        period,
+    };
+    Ok(backfill::collect(vec![tenant], &settings).await?)
 }
 
 /// A started exporter: serving, refreshing, until its cancellation token fires.

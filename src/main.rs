@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sfb_exporter::config::{Args, Config};
+use sfb_exporter::config::{Args, BackfillArgs, Command, Config};
 use sfb_exporter::{check_config, start, telemetry};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 const RUNTIME_GRACE: Duration = Duration::from_millis(300);
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let mut args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if e.use_stderr() => {
             // clap's own rendering spans several lines; keep the one that names the problem.
@@ -39,7 +39,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
+    let result = match args.command.take() {
+        Some(Command::Backfill(options)) => runtime.block_on(backfill(args, options)),
+        None => runtime.block_on(run(args)),
+    };
     // Bounded, unlike dropping the runtime, which waits for every blocking task.
     runtime.shutdown_timeout(RUNTIME_GRACE);
     match result {
@@ -96,6 +99,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// `sfb-exporter backfill`: no server, one report request per tenant, then the OpenMetrics
+/// text on stdout or, whole or not at all, in `--output`.
+async fn backfill(args: Args, options: BackfillArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
+    if let Some(warning) = config.certificate_warning(std::time::SystemTime::now()) {
+        tracing::warn!("{warning}");
+    }
+    let text = sfb_exporter::backfill(config, options.period).await?;
+    match &options.output {
+        Some(path) => sfb_exporter::backfill::write_atomically(path, &text)?,
+        None => std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("cannot write to stdout")?,
     }
     Ok(())
 }
