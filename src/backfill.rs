@@ -15,6 +15,7 @@ use crate::auth::{Identity, TokenSource};
 use crate::error::{Error, Stage};
 use crate::graph::{Fetched, GraphClient, RetryPolicy};
 use crate::http::Limits;
+use crate::metrics::CONFERENCE_TYPES;
 use crate::report::{self, Period, Report};
 
 pub const METRIC: &str = "sfb_organizer_activity_daily_seconds";
@@ -122,18 +123,18 @@ pub fn render(reports: &[(String, Report)]) -> String {
     for (tenant, report) in reports {
         let mut rows: Vec<_> = report.rows.iter().collect();
         rows.sort_by_key(|row| row.report_date);
-        let kinds: [(&str, fn(&report::Row) -> u64); 3] = [
-            ("audio_video", |r| r.audio_video_minutes),
-            ("dial_in_microsoft", |r| r.dial_in_microsoft_minutes),
-            ("dial_out_microsoft", |r| r.dial_out_microsoft_minutes),
-        ];
-        for (kind, minutes) in kinds {
+        for (i, kind) in CONFERENCE_TYPES.into_iter().enumerate() {
             let series = format!(
                 "{METRIC}{{tenant=\"{}\",conference_type=\"{kind}\"}}",
                 escape(tenant)
             );
             for row in &rows {
-                let seconds = u128::from(minutes(row)) * 60;
+                let minutes = [
+                    row.audio_video_minutes,
+                    row.dial_in_microsoft_minutes,
+                    row.dial_out_microsoft_minutes,
+                ][i];
+                let seconds = u128::from(minutes) * 60;
                 let at = row.report_date.midnight().assume_utc().unix_timestamp();
                 // Writing to a String cannot fail.
                 let _ = writeln!(out, "{series} {seconds} {at}");

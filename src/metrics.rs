@@ -12,6 +12,10 @@ use time::Date;
 use crate::error::Reason;
 use crate::state::{Attempt, State};
 
+/// `conference_type` label values, in the order of Graph's columns Audio/Video, Dial-in
+/// Microsoft, Dial-out Microsoft.
+pub const CONFERENCE_TYPES: [&str; 3] = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `sfb_build_info` labels.
@@ -174,8 +178,7 @@ fn gauge(
 /// Sets the `conference_type` series of `gauge` for `[tenant, period]` to Graph's minutes
 /// (Audio/Video, Dial-in Microsoft, Dial-out Microsoft) in seconds.
 fn set_seconds(gauge: &GaugeVec, [tenant, period]: &[&str; 2], minutes: [f64; 3]) {
-    let kinds = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
-    for (kind, minutes) in kinds.into_iter().zip(minutes) {
+    for (kind, minutes) in CONFERENCE_TYPES.into_iter().zip(minutes) {
         gauge
             .with_label_values(&[tenant, period, kind])
             .set(minutes * 60.0);
