@@ -1,5 +1,6 @@
 //! One integration binary: the exporter against a fake Graph and identity platform on loopback.
 
+mod backfill;
 mod e2e;
 mod faults;
 mod helpers;

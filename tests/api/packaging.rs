@@ -30,7 +30,7 @@ fn text<'a>(value: &'a Yaml, keys: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("{keys:?} is not a string"))
 }
 
-/// Metric names the exporter exposes, from the exposition of a healthy state.
+/// Metric names the exporter exposes (from the exposition of a healthy state) or backfill writes.
 fn exposed_metrics() -> Vec<String> {
     use sfb_exporter::state::{Accepted, Attempt, State};
     let mut state = State::new("t", [sfb_exporter::report::Period::D7]);
@@ -49,6 +49,8 @@ fn exposed_metrics() -> Vec<String> {
     body.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_string())
+        // Not exposed, but written by backfill for the history panels.
+        .chain([sfb_exporter::backfill::METRIC.to_string()])
         .collect()
 }
 
