@@ -52,6 +52,37 @@ struct TlsFile {
     client_allowed_sans: Option<Vec<String>>,
 }
 
+impl TlsFile {
+    /// Go reads an empty string as unset; so do we.
+    fn without_empty(mut self) -> TlsFile {
+        fn text(v: &mut Option<String>) {
+            v.take_if(|v| v.is_empty());
+        }
+        fn path(v: &mut Option<PathBuf>) {
+            v.take_if(|v| v.as_os_str().is_empty());
+        }
+        text(&mut self.cert);
+        text(&mut self.key);
+        text(&mut self.client_ca);
+        text(&mut self.client_auth_type);
+        path(&mut self.cert_file);
+        path(&mut self.key_file);
+        path(&mut self.client_ca_file);
+        self
+    }
+
+    /// exporter-toolkit's TLSConfig.IsEnabled.
+    fn is_enabled(&self) -> bool {
+        self.cert.is_some()
+            || self.cert_file.is_some()
+            || self.key.is_some()
+            || self.key_file.is_some()
+            || self.client_ca.is_some()
+            || self.client_ca_file.is_some()
+            || self.client_auth_type.is_some()
+    }
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HttpFile {
@@ -176,12 +207,13 @@ impl WebConfig {
                 .chain(Sources::of(files.split_off(1)).0)
                 .collect(),
         );
-        // A tls_server_config with neither certificate nor key means plain HTTP, as there.
+        // A tls_server_config that sets none of certificate, key, client CA or client auth
+        // means plain HTTP, as there; setting any of them asks for TLS, and a missing
+        // certificate is then an error, never a silent fall-back to plain HTTP.
         let tls = file
             .tls_server_config
-            .filter(|t| {
-                t.cert.is_some() || t.cert_file.is_some() || t.key.is_some() || t.key_file.is_some()
-            })
+            .map(TlsFile::without_empty)
+            .filter(TlsFile::is_enabled)
             .map(|t| tls_config(t, dir).map(Arc::new))
             .transpose()
             .map_err(fail)?;
@@ -416,6 +448,13 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<ServerConfig, String> {
             (None, None) => Ok(None),
         }
     };
+    // Checked first, as in the toolkit: TLS was asked for, so there must be a certificate.
+    if t.cert.is_none() && t.cert_file.is_none() {
+        return Err("tls_server_config: missing one of cert or cert_file".into());
+    }
+    if t.key.is_none() && t.key_file.is_none() {
+        return Err("tls_server_config: missing one of key or key_file".into());
+    }
     // The settings are checked before any file is read, so a wrong setting is named first.
     let auth = match t.client_auth_type.as_deref().unwrap_or("") {
         "" | "NoClientCert" => ClientAuth::NoClientCert,
@@ -444,9 +483,8 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<ServerConfig, String> {
     }
 
     let client_ca = read("client_ca", t.client_ca, t.client_ca_file)?;
-    let cert =
-        read("cert", t.cert, t.cert_file)?.ok_or("tls_server_config: cert_file is required")?;
-    let key = read("key", t.key, t.key_file)?.ok_or("tls_server_config: key_file is required")?;
+    let cert = read("cert", t.cert, t.cert_file)?.unwrap_or_default();
+    let key = read("key", t.key, t.key_file)?.unwrap_or_default();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("tls_server_config: cert_file is not PEM certificates: {e}"))?;
@@ -624,11 +662,32 @@ tls_server_config:
     }
 
     #[test]
+    fn client_auth_without_a_certificate_is_refused_not_plain_http() {
+        for tls in [
+            "client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt",
+            "client_auth_type: RequireAnyClientCert",
+            "client_ca_file: ca.crt",
+            "client_ca: x",
+            "key_file: server.key",
+            "cert_file: \"\"\n  key_file: server.key",
+        ] {
+            let err = load(&format!("tls_server_config:\n  {tls}\n"))
+                .err()
+                .unwrap_or_else(|| panic!("{tls:?} accepted"));
+            assert!(err.contains("missing one of cert or cert_file"), "{err}");
+        }
+        let err = load("tls_server_config:\n  cert_file: server.crt\n  key: \"\"\n")
+            .err()
+            .unwrap();
+        assert!(err.contains("missing one of key or key_file"), "{err}");
+    }
+
+    #[test]
     fn bad_configurations_name_what_is_wrong() {
         let cases = [
             (
                 "tls_server_config:\n  key_file: k\n",
-                "cert_file is required",
+                "missing one of cert or cert_file",
             ),
             (
                 "tls_server_config:\n  cert_file: /nonexistent/c\n  key_file: k\n",
@@ -636,7 +695,7 @@ tls_server_config:
             ),
             (
                 "tls_server_config:\n  key_file: k\n  min_version: TLS10\n",
-                "cert_file is required",
+                "missing one of cert or cert_file",
             ),
             ("unknown_key: 1\n", "unknown field `unknown_key`"),
             (
