@@ -268,8 +268,9 @@ fn a_bad_web_config_stops_startup_with_one_line() {
             "missing.crt",
         ),
         (
+            // Files are read in the toolkit's order: the certificate first.
             "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
-            "client_ca_file",
+            "cert_file",
         ),
         ("basic_auth_users:\n  alice: hunter2\n", "not a bcrypt hash"),
         (
