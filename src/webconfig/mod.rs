@@ -16,6 +16,7 @@ use rustls::ServerConfig;
 
 pub use auth::{guard, Security};
 pub use reload::{ReloadTrigger, WebConfigReload};
+pub use tls::ECDH_P521;
 
 #[derive(Debug, thiserror::Error)]
 #[error("--web.config.file {path:?}: {message}")]

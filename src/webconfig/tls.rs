@@ -78,6 +78,20 @@ const GO_CIPHER_SUITES: [(&str, Option<CipherSuite>); 17] = [
     ("TLS_RSA_WITH_AES_256_GCM_SHA384", None),
 ];
 
+/// Go's own order (with AES hardware): the server chooses, from this order, whatever the
+/// client prefers. Go has ignored prefer_server_cipher_suites since 1.18.
+const GO_PREFERENCE: [CipherSuite; 9] = [
+    CipherSuite::TLS13_AES_128_GCM_SHA256,
+    CipherSuite::TLS13_AES_256_GCM_SHA384,
+    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
 /// Go's HTTP/2 server refuses a TLS 1.2 suite list without one of these (RFC 7540, 9.2.2).
 const HTTP2_REQUIRED: [&str; 2] = [
     "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
@@ -166,6 +180,7 @@ pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Serve
         .with_single_cert(certs, key)
         .map_err(|e| format!("tls_server_config: certificate and key: {e}"))?;
     config.alpn_protocols = alpn(http2);
+    config.ignore_client_order = true;
     Ok(config)
 }
 
@@ -284,11 +299,7 @@ fn provider(
                     "tls_server_config.curve_preferences: unknown curve {name:?}"
                 ));
             };
-            let offered = provider
-                .kx_groups
-                .iter()
-                .copied()
-                .chain([&P521 as &'static dyn SupportedKxGroup]);
+            let offered = provider.kx_groups.iter().copied().chain([ECDH_P521]);
             match offered.into_iter().find(|g| g.name() == *group) {
                 Some(g) => groups.push(g),
                 None => warn_once(format!(
@@ -303,10 +314,18 @@ fn provider(
         }
         provider.kx_groups = groups;
     }
+    provider.cipher_suites.sort_by_key(|s| {
+        GO_PREFERENCE
+            .iter()
+            .position(|p| *p == s.suite())
+            .unwrap_or(GO_PREFERENCE.len())
+    });
     Ok(Arc::new(provider))
 }
 
 /// ECDH on P-521, which Go offers and rustls' providers do not; aws-lc has the curve.
+pub static ECDH_P521: &dyn SupportedKxGroup = &P521;
+
 #[derive(Debug)]
 struct P521;
 
@@ -387,7 +406,9 @@ struct ClientCerts {
 #[derive(Debug)]
 struct Verify {
     pool: Vec<CertificateDer<'static>>,
-    webpki: Arc<dyn ClientCertVerifier>,
+    /// None when there is nothing to verify against (no system roots): only certificates in
+    /// the pool pass, as with Go's empty pool.
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl ClientCerts {
@@ -420,18 +441,25 @@ impl ClientCerts {
                             "tls_server_config: client_ca_file: {unusable} certificate(s) cannot be parsed"
                         ));
                     }
+                    if roots.is_empty() {
+                        return Err("tls_server_config: client_ca_file holds no certificate".into());
+                    }
                     (pool, roots)
                 }
                 None => (Vec::new(), system_roots()?),
             };
-            if roots.is_empty() {
-                return Err("tls_server_config: client_ca_file holds no certificate".into());
-            }
-            let webpki =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| format!("tls_server_config: {e}"))?;
+            let webpki = if roots.is_empty() {
+                None
+            } else {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("tls_server_config: {e}"))?;
+                Some(verifier)
+            };
             Some(Verify { pool, webpki })
         } else {
             None
@@ -467,7 +495,7 @@ fn system_roots() -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(found.certs);
     if roots.is_empty() {
-        return Err("tls_server_config: no client_ca_file and no trusted roots found on this system to verify client certificates against; set client_ca_file".into());
+        warn_once("tls_server_config: no client_ca_file and no trusted roots found on this system: every client certificate will be refused; set client_ca_file".into());
     }
     Ok(roots)
 }
@@ -525,8 +553,8 @@ impl ClientCertVerifier for ClientCerts {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        match &self.verify {
-            Some(v) => v.webpki.root_hint_subjects(),
+        match self.verify.as_ref().and_then(|v| v.webpki.as_ref()) {
+            Some(webpki) => webpki.root_hint_subjects(),
             None => &[],
         }
     }
@@ -540,8 +568,16 @@ impl ClientCertVerifier for ClientCerts {
         if let Some(v) = &self.verify {
             let in_pool = v.pool.iter().any(|c| c.as_ref() == end_entity.as_ref());
             if !(in_pool && usable_as_pool_leaf(end_entity, now)) {
-                v.webpki
-                    .verify_client_cert(end_entity, intermediates, now)?;
+                match &v.webpki {
+                    Some(webpki) => {
+                        webpki.verify_client_cert(end_entity, intermediates, now)?;
+                    }
+                    None => {
+                        return Err(rustls::Error::InvalidCertificate(
+                            CertificateError::UnknownIssuer,
+                        ))
+                    }
+                }
             }
         }
         self.allowed_by_sans(end_entity)?;
