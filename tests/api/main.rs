@@ -11,3 +11,4 @@ mod process;
 mod promtool;
 mod protocol;
 mod serving;
+mod webconfig;
