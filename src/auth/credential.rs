@@ -2,7 +2,6 @@
 //! environment, and the form fields each adds to a token request.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,6 +11,7 @@ use secrecy::SecretString;
 use super::certificate::ClientCertificate;
 use super::managed::ManagedEndpoint;
 use crate::error::Error;
+use crate::files::read_regular;
 
 /// The `client_assertion_type` of certificate and federated (workload identity) assertions.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -124,18 +124,19 @@ pub fn read_federated_token(path: &Path) -> Result<SecretString, String> {
             path.display()
         )
     };
-    let mut raw = String::new();
-    std::fs::File::open(path)
-        .map_err(fail)?
-        .take(MAX_TOKEN_FILE + 1)
-        .read_to_string(&mut raw)
-        .map_err(fail)?;
+    let raw = read_regular(path, MAX_TOKEN_FILE).map_err(fail)?;
     if raw.len() as u64 > MAX_TOKEN_FILE {
         return Err(format!(
             "AZURE_FEDERATED_TOKEN_FILE {} is larger than 64 KiB: is it the right file?",
             path.display()
         ));
     }
+    let raw = String::from_utf8(raw).map_err(|_| {
+        format!(
+            "AZURE_FEDERATED_TOKEN_FILE {} is not text: is it the right file?",
+            path.display()
+        )
+    })?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!(
@@ -183,6 +184,12 @@ mod tests {
         assert!(err.contains("is empty") && err.contains("token"), "{err}");
         let err = read_federated_token(&dir.path().join("missing")).unwrap_err();
         assert!(err.contains("missing"), "{err}");
+
+        // A FIFO would block the reader until something writes to it: refused at once.
+        let fifo = dir.path().join("fifo");
+        crate::files::make_fifo(&fifo);
+        let err = crate::files::without_blocking(move || read_federated_token(&fifo).unwrap_err());
+        assert!(err.contains("fifo: not a regular file"), "{err}");
     }
 
     #[test]
