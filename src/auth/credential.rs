@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 
@@ -90,9 +90,11 @@ impl Credential {
 
     /// The form fields that authenticate the client at `token_url`: the secret, or a fresh
     /// assertion. Managed identity has none: its endpoint takes no client authentication.
-    pub(super) fn client_proof(
+    /// `timeout` bounds the read of a federated token file.
+    pub(super) async fn client_proof(
         &self,
         token_url: &str,
+        timeout: Duration,
     ) -> Result<Vec<(&'static str, SecretString)>, Error> {
         let assertion = match self {
             Credential::Secret { secret, .. } => {
@@ -104,7 +106,7 @@ impl Credential {
                 send_chain,
             } => certificate.assertion(client_id, token_url, *send_chain, SystemTime::now())?,
             Credential::WorkloadIdentity { token_file, .. } => {
-                read_federated_token(token_file).map_err(Error::Credential)?
+                read_federated_token_within(token_file, timeout).await?
             }
             Credential::ManagedIdentity { .. } => return Ok(Vec::new()),
         };
@@ -112,6 +114,28 @@ impl Credential {
             ("client_assertion_type", SecretString::from(JWT_BEARER)),
             ("client_assertion", assertion),
         ])
+    }
+}
+
+/// [`read_federated_token`] on a blocking thread, given up after `timeout`: a file on a slow or
+/// hung network filesystem must stall neither a runtime worker nor the refresh.
+async fn read_federated_token_within(
+    path: &Path,
+    timeout: Duration,
+) -> Result<SecretString, Error> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || read_federated_token(&owned));
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(token)) => token.map_err(Error::Credential),
+        Ok(Err(_)) => Err(Error::Credential(format!(
+            "reading AZURE_FEDERATED_TOKEN_FILE {} failed",
+            path.display()
+        ))),
+        Err(_) => Err(Error::Credential(format!(
+            "AZURE_FEDERATED_TOKEN_FILE {} could not be read within {}: is its filesystem hung?",
+            path.display(),
+            humantime::format_duration(timeout)
+        ))),
     }
 }
 
@@ -152,8 +176,8 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    #[test]
-    fn federated_token_file_is_read_fresh_and_trimmed() {
+    #[tokio::test]
+    async fn federated_token_file_is_read_fresh_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
@@ -161,22 +185,26 @@ mod tests {
             client_id: "c".into(),
             token_file: path.clone(),
         };
-        let proof = |c: &Credential| {
-            c.client_proof("https://login.example.test/t/oauth2/v2.0/token")
-                .unwrap()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={}", v.expose_secret()))
-                .collect::<Vec<_>>()
-        };
+        async fn proof(c: &Credential) -> Vec<String> {
+            c.client_proof(
+                "https://login.example.test/t/oauth2/v2.0/token",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", v.expose_secret()))
+            .collect()
+        }
         assert_eq!(
-            proof(&credential),
+            proof(&credential).await,
             [
                 format!("client_assertion_type={JWT_BEARER}"),
                 "client_assertion=first".into()
             ]
         );
         std::fs::write(&path, "second").unwrap();
-        assert_eq!(proof(&credential)[1], "client_assertion=second");
+        assert_eq!(proof(&credential).await[1], "client_assertion=second");
         assert!(!format!("{credential:?}").contains("second"));
 
         std::fs::write(&path, " \n").unwrap();

@@ -156,7 +156,9 @@ impl TokenSource {
             credential => {
                 // Built afresh for every request: an assertion is single-use and short-lived,
                 // and a federated token file is rotated by the kubelet.
-                let proof = credential.client_proof(self.token_url.as_str())?;
+                let proof = credential
+                    .client_proof(self.token_url.as_str(), self.limits.timeout)
+                    .await?;
                 let mut form = vec![
                     ("grant_type", "client_credentials"),
                     ("client_id", credential.client_id().unwrap_or_default()),
