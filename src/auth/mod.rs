@@ -204,6 +204,13 @@ fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration),
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("an access_token"))?;
+    // It goes into an Authorization header: anything else would fail every report request
+    // for as long as the token stayed cached, and as an unclear error.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "a usable access_token (it holds spaces or control characters)",
+        ));
+    }
     // Number in v2.0 answers, a string in some older ones and from managed identity.
     let seconds = |name: &str| match json.get(name) {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
@@ -334,8 +341,15 @@ mod tests {
             &b"<html>"[..],
             br#"{"expires_in":1}"#,
             br#"{"access_token":"x"}"#,
+            br#"{"expires_in":60,"access_token":"abc\r\nX-Injected: 1"}"#,
+            br#"{"expires_in":60,"access_token":"abc def"}"#,
+            br#"{"expires_in":60,"access_token":"abc\u00e9"}"#,
         ] {
-            assert!(parse_token(bad, SystemTime::now()).is_err());
+            let error = parse_token(bad, SystemTime::now()).unwrap_err().to_string();
+            assert!(
+                !error.contains("abc") && error.lines().count() == 1,
+                "{error}"
+            );
         }
     }
 
