@@ -615,7 +615,7 @@ fn credential(
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
             both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
                 client_id,
-                certificate: std::sync::Arc::new(certificate),
+                certificate: Box::new(certificate),
                 send_chain,
             })
         }

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
@@ -26,7 +25,8 @@ pub enum Credential {
     },
     Certificate {
         client_id: String,
-        certificate: Arc<ClientCertificate>,
+        /// Boxed: the RSA key pair is large beside the other kinds.
+        certificate: Box<ClientCertificate>,
         /// Put the chain into the assertion's `x5c` header (subject name/issuer authentication).
         send_chain: bool,
     },
