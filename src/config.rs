@@ -615,7 +615,7 @@ fn credential(
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
             both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
                 client_id,
-                certificate: std::sync::Arc::new(certificate),
+                certificate: Box::new(certificate),
                 send_chain,
             })
         }
@@ -663,9 +663,18 @@ fn managed_endpoint(
     };
     match (set(env, "IDENTITY_ENDPOINT"), env("IDENTITY_HEADER")) {
         (Some(endpoint), Some(header)) if !header.trim().is_empty() => {
+            let header = header.trim();
+            // Checked here, or every token request would fail as an unclear builder error.
+            if reqwest::header::HeaderValue::from_str(header).is_err() {
+                return Err(vec![ConfigError::Endpoint {
+                    name: "IDENTITY_HEADER",
+                    problem: "holds characters an HTTP header cannot carry: check how it is set"
+                        .into(),
+                }]);
+            }
             Ok(ManagedEndpoint::AppService {
                 endpoint: url("IDENTITY_ENDPOINT", &endpoint)?,
-                header: SecretString::from(header.trim().to_string()),
+                header: SecretString::from(header.to_string()),
             })
         }
         (Some(_), _) => Err(vec![ConfigError::MissingFor {
@@ -859,6 +868,13 @@ mod tests {
         let problems =
             resolved(&["--azure.credential", "managed-identity"], &with_header).unwrap_err();
         assert!(problems[0].contains("IDENTITY_HEADER"), "{problems:?}");
+        with_header.push(("IDENTITY_HEADER", "hdr\u{7}secret"));
+        let problems =
+            resolved(&["--azure.credential", "managed-identity"], &with_header).unwrap_err();
+        assert_eq!(
+            problems,
+            ["IDENTITY_HEADER: holds characters an HTTP header cannot carry: check how it is set"]
+        );
     }
 
     #[test]

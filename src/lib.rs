@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod files;
 pub mod graph;
 pub mod http;
 pub mod metrics;
