@@ -1,11 +1,13 @@
 //! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
 //! cap, or an error that says which limit was hit.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
+use tokio::sync::Semaphore;
 
 use crate::error::{Error, RequestId, Stage};
 use crate::text::one_line;
@@ -14,6 +16,8 @@ use crate::text::one_line;
 pub struct Limits {
     pub timeout: Duration,
     pub max_body_bytes: u64,
+    /// Shared by every tenant: bounds the exchanges in flight (--graph.max-concurrency).
+    pub in_flight: Option<Arc<Semaphore>>,
 }
 
 pub struct Answer {
@@ -81,6 +85,11 @@ pub async fn exchange(
     limits: &Limits,
 ) -> Result<Answer, Error> {
     let timeout = limits.timeout;
+    // Waiting for a slot is not part of the exchange's own timeout.
+    let _slot = match &limits.in_flight {
+        Some(slots) => Some(Arc::clone(slots).acquire_owned().await),
+        None => None,
+    };
     let work = async {
         let mut response = request
             .send()

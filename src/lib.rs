@@ -12,13 +12,16 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod graph;
 pub mod http;
 pub mod metrics;
+pub mod publisher;
 pub mod refresher;
 pub mod report;
 pub mod state;
 pub mod telemetry;
+pub mod tenants;
 pub mod text;
 pub mod web;
 pub mod webconfig;
@@ -30,12 +33,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenSource;
 use crate::config::{Config, Source};
-use crate::graph::GraphClient;
-use crate::http::Limits;
-use crate::refresher::Refresher;
-use crate::state::State;
+use crate::fleet::{FileSource, Fleet, Reloader};
+use crate::metrics::ReloadStatus;
+use crate::publisher::Publisher;
+use crate::tenants::{Credential, Secret, TenantSpec};
 use crate::webconfig::{Security, Sources, WebConfig};
 use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
@@ -56,11 +58,15 @@ pub enum StartError {
     Demo(std::io::Error),
     #[error(transparent)]
     WebConfig(#[from] webconfig::WebConfigError),
+    #[error("{0}")]
+    Tenants(String),
 }
 
 /// A started exporter: serving, refreshing, until its cancellation token fires.
 pub struct Running {
     pub local_addr: SocketAddr,
+    /// Re-reads --config.file; None without one.
+    pub reloader: Option<Reloader>,
     tasks: JoinSet<()>,
 }
 
@@ -93,34 +99,86 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
     let mut tasks = JoinSet::new();
 
-    let (tenant, identity, authority, graph) = match config.source {
+    let per_tenant = matches!(config.source, Source::File { .. });
+    let publisher = Publisher::new(per_tenant);
+    tasks.spawn(Arc::clone(&publisher).run(cancel.clone()));
+    let mut fleet = Fleet::new(fleet::Shared {
+        http,
+        timeout: config.graph_timeout,
+        max_body_bytes: config.max_body_bytes,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+        retry: config.retry,
+        interval: config.refresh_interval,
+        publisher: Arc::clone(&publisher),
+        cancel: cancel.clone(),
+    });
+    let single = |tenant_id: String, client_id, secret, authority, graph| TenantSpec {
+        tenant_id,
+        client_id,
+        name: None,
+        credential: Credential::ClientSecret(Secret(secret)),
+        authority,
+        graph,
+        periods: config.periods.clone(),
+    };
+    let mut reloader = None;
+    match config.source {
         Source::Azure {
             identity,
             authority,
             graph,
-        } => (identity.tenant_id.clone(), identity, authority, graph),
+        } => {
+            let spec = single(
+                identity.tenant_id,
+                identity.client_id,
+                identity.client_secret,
+                authority,
+                graph,
+            );
+            fleet.apply(vec![spec]).map_err(StartError::Tenants)?;
+            tasks.spawn(hold_until(fleet, cancel.clone()));
+        }
         Source::Demo => {
             let demo = demo::start(cancel.clone())
                 .await
                 .map_err(StartError::Demo)?;
             tracing::info!(address = %demo.address, "demo mode: serving simulated Graph data from loopback");
             tasks.spawn(demo.server);
-            (
-                demo::TENANT.to_string(),
-                demo::identity(),
+            let identity = demo::identity();
+            let spec = single(
+                identity.tenant_id,
+                identity.client_id,
+                identity.client_secret,
                 demo.authority,
                 demo.graph,
-            )
+            );
+            fleet.apply(vec![spec]).map_err(StartError::Tenants)?;
+            tasks.spawn(hold_until(fleet, cancel.clone()));
         }
-    };
-    let limits = || Limits {
-        timeout: config.graph_timeout,
-        max_body_bytes: config.max_body_bytes,
-    };
-    let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
-    let graph = GraphClient::new(http, graph, tokens, limits(), config.retry);
-    let state = State::new(tenant, config.periods.iter());
-    let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
+        Source::File { path, defaults } => {
+            let source = FileSource {
+                path,
+                defaults,
+                shard: config.shard,
+            };
+            let specs = source.load().map_err(StartError::Tenants)?;
+            let count = specs.len();
+            fleet.apply(specs).map_err(StartError::Tenants)?;
+            publisher.set_reload(ReloadStatus {
+                successful: true,
+                last_success: Some(std::time::SystemTime::now()),
+            });
+            tracing::info!(
+                path = %source.path.display(),
+                tenants = count,
+                shard = format!("{} of {}", config.shard.index, config.shard.count),
+                "tenants loaded"
+            );
+            let (handle, work) = fleet::serve_reloads(fleet, source, cancel.clone());
+            tasks.spawn(work);
+            reloader = Some(handle);
+        }
+    }
 
     tracing::info!(
         tls = web.tls.is_some(),
@@ -131,10 +189,12 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .web_config_file
         .as_ref()
         .map(|_| Arc::new(ArcSwap::new(Arc::clone(&web.security))));
+    let lifecycle = config.enable_lifecycle.then(|| reloader.clone());
     let app = web::app(
-        refresher.published(),
+        publisher.published(),
         &config.telemetry_path,
         security.clone(),
+        lifecycle,
     )
     .into_make_service();
     let handle = axum_server::Handle::new();
@@ -173,10 +233,18 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             Err(e) => tracing::error!("HTTP server task failed: {e}"),
         }
     });
-    let mut refreshers = refresher.spawn(cancel);
-    tasks.spawn(async move { while refreshers.join_next().await.is_some() {} });
 
-    Ok(Running { local_addr, tasks })
+    Ok(Running {
+        local_addr,
+        reloader,
+        tasks,
+    })
+}
+
+/// Keeps a fleet that has no reloads running until shutdown.
+async fn hold_until(fleet: Fleet, cancel: CancellationToken) {
+    cancel.cancelled().await;
+    drop(fleet);
 }
 
 /// Reads the web configuration again when one of its files changes, as exporter-toolkit picks

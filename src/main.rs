@@ -60,7 +60,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let running = tokio::select! {
         running = start(config, cancel.clone()) => running?,
-        () = signals.recv() => return Ok(()),
+        _ = signals.stop() => return Ok(()),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -69,7 +69,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         refresh_interval = interval,
         "sfb-exporter listening"
     );
-    signals.recv().await;
+    loop {
+        match signals.recv().await {
+            Received::Stop => break,
+            Received::Reload => match &running.reloader {
+                // The outcome is logged by the reload itself.
+                Some(reloader) => drop(reloader.reload().await),
+                None => tracing::info!("SIGHUP: nothing to reload without --config.file"),
+            },
+        }
+    }
     tracing::info!("shutting down");
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, running.wait())
@@ -84,6 +93,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
+}
+
+enum Received {
+    Stop,
+    Reload,
 }
 
 impl Signals {
@@ -91,13 +106,20 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Received {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Received::Stop,
+            _ = self.int.recv() => Received::Stop,
+            _ = self.hup.recv() => Received::Reload,
         }
+    }
+
+    /// Waits for a stop signal; a SIGHUP during startup has nothing to reload yet.
+    async fn stop(&mut self) {
+        while let Received::Reload = self.recv().await {}
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use sfb_exporter::auth::Identity;
-use sfb_exporter::config::{Config, Source};
+use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::{Period, Periods};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,11 @@ pub struct Options {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub web_config: Option<std::path::PathBuf>,
+    /// --config.file; its tenants default to the fake Graph as authority and Graph.
+    pub tenants_file: Option<std::path::PathBuf>,
+    pub enable_lifecycle: bool,
+    pub max_concurrency: usize,
+    pub shard: Shard,
 }
 
 impl Default for Options {
@@ -58,6 +63,10 @@ impl Default for Options {
                 max_retry_after: Duration::from_secs(2),
             },
             web_config: None,
+            tenants_file: None,
+            enable_lifecycle: false,
+            max_concurrency: 8,
+            shard: Shard::default(),
         }
     }
 }
@@ -74,20 +83,34 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         web_config_file: options.web_config,
         web_config_check_interval: Duration::from_millis(100),
         telemetry_path: "/metrics".into(),
-        periods: Periods::new(options.periods).unwrap(),
+        periods: Periods::new(options.periods.clone()).unwrap(),
         refresh_interval: options.interval,
         graph_timeout: options.timeout,
         max_body_bytes: options.max_body_bytes,
         retry: options.retry,
-        source: Source::Azure {
-            identity: Identity {
-                tenant_id: TENANT.into(),
-                client_id: CLIENT_ID.into(),
-                client_secret: SecretString::from(CLIENT_SECRET),
+        source: match options.tenants_file {
+            Some(path) => Source::File {
+                path,
+                defaults: TenantDefaults {
+                    cloud: Cloud::Global,
+                    authority_host: Some(base.clone()),
+                    graph_url: Some(base),
+                    periods: Periods::new(options.periods).unwrap(),
+                },
             },
-            authority: base.clone(),
-            graph: base,
+            None => Source::Azure {
+                identity: Identity {
+                    tenant_id: TENANT.into(),
+                    client_id: CLIENT_ID.into(),
+                    client_secret: SecretString::from(CLIENT_SECRET),
+                },
+                authority: base.clone(),
+                graph: base,
+            },
         },
+        max_concurrency: options.max_concurrency,
+        shard: options.shard,
+        enable_lifecycle: options.enable_lifecycle,
     };
     let cancel = CancellationToken::new();
     let running = sfb_exporter::start(config, cancel.clone())
