@@ -438,8 +438,9 @@ impl Config {
                 Some(path) => read_secret_file(path)?,
                 None => required("AZURE_CLIENT_SECRET")?,
             };
-            let authority = authority_host()?
-                .unwrap_or_else(|| Url::parse(args.cloud.authority()).expect("preset URL is valid"));
+            let authority = authority_host()?.unwrap_or_else(|| {
+                Url::parse(args.cloud.authority()).expect("preset URL is valid")
+            });
             let graph = args
                 .graph_url
                 .clone()

@@ -228,6 +228,8 @@ pub fn serve_reloads(
                 successful: answer.is_ok(),
                 last_success,
             });
+            // Published before answering, so that whoever asked sees the outcome at once.
+            publisher.assemble();
             let _ = reply.send(answer);
         }
         drop(fleet);

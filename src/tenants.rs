@@ -164,11 +164,7 @@ fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
 }
 
 /// The file's text to tenants; relative paths are resolved against `dir`.
-pub fn parse(
-    text: &str,
-    dir: &Path,
-    defaults: &TenantDefaults,
-) -> Result<Vec<TenantSpec>, String> {
+pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<TenantSpec>, String> {
     let root: Value =
         serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {}", one_line(&e)))?;
     let root = match root {
@@ -261,7 +257,9 @@ fn tenant(
     };
     for key in ["client_certificate_password_file", "send_certificate_chain"] {
         if map.contains_key(key) && credential != "client_certificate_path" {
-            return Err(format!("{who}: {key}: only goes with client_certificate_path"));
+            return Err(format!(
+                "{who}: {key}: only goes with client_certificate_path"
+            ));
         }
     }
     let credential = match credential {
@@ -270,9 +268,9 @@ fn tenant(
         ))),
         "client_secret_file" => {
             let file = path("client_secret_file")?.unwrap_or_default();
-            Credential::ClientSecret(Secret(SecretString::from(read_secret(&file).map_err(
-                |e| format!("{who}: client_secret_file: {e}"),
-            )?)))
+            Credential::ClientSecret(Secret(SecretString::from(
+                read_secret(&file).map_err(|e| format!("{who}: client_secret_file: {e}"))?,
+            )))
         }
         "client_certificate_path" => Credential::Certificate {
             path: path("client_certificate_path")?.unwrap_or_default(),
@@ -351,10 +349,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
             Some(Value::String(_)) => Err(format!("{}: {key}: empty", self.who)),
-            Some(_) => Err(format!(
-                "{}: {key}: expected a string (quote it)",
-                self.who
-            )),
+            Some(_) => Err(format!("{}: {key}: expected a string (quote it)", self.who)),
         }
     }
 
@@ -373,8 +368,8 @@ impl Fields<'_> {
 }
 
 fn read_secret(path: &Path) -> Result<String, String> {
-    let raw = read_capped(path, 64 * 1024)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let raw =
+        read_capped(path, 64 * 1024).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // Kubernetes and Docker secrets usually end with a newline the secret does not contain.
     let secret = raw.trim_end_matches(['\r', '\n']);
     if secret.trim().is_empty() {

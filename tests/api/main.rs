@@ -10,3 +10,4 @@ mod process;
 mod promtool;
 mod protocol;
 mod serving;
+mod tenants;
