@@ -475,3 +475,63 @@ async fn sighup_reloads_the_file() {
     assert_eq!(line["unchanged"], 1, "{line}");
     process.log_line(|l| l["message"] == "report refreshed" && l["tenant"] == "second-id");
 }
+
+#[test]
+fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
+    use crate::packaging::{at, yaml};
+    let set = yaml("deploy/kubernetes/sharded/statefulset.yaml");
+    let container = at(&set, &["spec", "template", "spec", "containers", "0"]);
+    let args: Vec<&str> = at(container, &["args"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let replicas = at(&set, &["spec", "replicas"]).as_u64().unwrap();
+    assert!(
+        args.contains(&format!("--shard.count={replicas}").as_str()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--shard.index=$(SHARD_INDEX)"), "{args:?}");
+    assert_eq!(
+        at(
+            container,
+            &["env", "0", "valueFrom", "fieldRef", "fieldPath"]
+        )
+        .as_str(),
+        Some("metadata.labels['apps.kubernetes.io/pod-index']")
+    );
+    let service = yaml("deploy/kubernetes/sharded/service.yaml");
+    assert_eq!(
+        at(&set, &["spec", "serviceName"]),
+        at(&service, &["metadata", "name"])
+    );
+    // The ConfigMap's file loads with the exporter's own reader, secrets where the pod
+    // mounts them.
+    let config = yaml("deploy/kubernetes/sharded/tenants.yaml");
+    let text = at(&config, &["data", "tenants.yml"]).as_str().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (config_dir, secrets) = (root.path().join("config"), root.path().join("secrets"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&secrets).unwrap();
+    for name in ["contoso", "fabrikam"] {
+        std::fs::write(secrets.join(name), "s").unwrap();
+    }
+    let mounts = at(container, &["volumeMounts"]).as_sequence().unwrap();
+    let mounted: Vec<&str> = mounts
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounted,
+        ["/etc/sfb-exporter/config", "/etc/sfb-exporter/secrets"]
+    );
+    let defaults = sfb_exporter::config::TenantDefaults {
+        cloud: sfb_exporter::config::Cloud::Global,
+        authority_host: None,
+        graph_url: None,
+        periods: sfb_exporter::report::Periods::new([Period::D7]).unwrap(),
+    };
+    let specs = sfb_exporter::tenants::parse(text, &config_dir, &defaults).unwrap();
+    assert_eq!(specs.len(), 2);
+}
