@@ -248,7 +248,7 @@ pub(crate) fn parse_telemetry_path(s: &str) -> Result<String, String> {
     Ok(path.to_string())
 }
 
-fn parse_base_url(s: &str) -> Result<Url, String> {
+pub(crate) fn parse_base_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!("invalid URL {s:?}: expected http(s)://host[:port]"));

@@ -12,7 +12,7 @@ use serde_norway::{Mapping, Value};
 use url::Url;
 
 use crate::auth::Identity;
-use crate::config::{Cloud, Shard, TenantDefaults};
+use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
@@ -376,14 +376,6 @@ fn read_secret(path: &Path) -> Result<String, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(secret.to_string())
-}
-
-fn parse_base_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("invalid URL {s:?}: expected http(s)://host[:port]"));
-    }
-    Ok(url)
 }
 
 fn key_name(value: &Value) -> String {
