@@ -156,6 +156,30 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn exchanges_wait_for_a_free_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let held = Arc::clone(&slots).acquire_owned().await.unwrap();
+        let limits = Limits {
+            timeout: Duration::from_secs(1),
+            max_body_bytes: 1024,
+            in_flight: Some(Arc::clone(&slots)),
+        };
+        let client = reqwest::Client::new();
+        let request = || client.get("http://127.0.0.1:9/");
+        let blocked = tokio::time::timeout(
+            Duration::from_secs(3600),
+            exchange(Stage::Report, request(), &limits),
+        )
+        .await;
+        assert!(blocked.is_err(), "an exchange went ahead without a slot");
+        drop(held);
+        // With the slot free it goes ahead (and fails, nothing listens there).
+        let done = exchange(Stage::Report, request(), &limits).await;
+        assert!(done.is_err());
+        assert_eq!(slots.available_permits(), 1, "the slot is given back");
+    }
+
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
         assert_eq!(answer_with("7").retry_after(), Some(Duration::from_secs(7)));
