@@ -129,7 +129,10 @@ impl Publisher {
             loop {
                 self.stale.notified().await;
                 let started = Instant::now();
-                self.assemble();
+                // Off the async workers: at a thousand tenants, compressing takes long enough
+                // to hold up scrapes on the worker that does it.
+                let this = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || this.assemble()).await;
                 let gap = (started.elapsed() * 4).clamp(MIN_GAP, MAX_GAP);
                 tokio::time::sleep(gap).await;
             }
