@@ -189,6 +189,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .web_config_file
         .as_ref()
         .map(|_| Arc::new(ArcSwap::new(Arc::clone(&web.security))));
+    // Published before serving, so that no snapshot lacks a configured tenant (and so looks
+    // ready with nothing to wait for).
+    publisher.assemble();
     let lifecycle = config.enable_lifecycle.then(|| reloader.clone());
     let app = web::app(
         publisher.published(),
