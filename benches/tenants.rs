@@ -45,15 +45,18 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tenants.yml");
-    let identity = demo::identity();
+    let sfb_exporter::auth::Credential::Secret { client_id, secret } = demo::identity().credential
+    else {
+        unreachable!("the demo signs in with a client secret")
+    };
     let mut yaml = String::from("tenants:\n");
     for i in 0..tenants {
         yaml.push_str(&format!(
             "  - tenant_id: {:08x}-0000-4000-8000-{:012x}\n    client_id: {}\n    client_secret: {}\n    name: Customer {i}\n",
             i,
             i,
-            identity.client_id,
-            identity.client_secret.expose_secret()
+            client_id,
+            secret.expose_secret()
         ));
     }
     std::fs::write(&file, yaml).unwrap();

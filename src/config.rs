@@ -1,7 +1,7 @@
 //! Command line and environment, resolved once at startup into an immutable [`Config`].
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -9,7 +9,10 @@ use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::auth::Identity;
+use crate::auth::certificate::{CertificateError, ClientCertificate};
+use crate::auth::credential::read_federated_token;
+use crate::auth::managed::{ManagedEndpoint, IMDS_HOST};
+use crate::auth::{Credential, Identity};
 use crate::graph::RetryPolicy;
 use crate::report::{Period, Periods};
 use crate::telemetry::{LogFormat, LogLevel};
@@ -34,12 +37,21 @@ const IGNORED_WITH_FILE: [&str; 6] = [
 
 const AFTER_HELP: &str = "\
 Identity (ignored with --demo), read from the environment variables the Azure SDKs use:
-  AZURE_TENANT_ID       directory (tenant) ID of the app registration
-  AZURE_CLIENT_ID       application (client) ID
-  AZURE_CLIENT_SECRET   client secret value (or use --azure.client-secret-file)
-  AZURE_AUTHORITY_HOST  identity platform host (default: per --azure.cloud)
+  AZURE_TENANT_ID                     directory (tenant) ID, required
+  AZURE_CLIENT_ID                     application (client) ID; for managed identity, a user-assigned one
+  AZURE_CLIENT_SECRET                 client secret value (or use --azure.client-secret-file)
+  AZURE_CLIENT_CERTIFICATE_PATH       PEM (certificate and RSA key) or PKCS#12 file
+  AZURE_CLIENT_CERTIFICATE_PASSWORD   PKCS#12 password (or use --azure.client-certificate-password-file)
+  AZURE_CLIENT_SEND_CERTIFICATE_CHAIN true or 1: send the chain (x5c) for subject name/issuer auth
+  AZURE_FEDERATED_TOKEN_FILE          workload identity: file holding the federated token
+  IDENTITY_ENDPOINT, IDENTITY_HEADER  managed identity on App Service, Container Apps, Functions
+  AZURE_POD_IDENTITY_AUTHORITY_HOST   managed identity: replaces http://169.254.169.254 (IMDS)
+  AZURE_AUTHORITY_HOST                identity platform host (default: per --azure.cloud)
 
-The app registration needs the Reports.Read.All application permission with admin consent.";
+--azure.credential auto takes the first configured of: client secret, certificate, workload
+identity, managed identity (App Service variables only; IMDS needs --azure.credential
+managed-identity). The app registration or managed identity needs the Reports.Read.All
+application permission with admin consent.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,9 +78,13 @@ pub struct Args {
     #[arg(long = "graph.url", value_name = "URL", value_parser = parse_base_url)]
     pub graph_url: Option<Url>,
 
-    /// Microsoft cloud: global, or china (Microsoft 365 operated by 21Vianet).
+    /// Microsoft cloud: global (also GCC), china (21Vianet), usgov (GCC High) or usgov-dod (DoD).
     #[arg(long = "azure.cloud", value_enum, default_value_t = Cloud::Global)]
     pub cloud: Cloud,
+
+    /// How to sign in: auto, secret, certificate, workload-identity or managed-identity.
+    #[arg(long = "azure.credential", value_enum, default_value_t = CredentialKind::Auto)]
+    pub credential: CredentialKind,
 
     /// Comma-separated report periods to keep: any of D7, D30, D90, D180.
     #[arg(long = "report.periods", value_name = "LIST", default_value = "D7,D30,D90,D180", value_parser = parse_periods)]
@@ -93,6 +109,15 @@ pub struct Args {
     /// File holding the client secret (Docker and Kubernetes secrets); overrides AZURE_CLIENT_SECRET.
     #[arg(long = "azure.client-secret-file", value_name = "PATH")]
     pub client_secret_file: Option<PathBuf>,
+
+    /// File holding the PKCS#12 password; overrides AZURE_CLIENT_CERTIFICATE_PASSWORD.
+    #[arg(long = "azure.client-certificate-password-file", value_name = "PATH")]
+    pub client_certificate_password_file: Option<PathBuf>,
+
+    /// Validate flags, environment, files and certificates, print the resolved setup and
+    /// exit (non-zero on problems); contacts no network.
+    #[arg(long = "config.check")]
+    pub config_check: bool,
 
     /// Serve simulated data from a built-in fake Graph on loopback; no Azure credentials needed.
     #[arg(long)]
@@ -133,6 +158,10 @@ pub struct Args {
 pub enum Cloud {
     Global,
     China,
+    /// US Government L4 (GCC High).
+    Usgov,
+    /// US Government L5 (DoD).
+    UsgovDod,
 }
 
 impl Cloud {
@@ -140,6 +169,7 @@ impl Cloud {
         match self {
             Cloud::Global => "https://login.microsoftonline.com",
             Cloud::China => "https://login.chinacloudapi.cn",
+            Cloud::Usgov | Cloud::UsgovDod => "https://login.microsoftonline.us",
         }
     }
 
@@ -147,6 +177,30 @@ impl Cloud {
         match self {
             Cloud::Global => "https://graph.microsoft.com",
             Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::UsgovDod => "https://dod-graph.microsoft.us",
+        }
+    }
+}
+
+/// `--azure.credential`: which kind of credential to sign in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CredentialKind {
+    Auto,
+    Secret,
+    Certificate,
+    WorkloadIdentity,
+    ManagedIdentity,
+}
+
+impl CredentialKind {
+    fn name(self) -> &'static str {
+        match self {
+            CredentialKind::Auto => "auto",
+            CredentialKind::Secret => "secret",
+            CredentialKind::Certificate => "certificate",
+            CredentialKind::WorkloadIdentity => "workload-identity",
+            CredentialKind::ManagedIdentity => "managed-identity",
         }
     }
 }
@@ -306,6 +360,8 @@ pub struct TenantDefaults {
     /// --graph.url.
     pub graph_url: Option<Url>,
     pub periods: Periods,
+    /// The instance metadata service for managed_identity tenants.
+    pub imds_host: Url,
 }
 
 impl TenantDefaults {
@@ -370,90 +426,69 @@ pub enum ConfigError {
     MissingVariable(&'static str),
     #[error("{0} is set but empty: give it a value")]
     EmptyVariable(&'static str),
+    #[error("{name} is not set, and --azure.credential {kind} needs it (see --help)")]
+    MissingFor {
+        name: &'static str,
+        kind: &'static str,
+    },
+    #[error("no credential configured: set AZURE_CLIENT_SECRET (or --azure.client-secret-file), AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE, or use --azure.credential managed-identity; --demo runs without Azure")]
+    NoCredential,
     #[error("AZURE_AUTHORITY_HOST: {0}")]
     AuthorityHost(String),
-    #[error("cannot read --azure.client-secret-file {path:?}: {error}")]
+    #[error("{name}: {problem}")]
+    Endpoint { name: &'static str, problem: String },
+    #[error("cannot read {flag} {path:?}: {error}")]
     SecretFile {
+        flag: &'static str,
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("--azure.client-secret-file {0:?} is empty: write the client secret value into it")]
-    EmptySecretFile(PathBuf),
-    #[error("--azure.client-secret-file {0:?} is larger than 64 KiB: is it the right file?")]
-    SecretFileTooLarge(PathBuf),
+    #[error("{flag} {path:?} is empty: write the {what} into it")]
+    EmptySecretFile {
+        flag: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error("{flag} {path:?} is larger than 64 KiB: is it the right file?")]
+    SecretFileTooLarge { flag: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    #[error("{0}")]
+    FederatedToken(String),
     #[error("--shard.index {index} is out of range for --shard.count {count}: give 0 to {}", count - 1)]
     ShardIndex { index: u64, count: u64 },
 }
 
+const SECRET_FILE: &str = "--azure.client-secret-file";
+const PASSWORD_FILE: &str = "--azure.client-certificate-password-file";
+
 impl Config {
     /// Resolves the arguments against the environment; `env` is a lookup so tests need not
-    /// touch the process environment.
+    /// touch the process environment. Fails with the first problem; see [`Config::check`].
     pub fn resolve(
         args: Args,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::check(args, env).map_err(|mut problems| problems.swap_remove(0))
+    }
+
+    /// Like [`Config::resolve`], but reports every problem it finds, for `--config.check`.
+    pub fn check(
+        args: Args,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
         if args.shard_index >= args.shard_count {
-            return Err(ConfigError::ShardIndex {
+            return Err(vec![ConfigError::ShardIndex {
                 index: args.shard_index,
                 count: args.shard_count,
-            });
+            }]);
         }
-        let authority_host = || match env("AZURE_AUTHORITY_HOST").filter(|v| !v.trim().is_empty()) {
-            Some(v) => parse_base_url(v.trim())
-                .map(Some)
-                .map_err(ConfigError::AuthorityHost),
-            None => Ok(None),
-        };
         let source = if let Some(path) = &args.config_file {
-            let ignored: Vec<&str> = IGNORED_WITH_FILE
-                .into_iter()
-                .filter(|name| env(name).is_some())
-                .collect();
-            if !ignored.is_empty() {
-                tracing::info!(
-                    ignored = ignored.join(","),
-                    "--config.file lists the tenants; the identity variables of the environment are ignored"
-                );
-            }
-            Source::File {
-                path: path.clone(),
-                defaults: TenantDefaults {
-                    cloud: args.cloud,
-                    authority_host: authority_host()?,
-                    graph_url: args.graph_url.clone(),
-                    periods: args.periods.clone(),
-                },
-            }
+            file_source(path, &args, &env).map_err(|e| vec![e])?
         } else if args.demo {
             Source::Demo
         } else {
-            let required = |name: &'static str| match env(name) {
-                None => Err(ConfigError::MissingVariable(name)),
-                Some(v) if v.trim().is_empty() => Err(ConfigError::EmptyVariable(name)),
-                Some(v) => Ok(v.trim().to_string()),
-            };
-            let tenant_id = required("AZURE_TENANT_ID")?;
-            let client_id = required("AZURE_CLIENT_ID")?;
-            let client_secret = match &args.client_secret_file {
-                Some(path) => read_secret_file(path)?,
-                None => required("AZURE_CLIENT_SECRET")?,
-            };
-            let authority = authority_host()?.unwrap_or_else(|| {
-                Url::parse(args.cloud.authority()).expect("preset URL is valid")
-            });
-            let graph = args
-                .graph_url
-                .clone()
-                .unwrap_or_else(|| Url::parse(args.cloud.graph()).expect("preset URL is valid"));
-            Source::Azure {
-                identity: Identity {
-                    tenant_id,
-                    client_id,
-                    client_secret: SecretString::from(client_secret),
-                },
-                authority,
-                graph,
-            }
+            azure_source(&args, &env)?
         };
         Ok(Config {
             listen_address: args.listen_address,
@@ -478,6 +513,80 @@ impl Config {
         })
     }
 
+    /// Warnings to log at startup: an expired client certificate, a refresh rate that Graph
+    /// would throttle.
+    pub fn warnings(&self, now: std::time::SystemTime) -> Vec<String> {
+        let certificate = match &self.source {
+            Source::Azure { identity, .. } => identity.credential.certificate(),
+            Source::Demo | Source::File { .. } => None,
+        };
+        certificate
+            .and_then(|c| c.expiry_warning(now))
+            .into_iter()
+            .chain(self.throttling_warning())
+            .collect()
+    }
+
+    /// The resolved setup as `name: value` lines, free of secrets, for `--config.check`.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut lines = Vec::new();
+        match &self.source {
+            Source::Demo => lines.push(("source", "demo (built-in simulated Graph)".into())),
+            Source::File { path, .. } => {
+                lines.push(("source", format!("--config.file {}", path.display())));
+                lines.push((
+                    "shard",
+                    format!("{} of {}", self.shard.index, self.shard.count),
+                ));
+            }
+            Source::Azure {
+                identity,
+                authority,
+                graph,
+            } => {
+                let credential = &identity.credential;
+                lines.push(("credential", credential.kind().into()));
+                lines.push(("tenant", identity.tenant_id.clone()));
+                let client = credential.client_id().map_or_else(
+                    || "none (system-assigned identity)".to_string(),
+                    str::to_string,
+                );
+                lines.push(("client id", client));
+                lines.push(("authority", authority.to_string()));
+                lines.push(("graph", graph.to_string()));
+                match credential {
+                    Credential::Certificate {
+                        certificate,
+                        send_chain,
+                        ..
+                    } => {
+                        lines.push(("certificate file", certificate.path().display().to_string()));
+                        lines.push(("certificate subject", certificate.subject().into()));
+                        lines.push(("certificate notAfter", certificate.not_after_text()));
+                        lines.push(("certificate x5t#S256", certificate.thumbprint().into()));
+                        lines.push(("send certificate chain", send_chain.to_string()));
+                    }
+                    Credential::WorkloadIdentity { token_file, .. } => {
+                        lines.push(("federated token file", token_file.display().to_string()));
+                    }
+                    Credential::ManagedIdentity { endpoint, .. } => {
+                        lines.push(("managed identity endpoint", endpoint.describe()));
+                    }
+                    Credential::Secret { .. } => {}
+                }
+            }
+        }
+        let periods: Vec<String> = self.periods.iter().map(|p| p.to_string()).collect();
+        lines.push(("periods", periods.join(",")));
+        lines.push((
+            "refresh interval",
+            humantime::format_duration(self.refresh_interval).to_string(),
+        ));
+        lines.push(("listen address", self.listen_address.to_string()));
+        lines.push(("telemetry path", self.telemetry_path.clone()));
+        lines
+    }
+
     /// Requests per Graph throttling window this configuration makes in steady state.
     pub fn requests_per_window(&self) -> f64 {
         self.periods.len() as f64 * GRAPH_WINDOW.as_secs_f64() / self.refresh_interval.as_secs_f64()
@@ -496,12 +605,244 @@ impl Config {
     }
 }
 
-fn read_secret_file(path: &PathBuf) -> Result<String, ConfigError> {
+/// --config.file: the tenants come from the file, the environment's identity is ignored.
+fn file_source(
+    path: &Path,
+    args: &Args,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Source, ConfigError> {
+    let ignored: Vec<&str> = IGNORED_WITH_FILE
+        .into_iter()
+        .filter(|name| env(name).is_some())
+        .collect();
+    if !ignored.is_empty() {
+        tracing::info!(
+            ignored = ignored.join(","),
+            "--config.file lists the tenants; the identity variables of the environment are ignored"
+        );
+    }
+    let authority_host = match set(env, "AZURE_AUTHORITY_HOST") {
+        Some(v) => Some(parse_base_url(&v).map_err(ConfigError::AuthorityHost)?),
+        None => None,
+    };
+    let imds_host = set(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
+    let imds_host =
+        parse_base_url(imds_host.as_deref().unwrap_or(IMDS_HOST)).map_err(|problem| {
+            ConfigError::Endpoint {
+                name: "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                problem,
+            }
+        })?;
+    Ok(Source::File {
+        path: path.to_path_buf(),
+        defaults: TenantDefaults {
+            cloud: args.cloud,
+            authority_host,
+            graph_url: args.graph_url.clone(),
+            periods: args.periods.clone(),
+            imds_host,
+        },
+    })
+}
+
+/// The Azure source, or every problem found on the way.
+fn azure_source(
+    args: &Args,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Source, Vec<ConfigError>> {
+    let mut problems = Vec::new();
+    let tenant_id = required(env, "AZURE_TENANT_ID")
+        .map_err(|e| problems.push(e))
+        .ok();
+    let authority = match set(env, "AZURE_AUTHORITY_HOST") {
+        Some(v) => parse_base_url(&v)
+            .map_err(|e| problems.push(ConfigError::AuthorityHost(e)))
+            .ok(),
+        None => Some(Url::parse(args.cloud.authority()).expect("preset URL is valid")),
+    };
+    let graph = args
+        .graph_url
+        .clone()
+        .unwrap_or_else(|| Url::parse(args.cloud.graph()).expect("preset URL is valid"));
+    let credential = credential(args, env, &mut problems);
+    match (tenant_id, authority, credential) {
+        (Some(tenant_id), Some(authority), Some(credential)) if problems.is_empty() => {
+            Ok(Source::Azure {
+                identity: Identity {
+                    tenant_id,
+                    credential,
+                },
+                authority,
+                graph,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// A variable's trimmed value; None when unset or blank.
+fn set(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn required(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<String, ConfigError> {
+    match env(name) {
+        None => Err(ConfigError::MissingVariable(name)),
+        Some(v) if v.trim().is_empty() => Err(ConfigError::EmptyVariable(name)),
+        Some(v) => Ok(v.trim().to_string()),
+    }
+}
+
+/// The kind `auto` picks: the first one configured, in the Azure SDKs' order. IMDS is never
+/// picked: on a host that is not an Azure VM, probing it hangs or reaches something else.
+fn auto_kind(args: &Args, env: &impl Fn(&str) -> Option<String>) -> Option<CredentialKind> {
+    if args.client_secret_file.is_some() || set(env, "AZURE_CLIENT_SECRET").is_some() {
+        Some(CredentialKind::Secret)
+    } else if set(env, "AZURE_CLIENT_CERTIFICATE_PATH").is_some() {
+        Some(CredentialKind::Certificate)
+    } else if set(env, "AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        Some(CredentialKind::WorkloadIdentity)
+    } else if set(env, "IDENTITY_ENDPOINT").is_some() && set(env, "IDENTITY_HEADER").is_some() {
+        Some(CredentialKind::ManagedIdentity)
+    } else {
+        None
+    }
+}
+
+fn credential(
+    args: &Args,
+    env: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<ConfigError>,
+) -> Option<Credential> {
+    let kind = match args.credential {
+        CredentialKind::Auto => auto_kind(args, env),
+        explicit => Some(explicit),
+    };
+    let Some(kind) = kind else {
+        problems.push(ConfigError::NoCredential);
+        return None;
+    };
+    let input = |name: &'static str| {
+        set(env, name).ok_or(ConfigError::MissingFor {
+            name,
+            kind: kind.name(),
+        })
+    };
+    let client_id = || required(env, "AZURE_CLIENT_ID");
+    let resolved = match kind {
+        CredentialKind::Auto => unreachable!("auto resolves to a kind"),
+        CredentialKind::Secret => {
+            let secret = match &args.client_secret_file {
+                Some(path) => read_secret_file(SECRET_FILE, path, "client secret value"),
+                None => input("AZURE_CLIENT_SECRET"),
+            };
+            both(client_id(), secret).map(|(client_id, secret)| Credential::Secret {
+                client_id,
+                secret: SecretString::from(secret),
+            })
+        }
+        CredentialKind::Certificate => {
+            let certificate = input("AZURE_CLIENT_CERTIFICATE_PATH").and_then(|path| {
+                let password = match &args.client_certificate_password_file {
+                    Some(file) => Some(read_secret_file(PASSWORD_FILE, file, "PKCS#12 password")?),
+                    // A password may legitimately start or end with spaces: taken as given.
+                    None => env("AZURE_CLIENT_CERTIFICATE_PASSWORD").filter(|p| !p.is_empty()),
+                };
+                let password = password.map(SecretString::from);
+                Ok(ClientCertificate::load(
+                    Path::new(&path),
+                    password.as_ref(),
+                )?)
+            });
+            let send_chain = set(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
+                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+            both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
+                client_id,
+                certificate: std::sync::Arc::new(certificate),
+                send_chain,
+            })
+        }
+        CredentialKind::WorkloadIdentity => {
+            let token_file = input("AZURE_FEDERATED_TOKEN_FILE").and_then(|file| {
+                // Read once now so that a missing mount fails at startup, not at the first
+                // refresh; it is read again at every token request.
+                let file = PathBuf::from(file);
+                read_federated_token(&file).map_err(ConfigError::FederatedToken)?;
+                Ok(file)
+            });
+            both(client_id(), token_file).map(|(client_id, token_file)| {
+                Credential::WorkloadIdentity {
+                    client_id,
+                    token_file,
+                }
+            })
+        }
+        CredentialKind::ManagedIdentity => {
+            managed_endpoint(env).map(|endpoint| Credential::ManagedIdentity {
+                client_id: set(env, "AZURE_CLIENT_ID"),
+                endpoint,
+            })
+        }
+    };
+    resolved.map_err(|e| problems.extend(e)).ok()
+}
+
+/// Both results, or every error of the two.
+fn both<A, B>(
+    a: Result<A, ConfigError>,
+    b: Result<B, ConfigError>,
+) -> Result<(A, B), Vec<ConfigError>> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => Err(a.err().into_iter().chain(b.err()).collect()),
+    }
+}
+
+fn managed_endpoint(
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<ManagedEndpoint, Vec<ConfigError>> {
+    let url = |name: &'static str, value: &str| {
+        parse_base_url(value).map_err(|problem| vec![ConfigError::Endpoint { name, problem }])
+    };
+    match (set(env, "IDENTITY_ENDPOINT"), env("IDENTITY_HEADER")) {
+        (Some(endpoint), Some(header)) if !header.trim().is_empty() => {
+            Ok(ManagedEndpoint::AppService {
+                endpoint: url("IDENTITY_ENDPOINT", &endpoint)?,
+                header: SecretString::from(header.trim().to_string()),
+            })
+        }
+        (Some(_), _) => Err(vec![ConfigError::MissingFor {
+            name: "IDENTITY_HEADER",
+            kind: "managed-identity with IDENTITY_ENDPOINT",
+        }]),
+        (None, _) => {
+            let host = set(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
+            Ok(ManagedEndpoint::Imds {
+                host: url(
+                    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                    host.as_deref().unwrap_or(IMDS_HOST),
+                )?,
+            })
+        }
+    }
+}
+
+fn read_secret_file(
+    flag: &'static str,
+    path: &PathBuf,
+    what: &'static str,
+) -> Result<String, ConfigError> {
     use std::io::Read;
     // A client secret is some 40 characters; the cap keeps a wrong path such as /dev/zero from
     // eating memory.
     const MAX_SECRET_FILE: u64 = 64 * 1024;
     let io = |error| ConfigError::SecretFile {
+        flag,
         path: path.clone(),
         error,
     };
@@ -512,12 +853,19 @@ fn read_secret_file(path: &PathBuf) -> Result<String, ConfigError> {
         .read_to_string(&mut raw)
         .map_err(io)?;
     if raw.len() as u64 > MAX_SECRET_FILE {
-        return Err(ConfigError::SecretFileTooLarge(path.clone()));
+        return Err(ConfigError::SecretFileTooLarge {
+            flag,
+            path: path.clone(),
+        });
     }
     // Kubernetes and Docker secrets usually end with a newline the secret does not contain.
     let secret = raw.trim_end_matches(['\r', '\n']);
     if secret.trim().is_empty() {
-        return Err(ConfigError::EmptySecretFile(path.clone()));
+        return Err(ConfigError::EmptySecretFile {
+            flag,
+            path: path.clone(),
+            what,
+        });
     }
     Ok(secret.to_string())
 }
@@ -545,6 +893,187 @@ mod tests {
         ("AZURE_CLIENT_SECRET", "s3cret"),
     ];
 
+    fn secret(identity: &Identity) -> &str {
+        match &identity.credential {
+            Credential::Secret { secret, .. } => secret.expose_secret(),
+            other => panic!("expected a client secret, got {other:?}"),
+        }
+    }
+
+    fn resolved(extra: &[&str], vars: &[(&str, &str)]) -> Result<Identity, Vec<String>> {
+        match Config::check(args(extra).unwrap(), env(vars)) {
+            Ok(Config {
+                source: Source::Azure { identity, .. },
+                ..
+            }) => Ok(identity),
+            Ok(_) => panic!("expected an Azure source"),
+            Err(problems) => Err(problems.iter().map(|p| p.to_string()).collect()),
+        }
+    }
+
+    fn fixture(name: &str) -> String {
+        format!(
+            "{}/tests/fixtures/identity/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    #[test]
+    fn auto_takes_the_first_configured_credential_in_the_sdk_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "federated").unwrap();
+        let token = token.to_str().unwrap();
+        let base = [("AZURE_TENANT_ID", "t"), ("AZURE_CLIENT_ID", "c")];
+        let all = [
+            ("AZURE_CLIENT_SECRET", "s"),
+            ("AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/cert.pem"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token),
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ];
+        let kinds = [
+            "secret",
+            "certificate",
+            "workload-identity",
+            "managed-identity",
+        ];
+        // Drop the earlier kinds one by one: each time the next one is chosen.
+        for (skip, kind) in [0, 1, 2, 3].into_iter().zip(kinds) {
+            let vars: Vec<_> = base.iter().chain(&all[skip..]).copied().collect();
+            match resolved(&[], &vars) {
+                Ok(identity) => assert_eq!(identity.credential.kind(), kind),
+                // The certificate path does not exist: chosen, and reported.
+                Err(problems) => {
+                    assert_eq!(kind, "certificate");
+                    assert!(
+                        problems[0].contains("/nonexistent/cert.pem"),
+                        "{problems:?}"
+                    );
+                }
+            }
+        }
+        // IMDS is never chosen by auto, and IDENTITY_ENDPOINT alone is not App Service.
+        let vars = [base[0], base[1], all[3]];
+        let problems = resolved(&[], &vars).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        for name in [
+            "AZURE_CLIENT_SECRET",
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "--azure.credential managed-identity",
+        ] {
+            assert!(problems[0].contains(name), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_kinds_use_their_inputs_alone() {
+        let vars = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_SECRET", "s"),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:5"),
+        ];
+        let problems = resolved(&["--azure.credential", "certificate"], &vars).unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "AZURE_CLIENT_ID is not set: export it (see --help), or run with --demo to try the exporter without Azure credentials",
+                "AZURE_CLIENT_CERTIFICATE_PATH is not set, and --azure.credential certificate needs it (see --help)",
+            ]
+        );
+        let problems = resolved(&["--azure.credential", "workload-identity"], &vars).unwrap_err();
+        assert!(
+            problems[1].contains("AZURE_FEDERATED_TOKEN_FILE"),
+            "{problems:?}"
+        );
+
+        // Managed identity: IMDS at the override, system-assigned without AZURE_CLIENT_ID.
+        let identity = resolved(&["--azure.credential", "managed-identity"], &vars).unwrap();
+        let Credential::ManagedIdentity {
+            client_id,
+            endpoint,
+        } = &identity.credential
+        else {
+            panic!("{identity:?}")
+        };
+        assert_eq!(client_id, &None);
+        assert_eq!(
+            endpoint.describe(),
+            "IMDS http://127.0.0.1:5/metadata/identity/oauth2/token"
+        );
+        let mut with_header = vars.to_vec();
+        with_header.push(("IDENTITY_ENDPOINT", "http://127.0.0.1:6/msi/token"));
+        let problems =
+            resolved(&["--azure.credential", "managed-identity"], &with_header).unwrap_err();
+        assert!(problems[0].contains("IDENTITY_HEADER"), "{problems:?}");
+    }
+
+    #[test]
+    fn certificate_inputs() {
+        let password_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(password_file.path(), "test-p12-password\n").unwrap();
+        let p12 = fixture("aes.p12");
+        let vars = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_CLIENT_CERTIFICATE_PATH", p12.as_str()),
+            ("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "TRUE"),
+        ];
+        let flag = [
+            "--azure.client-certificate-password-file",
+            password_file.path().to_str().unwrap(),
+        ];
+        let identity = resolved(&flag, &vars).unwrap();
+        let Credential::Certificate { send_chain, .. } = &identity.credential else {
+            panic!("{identity:?}")
+        };
+        assert!(send_chain);
+        let mut env_password = vars.to_vec();
+        env_password.push(("AZURE_CLIENT_CERTIFICATE_PASSWORD", "nope-secret-9"));
+        let problems = resolved(&[], &env_password).unwrap_err();
+        assert!(
+            problems[0].contains("wrong PKCS#12 password"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("nope-secret-9"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let vars = [
+            ("AZURE_AUTHORITY_HOST", "ftp://x"),
+            ("AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/c.pem"),
+        ];
+        let problems = resolved(&[], &vars).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].starts_with("AZURE_TENANT_ID is not set"));
+        assert!(problems[1].starts_with("AZURE_AUTHORITY_HOST"));
+        assert!(problems[2].starts_with("AZURE_CLIENT_ID is not set"));
+        assert!(problems[3].contains("/nonexistent/c.pem"));
+    }
+
+    #[test]
+    fn us_government_clouds() {
+        for (cloud, graph) in [
+            ("usgov", "graph.microsoft.us"),
+            ("usgov-dod", "dod-graph.microsoft.us"),
+        ] {
+            let c =
+                Config::resolve(args(&["--azure.cloud", cloud]).unwrap(), env(&IDENTITY)).unwrap();
+            let Source::Azure {
+                authority,
+                graph: g,
+                ..
+            } = c.source
+            else {
+                panic!()
+            };
+            assert_eq!(authority.as_str(), "https://login.microsoftonline.us/");
+            assert_eq!(g.host_str(), Some(graph));
+        }
+    }
+
     #[test]
     fn defaults() {
         let a = args(&[]).unwrap();
@@ -564,7 +1093,7 @@ mod tests {
         };
         assert_eq!(authority.as_str(), "https://login.microsoftonline.com/");
         assert_eq!(graph.as_str(), "https://graph.microsoft.com/");
-        assert_eq!(identity.client_secret.expose_secret(), "s3cret");
+        assert_eq!(secret(&identity), "s3cret");
     }
 
     #[test]
@@ -656,8 +1185,7 @@ mod tests {
     fn missing_identity_names_the_variable() {
         let err = Config::resolve(args(&[]).unwrap(), env(&IDENTITY[..2])).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("AZURE_CLIENT_SECRET is not set"),
+            err.to_string().starts_with("no credential configured"),
             "{err}"
         );
         let err = Config::resolve(args(&[]).unwrap(), env(&[])).unwrap_err();
@@ -710,7 +1238,7 @@ mod tests {
         let Source::Azure { identity, .. } = c.source else {
             panic!()
         };
-        assert_eq!(identity.client_secret.expose_secret(), "from-file");
+        assert_eq!(secret(&identity), "from-file");
         assert!(!format!("{identity:?}").contains("from-file"));
         std::fs::remove_file(&dir).unwrap();
         let a = args(&["--azure.client-secret-file", "/dev/zero"]).unwrap();

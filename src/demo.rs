@@ -29,11 +29,7 @@ const CLIENT_SECRET: &str = "demo-secret";
 const TOKEN_PREFIX: &str = "demo-token-";
 
 pub fn identity() -> Identity {
-    Identity {
-        tenant_id: TENANT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: SecretString::from(CLIENT_SECRET),
-    }
+    Identity::with_secret(TENANT, CLIENT_ID, SecretString::from(CLIENT_SECRET))
 }
 
 pub struct Demo {
@@ -239,7 +235,7 @@ mod tests {
     fn demo_reports_parse_and_cover_the_period() {
         let today = date!(2026 - 11 - 27);
         for period in Period::ALL {
-            let report = crate::report::parse(csv(period, today).as_bytes()).unwrap();
+            let report = crate::report::parse(csv(period, today).as_bytes(), today).unwrap();
             assert_eq!(report.rows.len(), period.days() as usize);
             let newest = report.newest().unwrap();
             assert_eq!(newest.report_date, date!(2026 - 11 - 25));

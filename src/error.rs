@@ -48,6 +48,9 @@ pub enum Error {
         code: Option<u64>,
         detail: String,
     },
+    /// The credential could not be presented: an unreadable federated token file, say.
+    #[error("token request: {0}")]
+    Credential(String),
     #[error("{stage}: HTTP 401 Unauthorized{request_id}: {detail}")]
     Unauthorized {
         stage: Stage,
@@ -90,7 +93,7 @@ impl Error {
     /// The `reason` label of `sfb_refresh_failures_total`.
     pub fn reason(&self) -> Reason {
         match self {
-            Error::Auth { .. } | Error::Unauthorized { .. } => Reason::Auth,
+            Error::Auth { .. } | Error::Unauthorized { .. } | Error::Credential(_) => Reason::Auth,
             Error::Forbidden { .. } => Reason::Forbidden,
             Error::Throttled { .. } => Reason::Throttled,
             Error::Http { .. } => Reason::Http,

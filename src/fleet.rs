@@ -4,7 +4,7 @@
 //! cancellation token, a child of the process's, so that stopping one tenant leaves the others
 //! untouched and shutdown stops them all. Only the in-flight bound is shared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +21,7 @@ use crate::metrics::ReloadStatus;
 use crate::publisher::Publisher;
 use crate::refresher::Refresher;
 use crate::state::State;
-use crate::tenants::{self, TenantSpec};
+use crate::tenants::{self, Tenant, TenantSpec};
 
 /// What every tenant shares.
 pub struct Shared {
@@ -44,7 +44,9 @@ pub struct Fleet {
 }
 
 struct Member {
-    spec: TenantSpec,
+    tenant_id: String,
+    /// None for the environment's single tenant, which is never reloaded.
+    spec: Option<TenantSpec>,
     cancel: CancellationToken,
     generation: u64,
     /// Dropping the set aborts the tenant's tasks.
@@ -77,33 +79,53 @@ impl Fleet {
         for spec in specs {
             wanted.insert(spec.tenant_id.to_lowercase(), spec);
         }
-        for spec in wanted.values() {
-            spec.identity()?;
-        }
-        let mut changes = Changes::default();
-        let current: Vec<String> = self.members.keys().cloned().collect();
-        for key in current {
-            match wanted.get(&key) {
-                Some(spec) if *spec == self.members[&key].spec => {
-                    wanted.remove(&key);
-                    changes.unchanged += 1;
-                }
-                Some(_) => {
-                    self.stop(&key);
-                    changes.restarted += 1;
-                }
-                None => {
-                    self.stop(&key);
-                    changes.removed += 1;
-                }
+        let mut unchanged: HashSet<String> = HashSet::new();
+        wanted.retain(|key, spec| {
+            let same = self
+                .members
+                .get(key)
+                .is_some_and(|m| m.spec.as_ref() == Some(spec));
+            if same {
+                unchanged.insert(key.clone());
             }
-        }
-        changes.added = wanted.len() - changes.restarted;
-        // Started in file order is not needed: each tenant has its own schedule.
+            !same
+        });
+        // Every new or changed tenant is built before anything changes.
+        let mut ready = Vec::with_capacity(wanted.len());
         for (key, spec) in wanted {
-            self.start(key, spec);
+            let tenant = spec.resolve()?;
+            ready.push((key, spec, tenant));
+        }
+        let mut changes = Changes {
+            unchanged: unchanged.len(),
+            ..Changes::default()
+        };
+        let starting: HashSet<String> = ready.iter().map(|(key, _, _)| key.clone()).collect();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|key| !unchanged.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if starting.contains(&key) {
+                changes.restarted += 1;
+            } else {
+                changes.removed += 1;
+            }
+            self.stop(&key);
+        }
+        changes.added = ready.len() - changes.restarted;
+        for (key, spec, tenant) in ready {
+            self.launch(key, tenant, Some(spec));
         }
         Ok(changes)
+    }
+
+    /// Starts the one tenant of the environment (or demo) configuration.
+    pub fn start_single(&mut self, tenant: Tenant) {
+        let key = tenant.identity.tenant_id.to_lowercase();
+        self.launch(key, tenant, None);
     }
 
     fn stop(&mut self, key: &str) {
@@ -111,32 +133,35 @@ impl Fleet {
             member.cancel.cancel();
             self.shared
                 .publisher
-                .remove(&member.spec.tenant_id, member.generation);
-            tracing::info!(tenant = %member.spec.tenant_id, "tenant stopped");
+                .remove(&member.tenant_id, member.generation);
+            tracing::info!(tenant = %member.tenant_id, "tenant stopped");
         }
     }
 
-    fn start(&mut self, key: String, spec: TenantSpec) {
-        let Ok(identity) = spec.identity() else {
-            // apply() checked every spec before changing anything.
-            return;
-        };
+    fn launch(&mut self, key: String, tenant: Tenant, spec: Option<TenantSpec>) {
         let s = &self.shared;
         let limits = || Limits {
             timeout: s.timeout,
             max_body_bytes: s.max_body_bytes,
             in_flight: Some(Arc::clone(&s.in_flight)),
         };
+        let tenant_id = tenant.identity.tenant_id.clone();
+        let mut state = State::new(tenant_id.clone(), tenant.periods.iter());
+        state.client_certificate_not_after = tenant
+            .identity
+            .credential
+            .certificate()
+            .map(|c| c.not_after());
         let tokens = TokenSource::new(
             s.http.clone(),
-            &spec.authority,
-            &spec.graph,
-            identity,
+            &tenant.authority,
+            &tenant.graph,
+            tenant.identity,
             limits(),
         );
         let graph = GraphClient::new(
             s.http.clone(),
-            spec.graph.clone(),
+            tenant.graph,
             tokens,
             limits(),
             s.retry.clone(),
@@ -145,8 +170,8 @@ impl Fleet {
         self.next_generation += 1;
         let refresher = Arc::new(Refresher::new(
             graph,
-            State::new(spec.tenant_id.clone(), spec.periods.iter()),
-            spec.name.clone(),
+            state,
+            tenant.name,
             s.interval,
             Arc::clone(&s.publisher),
             generation,
@@ -156,6 +181,7 @@ impl Fleet {
         self.members.insert(
             key,
             Member {
+                tenant_id,
                 spec,
                 cancel,
                 generation,

@@ -37,7 +37,7 @@ use crate::config::{Config, Source};
 use crate::fleet::{FileSource, Fleet, Reloader};
 use crate::metrics::ReloadStatus;
 use crate::publisher::Publisher;
-use crate::tenants::{Credential, Secret, TenantSpec};
+use crate::tenants::Tenant;
 use crate::webconfig::{Security, Sources, WebConfig};
 use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
@@ -60,6 +60,63 @@ pub enum StartError {
     WebConfig(#[from] webconfig::WebConfigError),
     #[error("{0}")]
     Tenants(String),
+}
+
+/// `--config.check`: everything [`start`] would use, validated without binding a port or
+/// contacting anything. The resolved setup as `name: value` lines (warnings last), or every
+/// problem found. No secret is ever part of either.
+pub fn check_config(
+    args: config::Args,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
+    let web = args.web_config_file.clone().map(|path| {
+        let loaded = WebConfig::load(&path);
+        (path, loaded)
+    });
+    let mut problems: Vec<String> = Vec::new();
+    let config = Config::check(args, env)
+        .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
+        .ok();
+    let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
+    if let Some(Config {
+        source: Source::File { path, defaults },
+        shard,
+        ..
+    }) = &config
+    {
+        let tenants = tenants::load(path, defaults, *shard).and_then(|specs| {
+            specs.iter().try_for_each(|s| s.resolve().map(drop))?;
+            Ok(specs.len())
+        });
+        match tenants {
+            Ok(n) => lines.push(("tenants in this shard", n.to_string())),
+            Err(e) => problems.push(e),
+        }
+    }
+    match web {
+        None => lines.push(("web config", "none (plain HTTP, no basic auth)".into())),
+        Some((path, Ok(web))) => lines.push((
+            "web config",
+            format!(
+                "{} (TLS: {}, basic auth: {})",
+                path.display(),
+                web.tls.is_some(),
+                web.security.requires_auth()
+            ),
+        )),
+        Some((_, Err(e))) => problems.push(e.to_string()),
+    }
+    let Some(config) = config.filter(|_| problems.is_empty()) else {
+        return Err(problems);
+    };
+    let mut report = String::from("configuration OK\n");
+    for (name, value) in lines {
+        report.push_str(&format!("{name}: {value}\n"));
+    }
+    for warning in config.warnings(std::time::SystemTime::now()) {
+        report.push_str(&format!("warning: {warning}\n"));
+    }
+    Ok(report)
 }
 
 /// A started exporter: serving, refreshing, until its cancellation token fires.
@@ -112,11 +169,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         publisher: Arc::clone(&publisher),
         cancel: cancel.clone(),
     });
-    let single = |tenant_id: String, client_id, secret, authority, graph| TenantSpec {
-        tenant_id,
-        client_id,
+    let single = |identity, authority, graph| Tenant {
         name: None,
-        credential: Credential::ClientSecret(Secret(secret)),
+        identity,
         authority,
         graph,
         periods: config.periods.clone(),
@@ -128,14 +183,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             authority,
             graph,
         } => {
-            let spec = single(
-                identity.tenant_id,
-                identity.client_id,
-                identity.client_secret,
-                authority,
-                graph,
-            );
-            fleet.apply(vec![spec]).map_err(StartError::Tenants)?;
+            fleet.start_single(single(identity, authority, graph));
             tasks.spawn(hold_until(fleet, cancel.clone()));
         }
         Source::Demo => {
@@ -144,15 +192,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
                 .map_err(StartError::Demo)?;
             tracing::info!(address = %demo.address, "demo mode: serving simulated Graph data from loopback");
             tasks.spawn(demo.server);
-            let identity = demo::identity();
-            let spec = single(
-                identity.tenant_id,
-                identity.client_id,
-                identity.client_secret,
-                demo.authority,
-                demo.graph,
-            );
-            fleet.apply(vec![spec]).map_err(StartError::Tenants)?;
+            fleet.start_single(single(demo::identity(), demo.authority, demo.graph));
             tasks.spawn(hold_until(fleet, cancel.clone()));
         }
         Source::File { path, defaults } => {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use sfb_exporter::config::{Args, Config};
-use sfb_exporter::{start, telemetry};
+use sfb_exporter::{check_config, start, telemetry};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if args.config_check {
+        return config_check(args);
+    }
     telemetry::init(args.log_level, args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -48,11 +51,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--config.check`: the resolved setup on stdout and exit 0, or each problem on stderr.
+fn config_check(args: Args) -> ExitCode {
+    match check_config(args, |name| std::env::var(name).ok()) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("sfb-exporter: {problem}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     // Installed first, so that a signal during startup is a clean stop too.
     let mut signals = Signals::install()?;
     let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
-    if let Some(warning) = config.throttling_warning() {
+    for warning in config.warnings(std::time::SystemTime::now()) {
         tracing::warn!("{warning}");
     }
     let periods: Vec<String> = config.periods.iter().map(|p| p.to_string()).collect();

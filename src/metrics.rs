@@ -60,6 +60,8 @@ pub struct ReloadStatus {
     pub last_success: Option<SystemTime>,
 }
 
+const PERIOD_ACTIVITY_HELP: &str = "Conference time organized in the tenant over every day of the period's Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (the sum of Graph's minutes x 60 over all rows). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
+
 /// The whole exposition for a single tenant, as served without --config.file.
 pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Error> {
     let globals = render_globals(build, &Globals::default())?;
@@ -120,6 +122,12 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         ACTIVITY_HELP,
         &["tenant", "period", "conference_type"],
     )?;
+    let period_activity = gauge(
+        &registry,
+        "sfb_organizer_activity_period_seconds",
+        PERIOD_ACTIVITY_HELP,
+        &["tenant", "period", "conference_type"],
+    )?;
     let report_date = gauge(
         &registry,
         "sfb_report_date_timestamp_seconds",
@@ -160,6 +168,16 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
     registry.register(Box::new(failures.clone()))?;
 
     let tenant = state.tenant.as_str();
+    if let Some(not_after) = state.client_certificate_not_after {
+        gauge(
+            &registry,
+            "sfb_client_certificate_expiry_timestamp_seconds",
+            "notAfter of the client certificate the exporter signs in with, as a Unix time.",
+            &["tenant"],
+        )?
+        .with_label_values(&[tenant])
+        .set(unix_seconds(not_after));
+    }
     for (period, p) in &state.periods {
         let labels = [tenant, period.as_str()];
         for reason in Reason::ALL {
@@ -183,6 +201,14 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
             continue;
         };
         rows.with_label_values(&labels).set(accepted.rows as f64);
+        if let Some(t) = &accepted.totals {
+            let minutes = [
+                t.audio_video_minutes,
+                t.dial_in_microsoft_minutes,
+                t.dial_out_microsoft_minutes,
+            ];
+            set_seconds(&period_activity, &labels, minutes.map(|m| m as f64));
+        }
         let Some(row) = &accepted.newest else {
             continue;
         };
@@ -192,15 +218,12 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         refresh_date
             .with_label_values(&labels)
             .set(midnight_utc(row.report_refresh_date));
-        for (kind, minutes) in [
-            ("audio_video", row.audio_video_minutes),
-            ("dial_in_microsoft", row.dial_in_microsoft_minutes),
-            ("dial_out_microsoft", row.dial_out_microsoft_minutes),
-        ] {
-            activity
-                .with_label_values(&[tenant, period.as_str(), kind])
-                .set(minutes * 60.0);
-        }
+        let minutes = [
+            row.audio_video_minutes,
+            row.dial_in_microsoft_minutes,
+            row.dial_out_microsoft_minutes,
+        ];
+        set_seconds(&activity, &labels, minutes.map(|m| m as f64));
     }
 
     encode(&registry)
@@ -271,19 +294,33 @@ fn gauge(
     Ok(g)
 }
 
+/// Sets the `conference_type` series of `gauge` for `[tenant, period]` to Graph's minutes
+/// (Audio/Video, Dial-in Microsoft, Dial-out Microsoft) in seconds.
+fn set_seconds(gauge: &GaugeVec, [tenant, period]: &[&str; 2], minutes: [f64; 3]) {
+    let kinds = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
+    for (kind, minutes) in kinds.into_iter().zip(minutes) {
+        gauge
+            .with_label_values(&[tenant, period, kind])
+            .set(minutes * 60.0);
+    }
+}
+
 fn midnight_utc(date: Date) -> f64 {
     date.midnight().assume_utc().unix_timestamp() as f64
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::report::Period;
+    use crate::report::Totals;
     use crate::state::{Accepted, PeriodState};
     use std::time::Duration;
     use time::macros::date;
@@ -302,9 +339,9 @@ mod tests {
         let row = crate::report::Row {
             report_refresh_date: date!(2024 - 03 - 05),
             report_date: date!(2024 - 03 - 04),
-            audio_video_minutes: 120.0,
-            dial_in_microsoft_minutes: 30.5,
-            dial_out_microsoft_minutes: 0.0,
+            audio_video_minutes: 120,
+            dial_in_microsoft_minutes: 30,
+            dial_out_microsoft_minutes: 0,
         };
         // D7: healthy.
         *state.periods.get_mut(&Period::D7).unwrap() = PeriodState {
@@ -313,6 +350,11 @@ mod tests {
             accepted: Some(Accepted {
                 rows: 7,
                 newest: Some(row),
+                totals: Some(Totals {
+                    audio_video_minutes: 840,
+                    dial_in_microsoft_minutes: 61,
+                    dial_out_microsoft_minutes: 0,
+                }),
                 etag: None,
             }),
             failures: Default::default(),
@@ -327,6 +369,11 @@ mod tests {
             accepted: Some(Accepted {
                 rows: 30,
                 newest: Some(row),
+                totals: Some(Totals {
+                    audio_video_minutes: 3600,
+                    dial_in_microsoft_minutes: 915,
+                    dial_out_microsoft_minutes: 2,
+                }),
                 etag: None,
             }),
             failures: [(Reason::Parse, 2), (Reason::Throttled, 1)]
@@ -340,6 +387,7 @@ mod tests {
             accepted: Some(Accepted {
                 rows: 0,
                 newest: None,
+                totals: None,
                 etag: None,
             }),
             failures: Default::default(),
@@ -358,6 +406,7 @@ mod tests {
         let body = render(&State::new("t", [Period::D7]), &BUILD).unwrap();
         for absent in [
             "sfb_organizer_activity_seconds{",
+            "sfb_organizer_activity_period_seconds{",
             "sfb_report_rows{",
             "sfb_refresh_success{",
             "sfb_refresh_last_success_timestamp_seconds{",

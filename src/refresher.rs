@@ -96,13 +96,10 @@ impl Refresher {
                 etag,
                 request_id,
             } => {
-                let report =
-                    report::parse(&csv).map_err(|e| Error::from(e).after_report(&request_id))?;
-                Ok(Some(Accepted {
-                    rows: report.rows.len(),
-                    newest: report.newest().copied(),
-                    etag,
-                }))
+                let today = time::OffsetDateTime::now_utc().date();
+                let report = report::parse(&csv, today)
+                    .map_err(|e| Error::from(e).after_report(&request_id))?;
+                Ok(Some(Accepted::new(&report, etag)))
             }
         }
     }

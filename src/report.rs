@@ -3,11 +3,13 @@
 //! Graph's CSV is loosely specified (see shared/graph-reports.md): a UTF-8 BOM, CRLF or LF,
 //! columns that move or appear, rows in no particular order, empty numeric cells. Columns are
 //! therefore found by header name, and any cell that cannot be read rejects the whole report so
-//! that nothing partial is ever published.
+//! that nothing partial is ever published. So does impossible data: a signed or fractional
+//! minute count, a date not exactly `YYYY-MM-DD`, a day reported before it was refreshed or
+//! after tomorrow, a day reported twice, a required column named twice.
 
 use time::{format_description::BorrowedFormatItem, macros::format_description, Date};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -92,31 +94,50 @@ impl Periods {
 }
 
 /// One day of the report.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row {
     pub report_refresh_date: Date,
     pub report_date: Date,
-    pub audio_video_minutes: f64,
-    pub dial_in_microsoft_minutes: f64,
-    pub dial_out_microsoft_minutes: f64,
+    pub audio_video_minutes: u64,
+    pub dial_in_microsoft_minutes: u64,
+    pub dial_out_microsoft_minutes: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A report whose rows have distinct Report Dates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub rows: Vec<Row>,
 }
 
 impl Report {
-    /// The row with the greatest Report Date; the first of equals, so the choice is stable.
+    /// The row with the greatest Report Date (rows are in no particular order).
     pub fn newest(&self) -> Option<&Row> {
-        self.rows.iter().reduce(|best, row| {
-            if row.report_date > best.report_date {
-                row
-            } else {
-                best
-            }
-        })
+        self.rows.iter().max_by_key(|row| row.report_date)
     }
+
+    /// The minutes of every row added up; `None` for a header-only report, which has no
+    /// totals rather than totals of zero.
+    pub fn totals(&self) -> Option<Totals> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let mut totals = Totals::default();
+        for row in &self.rows {
+            totals.audio_video_minutes += u128::from(row.audio_video_minutes);
+            totals.dial_in_microsoft_minutes += u128::from(row.dial_in_microsoft_minutes);
+            totals.dial_out_microsoft_minutes += u128::from(row.dial_out_microsoft_minutes);
+        }
+        Some(totals)
+    }
+}
+
+/// Minutes summed over the rows of a report, by conference type. Wider than a cell, so that
+/// no sum of 64-bit cells can overflow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub audio_video_minutes: u128,
+    pub dial_in_microsoft_minutes: u128,
+    pub dial_out_microsoft_minutes: u128,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,12 +149,37 @@ pub enum ReportError {
         column: &'static str,
         header: String,
     },
+    #[error("line 1: column {column:?} is named twice in the header (fields {first} and {second}), so its values are ambiguous")]
+    DuplicateColumn {
+        column: &'static str,
+        first: usize,
+        second: usize,
+    },
     #[error("line {line}: {column} {value:?} is not {expected}")]
     BadCell {
         line: u64,
         column: &'static str,
         value: String,
         expected: &'static str,
+    },
+    #[error("line {line}: Report Date \"{report_date}\" is after the row's Report Refresh Date \"{refresh_date}\"")]
+    DateAfterRefresh {
+        line: u64,
+        report_date: Date,
+        refresh_date: Date,
+    },
+    #[error("line {line}: {column} \"{value}\" is more than one day after today ({today}, UTC)")]
+    FutureDate {
+        line: u64,
+        column: &'static str,
+        value: Date,
+        today: Date,
+    },
+    #[error("line {line}: Report Date \"{value}\" repeats the Report Date of line {first_line}; a report has one row per day")]
+    DuplicateDate {
+        line: u64,
+        value: Date,
+        first_line: u64,
     },
     #[error("line {line}: {detail}")]
     Malformed { line: u64, detail: String },
@@ -147,9 +193,13 @@ const DIAL_OUT: &str = "Dial-out Microsoft";
 const REQUIRED: [&str; 5] = [REFRESH_DATE, REPORT_DATE, AUDIO_VIDEO, DIAL_IN, DIAL_OUT];
 
 const DATE: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+/// Dates are published as Unix times, so an earlier one cannot be a real report day.
+const FIRST_DATE: Date = time::macros::date!(1970 - 01 - 01);
 
-/// Parses a whole report body.
-pub fn parse(body: &[u8]) -> Result<Report, ReportError> {
+/// Parses a whole report body. `today` (UTC) bounds the dates: Graph reports days that have
+/// passed, so a date more than one day ahead (one day of slack for clocks and time zones) is
+/// impossible data.
+pub fn parse(body: &[u8], today: Date) -> Result<Report, ReportError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ReportError::Empty);
@@ -160,22 +210,11 @@ pub fn parse(body: &[u8]) -> Result<Report, ReportError> {
         .from_reader(body);
 
     let header = reader.byte_headers().map_err(|e| csv_error(&e))?.clone();
-    let names: Vec<String> = header
-        .iter()
-        .map(|h| String::from_utf8_lossy(h).trim().to_string())
-        .collect();
-    let mut index = [0usize; REQUIRED.len()];
-    for (slot, column) in index.iter_mut().zip(REQUIRED) {
-        *slot = names
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(column))
-            .ok_or_else(|| ReportError::MissingColumn {
-                column,
-                header: one_line(&String::from_utf8_lossy(header.as_slice()), 80),
-            })?;
-    }
+    let index = columns(&header)?;
+    let latest = today.next_day().unwrap_or(today);
 
     let mut rows = Vec::new();
+    let mut lines_by_date = HashMap::new();
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
@@ -199,15 +238,76 @@ pub fn parse(body: &[u8]) -> Result<Report, ReportError> {
         };
         let date = |i| cell(i).and_then(|(column, text)| parse_date(line, column, text));
         let minutes = |i| cell(i).and_then(|(column, text)| parse_minutes(line, column, text));
-        rows.push(Row {
+        let row = Row {
             report_refresh_date: date(0)?,
             report_date: date(1)?,
             audio_video_minutes: minutes(2)?,
             dial_in_microsoft_minutes: minutes(3)?,
             dial_out_microsoft_minutes: minutes(4)?,
-        });
+        };
+        check_dates(line, &row, today, latest)?;
+        if let Some(first_line) = lines_by_date.insert(row.report_date, line) {
+            return Err(ReportError::DuplicateDate {
+                line,
+                value: row.report_date,
+                first_line,
+            });
+        }
+        rows.push(row);
     }
     Ok(Report { rows })
+}
+
+/// The field index of each required column, matched by name (trimmed, any case).
+fn columns(header: &csv::ByteRecord) -> Result<[usize; REQUIRED.len()], ReportError> {
+    let names: Vec<String> = header
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_string())
+        .collect();
+    let mut index = [0usize; REQUIRED.len()];
+    for (slot, column) in index.iter_mut().zip(REQUIRED) {
+        let mut found = names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.eq_ignore_ascii_case(column))
+            .map(|(i, _)| i);
+        *slot = found.next().ok_or_else(|| ReportError::MissingColumn {
+            column,
+            header: one_line(&names.join(","), 160),
+        })?;
+        if let Some(second) = found.next() {
+            return Err(ReportError::DuplicateColumn {
+                column,
+                first: *slot + 1,
+                second: second + 1,
+            });
+        }
+    }
+    Ok(index)
+}
+
+fn check_dates(line: u64, row: &Row, today: Date, latest: Date) -> Result<(), ReportError> {
+    for (column, value) in [
+        (REPORT_DATE, row.report_date),
+        (REFRESH_DATE, row.report_refresh_date),
+    ] {
+        if value > latest {
+            return Err(ReportError::FutureDate {
+                line,
+                column,
+                value,
+                today,
+            });
+        }
+    }
+    if row.report_date > row.report_refresh_date {
+        return Err(ReportError::DateAfterRefresh {
+            line,
+            report_date: row.report_date,
+            refresh_date: row.report_refresh_date,
+        });
+    }
+    Ok(())
 }
 
 fn csv_error(e: &csv::Error) -> ReportError {
@@ -221,37 +321,42 @@ fn csv_error(e: &csv::Error) -> ReportError {
     ReportError::Malformed { line, detail }
 }
 
-/// `YYYY-MM-DD`; a time part after it (seen once in the beta JSON: `2021-10-25T00:00:00Z`) is
-/// ignored, since the report has one row per UTC day.
+/// Exactly `YYYY-MM-DD`: no sign, no time part, no other digit count, from 1970 on.
 fn parse_date(line: u64, column: &'static str, text: &str) -> Result<Date, ReportError> {
-    let day = match text.char_indices().nth(10) {
-        Some((i, 'T' | 't' | ' ')) => &text[..i],
-        _ => text,
-    };
-    Date::parse(day, DATE).map_err(|_| ReportError::BadCell {
-        line,
-        column,
-        value: one_line(text, 40),
-        expected: "a date (YYYY-MM-DD)",
-    })
-}
-
-/// Minutes as a non-negative number; an empty cell is 0 (Graph leaves cells empty on days
-/// without activity).
-fn parse_minutes(line: u64, column: &'static str, text: &str) -> Result<f64, ReportError> {
-    if text.is_empty() {
-        return Ok(0.0);
-    }
-    match text.parse::<f64>() {
-        // Finite also once turned into seconds.
-        Ok(v) if (v * 60.0).is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(ReportError::BadCell {
+    let shaped = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    shaped
+        .then(|| Date::parse(text, DATE).ok())
+        .flatten()
+        .filter(|d| *d >= FIRST_DATE)
+        .ok_or_else(|| ReportError::BadCell {
             line,
             column,
             value: one_line(text, 40),
-            expected: "a non-negative number of minutes",
-        }),
+            expected: "a date (YYYY-MM-DD, from 1970-01-01 on)",
+        })
+}
+
+/// Minutes as an unsigned decimal integer (digits only: no sign, fraction or exponent); an
+/// empty cell is 0 (Graph leaves cells empty on days without activity).
+fn parse_minutes(line: u64, column: &'static str, text: &str) -> Result<u64, ReportError> {
+    if text.is_empty() {
+        return Ok(0);
     }
+    let bad = |expected| ReportError::BadCell {
+        line,
+        column,
+        value: one_line(text, 40),
+        expected,
+    };
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("an unsigned decimal integer of minutes"));
+    }
+    text.parse::<u64>()
+        .map_err(|_| bad("a number of minutes that fits in 64 bits"))
 }
 
 #[cfg(test)]
@@ -261,8 +366,9 @@ mod tests {
 
     const HEADER: &str =
         "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft";
+    const TODAY: Date = date!(2024 - 03 - 06);
 
-    fn row(refresh: Date, day: Date, av: f64, din: f64, dout: f64) -> Row {
+    fn row(refresh: Date, day: Date, av: u64, din: u64, dout: u64) -> Row {
         Row {
             report_refresh_date: refresh,
             report_date: day,
@@ -272,55 +378,25 @@ mod tests {
         }
     }
 
+    fn rows(line: &str) -> Result<Report, ReportError> {
+        parse(format!("{HEADER}\n{line}\n").as_bytes(), TODAY)
+    }
+
     #[test]
     fn documented_shape() {
-        let body = format!(
-            "{HEADER}\n2024-03-05,2024-03-04,7,120,30,4.5\n2024-03-05,2024-03-03,7,60,0,0\n"
-        );
-        let report = parse(body.as_bytes()).unwrap();
+        let body =
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,120,30,4\n2024-03-05,2024-03-03,7,60,0,0\n");
+        let report = parse(body.as_bytes(), TODAY).unwrap();
         assert_eq!(report.rows.len(), 2);
         assert_eq!(
             report.newest(),
             Some(&row(
                 date!(2024 - 03 - 05),
                 date!(2024 - 03 - 04),
-                120.0,
-                30.0,
-                4.5
+                120,
+                30,
+                4
             ))
-        );
-    }
-
-    #[test]
-    fn bom_and_crlf() {
-        let body = format!("\u{FEFF}{HEADER}\r\n2024-03-05,2024-03-04,7,1,2,3\r\n");
-        let report = parse(body.as_bytes()).unwrap();
-        assert_eq!(
-            report.rows,
-            vec![row(
-                date!(2024 - 03 - 05),
-                date!(2024 - 03 - 04),
-                1.0,
-                2.0,
-                3.0
-            )]
-        );
-    }
-
-    #[test]
-    fn columns_by_name_in_any_order_unknown_ignored() {
-        let body = "Dial-out Microsoft,Extra,Audio/Video,Report Refresh Date,Dial-in Microsoft,Report Date\n\
-                    3,x,1,2024-03-05,2,2024-03-04\n";
-        let report = parse(body.as_bytes()).unwrap();
-        assert_eq!(
-            report.rows,
-            vec![row(
-                date!(2024 - 03 - 05),
-                date!(2024 - 03 - 04),
-                1.0,
-                2.0,
-                3.0
-            )]
         );
     }
 
@@ -330,26 +406,29 @@ mod tests {
             format!("{HEADER}\n2024-03-05,2024-03-02,7,1,0,0\n2024-03-05,2024-03-04,7,9,0,0\n2024-03-05,2024-03-03,7,5,0,0\n"),
             format!("{HEADER}\n2024-03-05,2024-03-04,7,9,0,0\n2024-03-05,2024-03-02,7,1,0,0\n"),
         ] {
-            let report = parse(body.as_bytes()).unwrap();
+            let report = parse(body.as_bytes(), TODAY).unwrap();
             assert_eq!(report.newest().unwrap().report_date, date!(2024 - 03 - 04));
-            assert_eq!(report.newest().unwrap().audio_video_minutes, 9.0);
+            assert_eq!(report.newest().unwrap().audio_video_minutes, 9);
         }
     }
 
     #[test]
-    fn empty_cells_are_zero() {
-        let body = format!("{HEADER}\n2024-03-05,2024-03-04,7,,  ,\n");
-        let r = parse(body.as_bytes()).unwrap();
-        assert_eq!(
-            r.rows,
-            vec![row(
-                date!(2024 - 03 - 05),
-                date!(2024 - 03 - 04),
-                0.0,
-                0.0,
-                0.0
-            )]
+    fn totals_add_every_row_and_empty_cells_count_zero() {
+        let body = format!(
+            "{HEADER}\n2024-03-05,2024-03-03,7,10,,1\n2024-03-05,2024-03-04,7,5,2,\n2024-03-05,2024-03-02,7,{},0,0\n",
+            u64::MAX
         );
+        let report = parse(body.as_bytes(), TODAY).unwrap();
+        assert_eq!(
+            report.totals(),
+            Some(Totals {
+                audio_video_minutes: 15 + u128::from(u64::MAX),
+                dial_in_microsoft_minutes: 2,
+                dial_out_microsoft_minutes: 1,
+            })
+        );
+        let header_only = parse(HEADER.as_bytes(), TODAY).unwrap();
+        assert_eq!(header_only.totals(), None);
     }
 
     #[test]
@@ -359,84 +438,166 @@ mod tests {
             format!("\u{FEFF}{HEADER}\r\n"),
             format!("{HEADER}\n\n"),
         ] {
-            let r = parse(body.as_bytes()).unwrap();
+            let r = parse(body.as_bytes(), TODAY).unwrap();
             assert!(r.rows.is_empty());
             assert_eq!(r.newest(), None);
         }
     }
 
     #[test]
-    fn tolerates_a_time_part_and_header_case() {
-        let body =
-            "report refresh date , REPORT DATE,audio/video,dial-in microsoft,dial-out microsoft\n\
-                    2021-10-26T00:00:00Z,2021-10-25T00:00:00Z,1,2,3\n";
-        let r = parse(body.as_bytes()).unwrap();
-        assert_eq!(r.rows[0].report_date, date!(2021 - 10 - 25));
+    fn dates_up_to_tomorrow_are_accepted() {
+        let tomorrow = rows("2024-03-07,2024-03-07,7,1,2,3").unwrap();
+        assert_eq!(tomorrow.rows[0].report_date, date!(2024 - 03 - 07));
+        // The bound is today's, not a fixed one.
+        let later = parse(
+            format!("{HEADER}\n2024-03-08,2024-03-08,7,1,2,3\n").as_bytes(),
+            date!(2024 - 03 - 07),
+        );
+        assert!(later.is_ok(), "{later:?}");
+        // At the end of the calendar there is no tomorrow; today still bounds.
+        assert!(parse(
+            format!("{HEADER}\n{0},{0},7,1,2,3\n", Date::MAX).as_bytes(),
+            Date::MAX
+        )
+        .is_ok());
     }
 
     #[test]
-    fn rejections() {
-        let cases: &[(&[u8], &str)] = &[
-            (b"", "the body is empty"),
-            (b"\xEF\xBB\xBF \r\n", "the body is empty"),
-            (
-                b"<!DOCTYPE html>\n<html><body>Sign in</body></html>\n",
-                "missing column \"Report Refresh Date\"",
-            ),
-            (
-                b"Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft\n",
-                "missing column \"Dial-out Microsoft\"",
-            ),
-            (b"\x00\xff\xfe\x01garbage", "missing column"),
-        ];
-        for (body, expected) in cases {
-            let err = parse(body).unwrap_err().to_string();
-            assert!(err.starts_with(expected), "{err}");
+    fn minutes_are_unsigned_decimal_integers() {
+        for (cell, minutes) in [("0", 0), ("", 0), (" ", 0), ("007", 7), ("120", 120)] {
+            let r = rows(&format!("2024-03-05,2024-03-04,7,{cell},0,0")).unwrap();
+            assert_eq!(r.rows[0].audio_video_minutes, minutes, "{cell:?}");
         }
-        let bad_cells = [
+        for cell in [
+            "-0", "+11", "-1", "4.5", "1.", ".5", "1e3", "NaN", "inf", "0x10", "1_000", "1 000",
+            "١٢",
+        ] {
+            let err = rows(&format!("2024-03-05,2024-03-04,7,{cell},0,0")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "line 2: Audio/Video {:?} is not an unsigned decimal integer of minutes",
+                    cell.trim()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn minutes_past_64_bits_are_refused() {
+        let err = rows("2024-03-05,2024-03-04,7,18446744073709551616,0,0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 2: Audio/Video \"18446744073709551616\" is not a number of minutes that fits in 64 bits"
+        );
+    }
+
+    #[test]
+    fn dates_are_exactly_year_month_day() {
+        for cell in [
+            "-2026-01-11",
+            "+2026-01-11",
+            "0000-01-01",
+            "1969-12-31",
+            "2026-01-11Tgarbage",
+            "2026-01-11T00:00:00Z",
+            "2026-01-11 00:00",
+            "2026-1-11",
+            "20260111",
+            "12026-01-11",
+            "2026/01/11",
+            "2024-02-30",
+            "yesterday",
+        ] {
+            let err = rows(&format!("2024-03-05,{cell},7,0,0,0")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "line 2: Report Date {cell:?} is not a date (YYYY-MM-DD, from 1970-01-01 on)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn impossible_reports_are_rejected_naming_row_column_and_value() {
+        let cases = [
             (
-                "2024-03-05,2024-03-04,7,12x,0,0",
-                "line 2: Audio/Video \"12x\" is not a non-negative number of minutes",
+                "2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-06,7,1,2,3",
+                ReportError::DateAfterRefresh {
+                    line: 3,
+                    report_date: date!(2024 - 03 - 06),
+                    refresh_date: date!(2024 - 03 - 05),
+                },
+                "line 3: Report Date \"2024-03-06\" is after the row's Report Refresh Date \"2024-03-05\"",
             ),
             (
-                "2024-03-05,2024-03-04,7,-1,0,0",
-                "line 2: Audio/Video \"-1\" is not a non-negative number",
+                "2099-01-01,2099-01-01,7,1,2,3",
+                ReportError::FutureDate {
+                    line: 2,
+                    column: REPORT_DATE,
+                    value: date!(2099 - 01 - 01),
+                    today: TODAY,
+                },
+                "line 2: Report Date \"2099-01-01\" is more than one day after today (2024-03-06, UTC)",
             ),
             (
-                "2024-03-05,2024-03-04,7,0,NaN,0",
-                "line 2: Dial-in Microsoft \"NaN\" is not",
+                "2024-03-08,2024-03-04,7,1,2,3",
+                ReportError::FutureDate {
+                    line: 2,
+                    column: REFRESH_DATE,
+                    value: date!(2024 - 03 - 08),
+                    today: TODAY,
+                },
+                "line 2: Report Refresh Date \"2024-03-08\" is more than one day after today (2024-03-06, UTC)",
             ),
             (
-                "2024-03-05,2024-03-04,7,0,0,inf",
-                "line 2: Dial-out Microsoft \"inf\" is not",
-            ),
-            (
-                "2024-03-05,2024-03-04,7,1e307,0,0",
-                "line 2: Audio/Video \"1e307\" is not",
-            ),
-            (
-                "2024-03-05,yesterday,7,0,0,0",
-                "line 2: Report Date \"yesterday\" is not a date",
-            ),
-            (
-                "2024-02-30,2024-03-04,7,0,0,0",
-                "line 2: Report Refresh Date \"2024-02-30\" is not a date",
-            ),
-            (
-                "2024-03-05,2024-03-04,7,0,0",
-                "line 2: 5 fields where the header has 6",
+                "2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-03,7,1,2,3\n2024-03-05,2024-03-04,7,9,9,9",
+                ReportError::DuplicateDate {
+                    line: 4,
+                    value: date!(2024 - 03 - 04),
+                    first_line: 2,
+                },
+                "line 4: Report Date \"2024-03-04\" repeats the Report Date of line 2; a report has one row per day",
             ),
         ];
-        for (line, expected) in bad_cells {
-            let body = format!("{HEADER}\n{line}\n");
-            let err = parse(body.as_bytes()).unwrap_err().to_string();
-            assert!(err.starts_with(expected), "{err}");
+        for (lines, error, message) in cases {
+            let err = rows(lines).unwrap_err();
+            assert_eq!(err, error);
+            assert_eq!(err.to_string(), message);
         }
-        // A bad row anywhere rejects the report, even after good ones.
+    }
+
+    #[test]
+    fn a_required_column_named_twice_is_ambiguous() {
+        let body = "Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft,Dial-out Microsoft, audio/VIDEO\n\
+                    2024-03-05,2024-03-04,1,2,3,4\n";
+        let err = parse(body.as_bytes(), TODAY).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 1: column \"Audio/Video\" is named twice in the header (fields 3 and 6), so its values are ambiguous"
+        );
+        // Unknown columns may repeat: they are not read.
+        let body = "Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft,Dial-out Microsoft,X,X\n\
+                    2024-03-05,2024-03-04,1,2,3,a,b\n";
+        assert!(parse(body.as_bytes(), TODAY).is_ok());
+    }
+
+    #[test]
+    fn the_missing_column_error_quotes_the_header_with_its_commas() {
+        let body = "Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft\n";
+        assert_eq!(
+            parse(body.as_bytes(), TODAY).unwrap_err().to_string(),
+            "missing column \"Dial-out Microsoft\": the header line reads \"Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft\", which is not the expected CSV report"
+        );
+    }
+
+    #[test]
+    fn a_bad_row_anywhere_rejects_the_report() {
         let body =
             format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-03,7,x,2,3\n");
         assert!(matches!(
-            parse(body.as_bytes()),
+            parse(body.as_bytes(), TODAY),
             Err(ReportError::BadCell { line: 3, .. })
         ));
     }
@@ -444,8 +605,65 @@ mod tests {
     #[test]
     fn errors_are_single_line() {
         let body = b"line one\r\nline two\x07\n";
-        let err = parse(body).unwrap_err().to_string();
+        let err = parse(body, TODAY).unwrap_err().to_string();
         assert!(!err.contains(['\n', '\r', '\x07']), "{err:?}");
+    }
+
+    /// Each file in tests/fixtures/reports, parsed as if today were 2026-01-12, against its
+    /// snapshot: the rows accepted or the operator's one-line error.
+    #[test]
+    fn fixtures() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reports");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 30, "fixtures missing from {dir:?}");
+        for file in files {
+            let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+            let outcome = parse(&std::fs::read(&file).unwrap(), date!(2026 - 01 - 12));
+            assert_eq!(
+                outcome.is_ok(),
+                name.starts_with("ok_"),
+                "{name}: {outcome:?}"
+            );
+            insta::with_settings!({
+                snapshot_path => "../tests/fixtures/reports/snapshots",
+                prepend_module_to_snapshot => false,
+                omit_expression => true,
+                input_file => &file,
+            }, {
+                insta::assert_snapshot!(name, describe(&outcome));
+            });
+        }
+    }
+
+    fn describe(outcome: &Result<Report, ReportError>) -> String {
+        match outcome {
+            Err(e) => format!("rejected: {e}"),
+            Ok(report) => {
+                let mut out = format!(
+                    "accepted: {} rows, newest Report Date {}\n",
+                    report.rows.len(),
+                    report
+                        .newest()
+                        .map_or("none".to_string(), |r| r.report_date.to_string())
+                );
+                for r in &report.rows {
+                    out.push_str(&format!(
+                        "{} refreshed {}: audio_video={} dial_in_microsoft={} dial_out_microsoft={}\n",
+                        r.report_date,
+                        r.report_refresh_date,
+                        r.audio_video_minutes,
+                        r.dial_in_microsoft_minutes,
+                        r.dial_out_microsoft_minutes
+                    ));
+                }
+                out
+            }
+        }
     }
 }
 
@@ -464,29 +682,43 @@ mod properties {
         DIAL_OUT,
         "Some Future Column",
     ];
+    const EPOCH: Date = time::macros::date!(2015 - 01 - 01);
+    /// After every generated date.
+    const TODAY: Date = time::macros::date!(2026 - 01 - 12);
 
     /// A cell as Graph might write it: zero sometimes as an empty cell.
-    fn minutes() -> impl Strategy<Value = (f64, bool)> {
+    fn minutes() -> impl Strategy<Value = (u64, bool)> {
         (
-            prop_oneof![Just(0.0), 0.0..1e9f64, (0u32..100_000).prop_map(f64::from)],
+            prop_oneof![Just(0), 0..100_000u64, any::<u64>()],
             any::<bool>(),
         )
     }
 
-    fn row() -> impl Strategy<Value = (Row, [bool; 3])> {
-        (0i64..3650, 0i64..10, minutes(), minutes(), minutes()).prop_map(
-            |(day, lag, av, din, dout)| {
-                let epoch = time::macros::date!(2015 - 01 - 01);
-                let row = Row {
-                    report_refresh_date: epoch + Duration::days(day + lag),
-                    report_date: epoch + Duration::days(day),
-                    audio_video_minutes: av.0,
-                    dial_in_microsoft_minutes: din.0,
-                    dial_out_microsoft_minutes: dout.0,
-                };
-                (row, [av.1, din.1, dout.1])
-            },
-        )
+    /// Rows of distinct days in any order, each refreshed 0 to 9 days after its day.
+    fn rows() -> impl Strategy<Value = Vec<(Row, [bool; 3])>> {
+        prop::collection::btree_set(0i64..3650, 0..40)
+            .prop_flat_map(|days| {
+                let n = days.len();
+                (
+                    Just(days.into_iter().collect::<Vec<_>>()).prop_shuffle(),
+                    prop::collection::vec((0i64..10, minutes(), minutes(), minutes()), n),
+                )
+            })
+            .prop_map(|(days, cells)| {
+                days.into_iter()
+                    .zip(cells)
+                    .map(|(day, (lag, av, din, dout))| {
+                        let row = Row {
+                            report_refresh_date: EPOCH + Duration::days(day + lag),
+                            report_date: EPOCH + Duration::days(day),
+                            audio_video_minutes: av.0,
+                            dial_in_microsoft_minutes: din.0,
+                            dial_out_microsoft_minutes: dout.0,
+                        };
+                        (row, [av.1, din.1, dout.1])
+                    })
+                    .collect()
+            })
     }
 
     fn render(rows: &[(Row, [bool; 3])], columns: &[&str], bom: bool, eol: &str) -> String {
@@ -497,8 +729,8 @@ mod properties {
         out.push_str(&columns.join(","));
         for (row, blank) in rows {
             out.push_str(eol);
-            let number = |v: f64, blank: bool| {
-                if v == 0.0 && blank {
+            let number = |v: u64, blank: bool| {
+                if v == 0 && blank {
                     String::new()
                 } else {
                     v.to_string()
@@ -525,22 +757,74 @@ mod properties {
     proptest! {
         #[test]
         fn generated_reports_round_trip(
-            rows in prop::collection::vec(row(), 0..40),
+            rows in rows(),
             columns in Just(COLUMNS.to_vec()).prop_shuffle(),
             bom in any::<bool>(),
             crlf in any::<bool>(),
         ) {
             let body = render(&rows, &columns, bom, if crlf { "\r\n" } else { "\n" });
-            let report = parse(body.as_bytes()).unwrap();
+            let report = parse(body.as_bytes(), TODAY).unwrap();
             let expected: Vec<Row> = rows.iter().map(|(r, _)| *r).collect();
             prop_assert_eq!(&report.rows, &expected);
             let newest = expected.iter().map(|r| r.report_date).max();
             prop_assert_eq!(report.newest().map(|r| r.report_date), newest);
         }
 
+        /// Accepted exactly when no date lies beyond tomorrow.
+        #[test]
+        fn today_bounds_every_date(rows in rows(), today in 0i64..3700) {
+            let today = EPOCH + Duration::days(today);
+            let body = render(&rows, &COLUMNS, false, "\n");
+            let latest = rows.iter().map(|(r, _)| r.report_refresh_date).max();
+            let outcome = parse(body.as_bytes(), today);
+            let in_bounds = latest.is_none_or(|d| d <= today + Duration::days(1));
+            prop_assert_eq!(outcome.is_ok(), in_bounds, "{:?}", outcome);
+            if !in_bounds {
+                let is_future_date = matches!(outcome, Err(ReportError::FutureDate { .. }));
+                prop_assert!(is_future_date);
+            }
+        }
+
+        /// A copy of any row's day anywhere else rejects the report.
+        #[test]
+        fn a_repeated_day_is_rejected(
+            mut rows in rows().prop_filter("a row to repeat", |r| !r.is_empty()),
+            pick in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(),
+            other in minutes(),
+        ) {
+            let (mut copy, blank) = rows[pick.index(rows.len())];
+            copy.audio_video_minutes = other.0;
+            rows.insert(at.index(rows.len() + 1), (copy, blank));
+            let body = render(&rows, &COLUMNS, false, "\n");
+            let is_duplicate = matches!(
+                parse(body.as_bytes(), TODAY),
+                Err(ReportError::DuplicateDate { value, .. }) if value == copy.report_date
+            );
+            prop_assert!(is_duplicate);
+        }
+
+        /// Any decoration of a minute count (sign, fraction, exponent, digit group) rejects it.
+        #[test]
+        fn decorated_minutes_are_rejected(
+            n in any::<u32>(),
+            decorated in prop_oneof![
+                Just("-{}"), Just("+{}"), Just("{}.0"), Just("{}.5"), Just("{}e0"),
+                Just("0x{}"), Just("{},000"), Just("{}_0"),
+            ],
+        ) {
+            let cell = decorated.replace("{}", &n.to_string());
+            let body = format!("{}\n2024-03-05,2024-03-04,7,0,\"{cell}\",0\n", COLUMNS[..6].join(","));
+            let is_bad_cell = matches!(
+                parse(body.as_bytes(), TODAY),
+                Err(ReportError::BadCell { column: DIAL_IN, line: 2, .. })
+            );
+            prop_assert!(is_bad_cell);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = parse(&body);
+            let _ = parse(&body, TODAY);
         }
 
         #[test]
@@ -551,7 +835,7 @@ mod properties {
             Just("\u{FEFF}".to_string()), "[0-9T:Z .e+-]{0,14}", "\\PC{0,6}",
         ], 0..120)) {
             let body = parts.concat();
-            if let Err(e) = parse(body.as_bytes()) {
+            if let Err(e) = parse(body.as_bytes(), TODAY) {
                 prop_assert!(!e.to_string().contains(['\n', '\r']));
             }
         }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::error::Reason;
 use crate::report::Period;
-use crate::report::Row;
+use crate::report::{Report, Row, Totals};
 
 /// What is known of one period's report.
 #[derive(Debug, Clone, Default)]
@@ -31,14 +31,30 @@ pub enum Attempt {
 pub struct Accepted {
     pub rows: usize,
     pub newest: Option<Row>,
+    /// Every row's minutes added up; None for a header-only report.
+    pub totals: Option<Totals>,
     /// ETag of the download this report came from, sent back as If-None-Match.
     pub etag: Option<String>,
+}
+
+impl Accepted {
+    /// What is kept of a report once it is accepted: computed here once, not per render.
+    pub fn new(report: &Report, etag: Option<String>) -> Accepted {
+        Accepted {
+            rows: report.rows.len(),
+            newest: report.newest().copied(),
+            totals: report.totals(),
+            etag,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct State {
     pub tenant: String,
     pub periods: BTreeMap<Period, PeriodState>,
+    /// notAfter of the client certificate, when the exporter signs in with one.
+    pub client_certificate_not_after: Option<SystemTime>,
 }
 
 impl State {
@@ -49,6 +65,7 @@ impl State {
                 .into_iter()
                 .map(|p| (p, PeriodState::default()))
                 .collect(),
+            client_certificate_not_after: None,
         }
     }
 

@@ -6,12 +6,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_norway::{Mapping, Value};
 use url::Url;
 
-use crate::auth::Identity;
+use crate::auth::certificate::ClientCertificate;
+use crate::auth::credential::read_federated_token;
+use crate::auth::managed::ManagedEndpoint;
+use crate::auth::{self, Identity};
 use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
 use crate::report::{Period, Periods};
 
@@ -59,17 +63,6 @@ pub enum Credential {
     ManagedIdentity,
 }
 
-impl Credential {
-    fn kind(&self) -> &'static str {
-        match self {
-            Credential::ClientSecret(_) => "client_secret",
-            Credential::Certificate { .. } => "client_certificate_path",
-            Credential::FederatedTokenFile(_) => "federated_token_file",
-            Credential::ManagedIdentity => "managed_identity",
-        }
-    }
-}
-
 /// A secret that compares by value (so a reload sees a rotated secret) and never prints.
 #[derive(Clone)]
 pub struct Secret(pub SecretString);
@@ -97,24 +90,75 @@ pub struct TenantSpec {
     pub authority: Url,
     pub graph: Url,
     pub periods: Periods,
+    /// The instance metadata service, for managed_identity.
+    pub imds_host: Url,
+}
+
+/// A tenant ready to start: its identity built (certificate loaded, token file checked).
+pub struct Tenant {
+    pub name: Option<String>,
+    pub identity: Identity,
+    pub authority: Url,
+    pub graph: Url,
+    pub periods: Periods,
 }
 
 impl TenantSpec {
-    /// The identity for the client credentials grant; Err names the credential kind this build
-    /// cannot use yet.
-    pub fn identity(&self) -> Result<Identity, String> {
-        match &self.credential {
-            Credential::ClientSecret(secret) => Ok(Identity {
+    /// Builds the identity from the file's credential, through the same loaders as the
+    /// environment's; Err names the tenant and the key.
+    pub fn resolve(&self) -> Result<Tenant, String> {
+        let who = format!("tenant {}", self.tenant_id);
+        let client_id = self.client_id.clone();
+        let credential = match &self.credential {
+            Credential::ClientSecret(secret) => auth::Credential::Secret {
+                client_id,
+                secret: secret.0.clone(),
+            },
+            Credential::Certificate {
+                path,
+                password_file,
+                send_chain,
+            } => {
+                let password =
+                    match password_file {
+                        Some(file) => Some(SecretString::from(read_secret(file).map_err(|e| {
+                            format!("{who}: client_certificate_password_file: {e}")
+                        })?)),
+                        None => None,
+                    };
+                let certificate = ClientCertificate::load(path, password.as_ref())
+                    .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
+                auth::Credential::Certificate {
+                    client_id,
+                    certificate: Arc::new(certificate),
+                    send_chain: *send_chain,
+                }
+            }
+            Credential::FederatedTokenFile(path) => {
+                read_federated_token(path)
+                    .map_err(|e| format!("{who}: federated_token_file: {e}"))?;
+                auth::Credential::WorkloadIdentity {
+                    client_id,
+                    token_file: path.clone(),
+                }
+            }
+            Credential::ManagedIdentity => auth::Credential::ManagedIdentity {
+                client_id: Some(client_id).filter(|c| !c.is_empty()),
+                endpoint: ManagedEndpoint::Imds {
+                    host: self.imds_host.clone(),
+                },
+            },
+        };
+        Ok(Tenant {
+            name: self.name.clone(),
+            identity: Identity {
                 tenant_id: self.tenant_id.clone(),
-                client_id: self.client_id.clone(),
-                client_secret: secret.0.clone(),
-            }),
-            other => Err(format!(
-                "tenant {}: {}: this credential kind is not supported yet; use client_secret or client_secret_file",
-                self.tenant_id,
-                other.kind()
-            )),
-        }
+                credential,
+            },
+            authority: self.authority.clone(),
+            graph: self.graph.clone(),
+            periods: self.periods.clone(),
+        })
     }
 }
 
@@ -298,7 +342,7 @@ fn tenant(
     let cloud = match fields.string("cloud")? {
         None => defaults.cloud,
         Some(c) => <Cloud as clap::ValueEnum>::from_str(&c, true).map_err(|_| {
-            format!("{who}: cloud: unknown cloud {c:?}: allowed values are global, china")
+            format!("{who}: cloud: unknown cloud {c:?}: allowed values are global, china, usgov, usgov-dod")
         })?,
     };
     let url = |key: &str| -> Result<Option<Url>, String> {
@@ -334,6 +378,7 @@ fn tenant(
         authority,
         graph,
         periods,
+        imds_host: defaults.imds_host.clone(),
     })
 }
 
@@ -401,6 +446,7 @@ mod tests {
             authority_host: None,
             graph_url: None,
             periods: Periods::new([Period::D7, Period::D30]).unwrap(),
+            imds_host: Url::parse("http://127.0.0.1:9").unwrap(),
         }
     }
 
@@ -452,7 +498,8 @@ mod tests {
                 send_chain: true
             }
         );
-        assert!(b.identity().unwrap_err().contains("tenant bbbb"));
+        let e = b.resolve().err().unwrap();
+        assert!(e.contains("tenant bbbb: client_certificate_path"), "{e}");
         assert!(parse_ok("").is_empty());
         assert!(parse_ok("tenants: []").is_empty());
     }

@@ -4,19 +4,12 @@
 use std::time::{Duration, Instant};
 
 use sfb_exporter::report::Period;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 use crate::process::{exporter_against, Process};
 
 const GOOD: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
-
-fn report_answer(period: Period, answer: ResponseTemplate) -> Mock {
-    Mock::given(method("GET"))
-        .and(path(report_path(period)))
-        .respond_with(answer)
-}
 
 async fn report_requests(app: &TestApp) -> usize {
     app.requests_to(&app.graph, "/v1.0/reports/").await.len()
@@ -24,80 +17,64 @@ async fn report_requests(app: &TestApp) -> usize {
 
 #[tokio::test]
 async fn throttling_waits_retry_after_then_succeeds_within_the_cycle() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    report_answer(
-        Period::D7,
-        ResponseTemplate::new(429).insert_header("retry-after", "1"),
-    )
-    .up_to_n_times(2)
-    .with_priority(1)
-    .mount(&graph)
-    .await;
-    mount_report(&graph, &download, Period::D7, GOOD).await;
+    let scenario = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(
+            Period::D7,
+            ResponseTemplate::new(429).insert_header("retry-after", "1"),
+        )
+        .first(2)
+        .report(Period::D7, GOOD);
     let started = Instant::now();
-    let app = spawn_app(graph, download, Options::default()).await;
+    let app = scenario.spawn().await;
     let body = app.first_attempt(Period::D7).await;
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "Retry-After not honoured"
     );
-    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
-    assert_eq!(sample(&body, &failures(Period::D7, "throttled")), Some(0.0));
+    assert_sample(&body, &success(Period::D7), Some(1.0));
+    assert_sample(&body, &failures(Period::D7, "throttled"), Some(0.0));
     assert_eq!(report_requests(&app).await, 3);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn persistent_throttling_is_counted_once_when_the_cycle_gives_up() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    report_answer(
-        Period::D7,
-        ResponseTemplate::new(429).insert_header("retry-after", "0"),
-    )
-    .mount(&graph)
-    .await;
-    let app = spawn_app(graph, download, Options::default()).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(
+            Period::D7,
+            ResponseTemplate::new(429).insert_header("retry-after", "0"),
+        )
+        .spawn()
+        .await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "throttled")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "throttled"), Some(1.0));
     assert_eq!(report_requests(&app).await, 4, "one try and three retries");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn throttling_without_retry_after_backs_off_and_a_long_retry_after_gives_up() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    report_answer(Period::D7, ResponseTemplate::new(429))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(Period::D7, ResponseTemplate::new(429))
+        .first(1)
+        .report(Period::D7, GOOD)
+        .report_answers(
+            Period::D30,
+            ResponseTemplate::new(429).insert_header("retry-after", "3600"),
+        )
+        .periods([Period::D7, Period::D30])
+        .spawn()
         .await;
-    mount_report(&graph, &download, Period::D7, GOOD).await;
-    report_answer(
-        Period::D30,
-        ResponseTemplate::new(429).insert_header("retry-after", "3600"),
-    )
-    .mount(&graph)
-    .await;
-    let options = Options {
-        periods: vec![Period::D7, Period::D30],
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
+    assert_sample(&body, &success(Period::D7), Some(1.0));
     let body = app.first_attempt(Period::D30).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D30, "throttled")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D30, "throttled"), Some(1.0));
     let d30 = app.requests_to(&app.graph, "(period='D30')").await.len();
     assert_eq!(
         d30, 1,
@@ -108,53 +85,36 @@ async fn throttling_without_retry_after_backs_off_and_a_long_retry_after_gives_u
 
 #[tokio::test]
 async fn transient_server_errors_are_retried_with_backoff() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    report_answer(Period::D7, ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(Period::D7, ResponseTemplate::new(503))
+        .first(1)
+        .report_answers(Period::D7, ResponseTemplate::new(504))
+        .first(1)
+        .report(Period::D7, GOOD)
+        .spawn()
         .await;
-    report_answer(Period::D7, ResponseTemplate::new(504))
-        .up_to_n_times(1)
-        .with_priority(2)
-        .mount(&graph)
-        .await;
-    mount_report(&graph, &download, Period::D7, GOOD).await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
-    assert_eq!(sample(&body, &failures(Period::D7, "http")), Some(0.0));
+    assert_sample(&body, &success(Period::D7), Some(1.0));
+    assert_sample(&body, &failures(Period::D7, "http"), Some(0.0));
     assert_eq!(report_requests(&app).await, 3);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn client_errors_are_never_retried() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    report_answer(Period::D7, ResponseTemplate::new(400))
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(Period::D7, ResponseTemplate::new(400))
+        .report_answers(Period::D30, ResponseTemplate::new(403))
+        .periods([Period::D7, Period::D30])
+        .spawn()
         .await;
-    report_answer(Period::D30, ResponseTemplate::new(403))
-        .mount(&graph)
-        .await;
-    let options = Options {
-        periods: vec![Period::D7, Period::D30],
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.after_first_attempts(2).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "http")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(
-        sample(&body, &failures(Period::D30, "forbidden")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "http"), Some(1.0));
+    assert_sample(&body, &failures(Period::D30, "forbidden"), Some(1.0));
     // Let any (wrong) retry happen before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(report_requests(&app).await, 2);
@@ -163,25 +123,15 @@ async fn client_errors_are_never_retried() {
 
 #[tokio::test]
 async fn connection_errors_are_retried_then_counted_as_network() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     let closed = dropping_server();
-    report_answer(
-        Period::D7,
-        ResponseTemplate::new(302).insert_header(
-            "location",
-            format!("http://{closed}/r.csv?{DOWNLOAD_SIG}").as_str(),
-        ),
-    )
-    .mount(&graph)
-    .await;
-    let app = spawn_app(graph, download, Options::default()).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_redirects_to(Period::D7, &format!("http://{closed}/r.csv?{DOWNLOAD_SIG}"))
+        .spawn()
+        .await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "network")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "network"), Some(1.0));
     assert_eq!(
         report_requests(&app).await,
         4,
@@ -198,22 +148,20 @@ async fn connection_errors_are_retried_then_counted_as_network() {
 
 #[tokio::test]
 async fn a_refused_download_is_retried_with_a_fresh_url() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .respond_with(
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D7, GOOD)
+        .download_answers(
+            Period::D7,
             ResponseTemplate::new(403).set_body_string("AuthenticationFailed: signature expired"),
         )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&download)
+        .first(1)
+        .spawn()
         .await;
-    download_mock(Period::D7, GOOD).mount(&download).await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
-    assert_eq!(sample(&body, &failures(Period::D7, "forbidden")), Some(0.0));
+    assert_sample(&body, &success(Period::D7), Some(1.0));
+    assert_sample(&body, &failures(Period::D7, "forbidden"), Some(0.0));
     assert_eq!(
         report_requests(&app).await,
         2,
@@ -224,48 +172,40 @@ async fn a_refused_download_is_retried_with_a_fresh_url() {
 
 #[tokio::test]
 async fn a_missing_permission_reported_as_401_is_forbidden_not_a_token_problem() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).expect(1).mount(&graph).await;
-    report_answer(
-        Period::D7,
-        ResponseTemplate::new(401).set_body_json(serde_json::json!(
-            {"error": {"code": "S2SUnauthorized", "message": "Invalid scope claims/roles."}})),
-    )
-    .mount(&graph)
-    .await;
-    let app = spawn_app(graph, download, Options::default()).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .expect(1)
+        .report_answers(
+            Period::D7,
+            ResponseTemplate::new(401).set_body_json(serde_json::json!(
+                {"error": {"code": "S2SUnauthorized", "message": "Invalid scope claims/roles."}})),
+        )
+        .spawn()
+        .await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "forbidden")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "forbidden"), Some(1.0));
     assert_eq!(report_requests(&app).await, 1);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn failures_after_the_redirect_carry_the_report_request_id() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    report_answer(
-        Period::D7,
-        ResponseTemplate::new(302)
-            .insert_header("location", download_url(&download, Period::D7).as_str())
-            .insert_header("request-id", "rid-302"),
-    )
-    .mount(&graph)
-    .await;
-    download_mock(Period::D7, "<html>not a report</html>")
-        .mount(&download)
+    let scenario = Scenario::new().await;
+    let location = scenario.download_url(Period::D7);
+    let app = scenario
+        .token_ok()
+        .report_answers(
+            Period::D7,
+            ResponseTemplate::new(302)
+                .insert_header("location", location.as_str())
+                .insert_header("request-id", "rid-302"),
+        )
+        .download(Period::D7, "<html>not a report</html>")
+        .spawn()
         .await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "parse")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "parse"), Some(1.0));
     let (_, readyz) = app.readyz().await;
     let error = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
     assert!(error.contains("report request-id rid-302"), "{error}");
@@ -274,17 +214,13 @@ async fn failures_after_the_redirect_carry_the_report_request_id() {
 
 #[tokio::test]
 async fn one_failed_token_request_answers_every_period_waiting_for_it() {
-    let (graph, download) = mock_servers().await;
-    Mock::given(method("POST"))
-        .respond_with(token_response(3599).set_delay(Duration::from_secs(30)))
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_answers(token_response(3599).set_delay(Duration::from_secs(30)))
+        .periods(Period::ALL)
+        .timeout(Duration::from_secs(1))
+        .spawn()
         .await;
-    let options = Options {
-        periods: Period::ALL.to_vec(),
-        timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.after_first_attempts(4).await;
     for period in Period::ALL {
         assert_eq!(
@@ -304,47 +240,39 @@ async fn one_failed_token_request_answers_every_period_waiting_for_it() {
 
 #[tokio::test]
 async fn a_second_401_is_an_auth_failure() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).expect(2).mount(&graph).await;
-    report_answer(Period::D7, ResponseTemplate::new(401))
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .expect(2)
+        .report_answers(Period::D7, ResponseTemplate::new(401))
+        .spawn()
         .await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "auth")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "auth"), Some(1.0));
     assert_eq!(report_requests(&app).await, 2);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    mount_report(&graph, &download, Period::D30, GOOD).await;
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path("/reports/D7.csv"))
-        .respond_with(
+    let scenario = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D30, GOOD)
+        .redirect(Period::D7)
+        .download_answers(
+            Period::D7,
             ResponseTemplate::new(200)
                 .set_body_string(GOOD)
                 .set_delay(Duration::from_secs(60)),
         )
-        .mount(&download)
-        .await;
-    let options = Options {
-        periods: vec![Period::D7, Period::D30],
-        timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
+        .periods([Period::D7, Period::D30])
+        .timeout(Duration::from_secs(5));
     let started = Instant::now();
-    let app = spawn_app(graph, download, options).await;
+    let app = scenario.spawn().await;
 
     let body = app.first_attempt(Period::D30).await;
-    assert_eq!(sample(&body, &success(Period::D30)), Some(1.0));
+    assert_sample(&body, &success(Period::D30), Some(1.0));
     assert_eq!(
         sample(&body, &success(Period::D7)),
         None,
@@ -361,11 +289,7 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
         );
     }
     let body = app.first_attempt(Period::D7).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "timeout")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "timeout"), Some(1.0));
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(20),
@@ -376,69 +300,42 @@ async fn a_hung_graph_times_out_without_delaying_scrapes_or_other_periods() {
 
 #[tokio::test]
 async fn bodies_past_the_size_cap_are_refused() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     let big = format!("{GOOD}{}", "2024-03-05,2024-03-03,7,1,2,3\n".repeat(200));
-    mount_report(&graph, &download, Period::D7, &big).await;
-    report_answer(
-        Period::D30,
-        ResponseTemplate::new(200).set_body_string(big.clone()),
-    )
-    .mount(&graph)
-    .await;
-    let options = Options {
-        periods: vec![Period::D7, Period::D30],
-        max_body_bytes: 2048,
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D7, big.clone())
+        .report_answers(Period::D30, ResponseTemplate::new(200).set_body_string(big))
+        .periods([Period::D7, Period::D30])
+        .max_body_bytes(2048)
+        .spawn()
+        .await;
     let body = app.after_first_attempts(2).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "too_large")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(
-        sample(&body, &failures(Period::D30, "too_large")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "too_large"), Some(1.0));
+    assert_sample(&body, &failures(Period::D30, "too_large"), Some(1.0));
     app.stop().await;
 }
 
 #[tokio::test]
 async fn only_one_redirect_hop_is_followed() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    // D7: the download redirects again, to itself.
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(302)
-                .insert_header("location", download_url(&download, Period::D7).as_str()),
+    let scenario = Scenario::new().await;
+    let itself = scenario.download_url(Period::D7);
+    let app = scenario
+        .token_ok()
+        // D7: the download redirects again, to itself.
+        .redirect(Period::D7)
+        .download_answers(
+            Period::D7,
+            ResponseTemplate::new(302).insert_header("location", itself.as_str()),
         )
-        .mount(&download)
+        // D30: a redirect without Location.
+        .report_answers(Period::D30, ResponseTemplate::new(302))
+        .periods([Period::D7, Period::D30])
+        .spawn()
         .await;
-    // D30: a redirect without Location.
-    report_answer(Period::D30, ResponseTemplate::new(302))
-        .mount(&graph)
-        .await;
-    let options = Options {
-        periods: vec![Period::D7, Period::D30],
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.after_first_attempts(2).await;
-    assert_eq!(
-        sample(&body, &failures(Period::D7, "http")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(
-        sample(&body, &failures(Period::D30, "http")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures(Period::D7, "http"), Some(1.0));
+    assert_sample(&body, &failures(Period::D30, "http"), Some(1.0));
     assert_eq!(
         app.requests_to(&app.download, "/reports/").await.len(),
         1,
@@ -454,24 +351,21 @@ async fn only_one_redirect_hop_is_followed() {
 
 #[tokio::test]
 async fn bad_bodies_are_rejected_whole_and_leave_other_periods_alone() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     let sign_in = "<!DOCTYPE html><html><head><title>Sign in to your account</title></head></html>";
     let garbage: Vec<u8> = (0..2000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let missing_column = "Report Refresh Date,Report Date,Audio/Video,Dial-in Microsoft\n2024-03-05,2024-03-04,1,2\n";
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    download_mock(Period::D7, sign_in).mount(&download).await;
-    redirect_mock(Period::D30, &download).mount(&graph).await;
-    download_mock(Period::D30, garbage).mount(&download).await;
-    mount_report(&graph, &download, Period::D90, missing_column).await;
-    mount_report(&graph, &download, Period::D180, GOOD).await;
-    let options = Options {
-        periods: Period::ALL.to_vec(),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D7, sign_in)
+        .report(Period::D30, garbage)
+        .report(Period::D90, missing_column)
+        .report(Period::D180, GOOD)
+        .periods(Period::ALL)
+        .spawn()
+        .await;
     let body = app.after_first_attempts(4).await;
     for period in [Period::D7, Period::D30, Period::D90] {
         assert_eq!(
@@ -479,13 +373,63 @@ async fn bad_bodies_are_rejected_whole_and_leave_other_periods_alone() {
             Some(1.0),
             "{period}: {body}"
         );
-        assert_eq!(sample(&body, &per_period("sfb_report_rows", period)), None);
+        assert_sample(&body, &per_period("sfb_report_rows", period), None);
     }
-    assert_eq!(sample(&body, &success(Period::D180)), Some(1.0), "{body}");
-    assert_eq!(
-        sample(&body, &per_period("sfb_report_rows", Period::D180)),
-        Some(1.0)
+    assert_sample(&body, &success(Period::D180), Some(1.0));
+    assert_sample(
+        &body,
+        &per_period("sfb_report_rows", Period::D180),
+        Some(1.0),
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn impossible_reports_are_rejected_naming_row_column_and_value() {
+    let cases = [
+        (
+            Period::D7,
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2099-01-02,2099-01-01,7,1,2,3\n"),
+            "line 3: Report Date \"2099-01-01\" is more than one day after today",
+        ),
+        (
+            Period::D30,
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-04,7,9,2,3\n"),
+            "line 3: Report Date \"2024-03-04\" repeats the Report Date of line 2",
+        ),
+        (
+            Period::D90,
+            format!("{HEADER}\n2024-03-05,2024-03-04,7,-0,2,3\n"),
+            "line 2: Audio/Video \"-0\" is not an unsigned decimal integer of minutes",
+        ),
+        (
+            Period::D180,
+            format!("{HEADER},Audio/Video\n2024-03-05,2024-03-04,7,1,2,3,4\n"),
+            "line 1: column \"Audio/Video\" is named twice in the header (fields 4 and 7)",
+        ),
+    ];
+    let scenario = Scenario::new().await.token_ok().periods(Period::ALL);
+    let app = cases
+        .iter()
+        .fold(scenario, |s, (period, csv, _)| {
+            s.report(*period, csv.as_str())
+        })
+        .spawn()
+        .await;
+    let body = app.after_first_attempts(4).await;
+    let (_, readyz) = app.readyz().await;
+    for (period, _, message) in &cases {
+        assert_eq!(
+            sample(&body, &failures(period, "parse")),
+            Some(1.0),
+            "{period}: {body}"
+        );
+        assert_sample(&body, &per_period("sfb_report_rows", period), None);
+        let error = readyz["periods"][period.as_str()]["last_error"]
+            .as_str()
+            .unwrap();
+        assert!(error.contains(message), "{period}: {error}");
+    }
     app.stop().await;
 }
 
@@ -502,33 +446,26 @@ fn count(lines: &[serde_json::Value], message: &str) -> usize {
 
 #[tokio::test]
 async fn secrets_never_appear_in_logs_even_at_debug_level() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     // D7: the download fails; D30: the download host refuses connections; D90: it hangs past
     // the timeout; D180: all good. Each error path sees the token or the download URL.
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path("/reports/D7.csv"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&download)
-        .await;
     let closed = dropping_server();
-    report_answer(
-        Period::D30,
-        ResponseTemplate::new(302).insert_header(
-            "location",
-            format!("http://{closed}/r.csv?{DOWNLOAD_SIG}").as_str(),
-        ),
-    )
-    .mount(&graph)
-    .await;
-    redirect_mock(Period::D90, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path("/reports/D90.csv"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
-        .mount(&download)
+    let (graph, _download) = Scenario::new()
+        .await
+        .token_ok()
+        .redirect(Period::D7)
+        .download_answers(Period::D7, ResponseTemplate::new(500))
+        .report_redirects_to(
+            Period::D30,
+            &format!("http://{closed}/r.csv?{DOWNLOAD_SIG}"),
+        )
+        .redirect(Period::D90)
+        .download_answers(
+            Period::D90,
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(30)),
+        )
+        .report(Period::D180, GOOD)
+        .servers()
         .await;
-    mount_report(&graph, &download, Period::D180, GOOD).await;
 
     let mut process = Process::spawn(&mut exporter_against(
         &graph.uri(),
@@ -567,15 +504,15 @@ async fn secrets_never_appear_in_logs_even_at_debug_level() {
 
 #[tokio::test]
 async fn a_refused_token_is_logged_with_its_code_and_what_to_do() {
-    let graph = wiremock::MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+    let (graph, _download) = Scenario::new()
+        .await
+        .token_answers(ResponseTemplate::new(401).set_body_json(serde_json::json!({
             "error": "invalid_client",
             "error_description": format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{CLIENT_ID}'.\r\nTrace ID: 0c5c\r\nCorrelation ID: 9a2e\r\nTimestamp: 2024-03-05 10:00:00Z"),
             "error_codes": [7000215],
             "trace_id": "0c5c",
             "correlation_id": "9a2e"})))
-        .mount(&graph)
+        .servers()
         .await;
     let mut process = Process::spawn(&mut exporter_against(
         &graph.uri(),
@@ -598,12 +535,15 @@ async fn a_refused_token_is_logged_with_its_code_and_what_to_do() {
 
 #[tokio::test]
 async fn sigterm_during_a_hung_fetch_exits_promptly() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
-        .mount(&download)
+    let (graph, download) = Scenario::new()
+        .await
+        .token_ok()
+        .redirect(Period::D7)
+        .download_answers(
+            Period::D7,
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(120)),
+        )
+        .servers()
         .await;
     let mut process = Process::spawn(&mut exporter_against(
         &graph.uri(),

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sfb_exporter::auth::Identity;
+use sfb_exporter::auth::{Credential, Identity};
 use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::{Period, Periods};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use wiremock::matchers::{body_string_contains, header, method, path};
-use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Match, Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const TENANT: &str = "tenant-1";
 pub const CLIENT_ID: &str = "client-1";
@@ -41,6 +41,8 @@ pub struct Options {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub web_config: Option<std::path::PathBuf>,
+    /// How the exporter signs in; None: the client secret the token mock expects.
+    pub credential: Option<Credential>,
     /// --config.file; its tenants default to the fake Graph as authority and Graph.
     pub tenants_file: Option<std::path::PathBuf>,
     pub enable_lifecycle: bool,
@@ -63,6 +65,7 @@ impl Default for Options {
                 max_retry_after: Duration::from_secs(2),
             },
             web_config: None,
+            credential: None,
             tenants_file: None,
             enable_lifecycle: false,
             max_concurrency: 8,
@@ -94,15 +97,18 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
                 defaults: TenantDefaults {
                     cloud: Cloud::Global,
                     authority_host: Some(base.clone()),
-                    graph_url: Some(base),
+                    graph_url: Some(base.clone()),
                     periods: Periods::new(options.periods).unwrap(),
+                    imds_host: base,
                 },
             },
             None => Source::Azure {
                 identity: Identity {
                     tenant_id: TENANT.into(),
-                    client_id: CLIENT_ID.into(),
-                    client_secret: SecretString::from(CLIENT_SECRET),
+                    credential: options.credential.unwrap_or_else(|| Credential::Secret {
+                        client_id: CLIENT_ID.into(),
+                        secret: SecretString::from(CLIENT_SECRET),
+                    }),
                 },
                 authority: base.clone(),
                 graph: base,
@@ -320,4 +326,191 @@ pub fn failures(period: impl Display, reason: &str) -> String {
     format!(
         r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
     )
+}
+
+/// The fake Graph of one test, set up in one expression: which answers the identity platform,
+/// the report requests and the download host give, and how the exporter is configured.
+///
+/// `Scenario::new().await.token_ok().report(Period::D7, csv).spawn().await`. Answers are mounted
+/// in the order given; `first(n)` makes the last one answer only the first `n` matching
+/// requests, ahead of those without it, so sequences read top to bottom.
+pub struct Scenario {
+    graph: MockServer,
+    download: MockServer,
+    mocks: Vec<(Host, Mock)>,
+    /// Priority of the next `first(n)` answer: 1, 2, ... ahead of wiremock's default 5.
+    next_priority: u8,
+    options: Options,
+}
+
+#[derive(Clone, Copy)]
+enum Host {
+    Graph,
+    Download,
+}
+
+impl Scenario {
+    pub async fn new() -> Scenario {
+        let (graph, download) = mock_servers().await;
+        Scenario {
+            graph,
+            download,
+            mocks: Vec::new(),
+            next_priority: 1,
+            options: Options::default(),
+        }
+    }
+
+    /// The token endpoint issues a one-hour token for the exact client credentials form.
+    pub fn token_ok(self) -> Scenario {
+        self.on(Host::Graph, token_mock(3599))
+    }
+
+    /// The token endpoint (any form) answers `answer`.
+    pub fn token_answers(self, answer: impl Respond + 'static) -> Scenario {
+        let mock = Mock::given(method("POST"))
+            .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+            .respond_with(answer);
+        self.on(Host::Graph, mock)
+    }
+
+    /// The complete happy path for `period`: the report request redirects (with the bearer
+    /// token only) and the download (without it) serves `csv`.
+    pub fn report(self, period: Period, csv: impl Into<Vec<u8>>) -> Scenario {
+        self.redirect(period).download(period, csv)
+    }
+
+    /// `report` for each of `periods`, serving the same `csv`.
+    pub fn reports(self, periods: impl IntoIterator<Item = Period>, csv: &str) -> Scenario {
+        periods
+            .into_iter()
+            .fold(self, |scenario, period| scenario.report(period, csv))
+    }
+
+    /// The report request for `period` (with any token) answers `answer`.
+    pub fn report_answers(self, period: Period, answer: impl Respond + 'static) -> Scenario {
+        let mock = Mock::given(method("GET"))
+            .and(path(report_path(period)))
+            .respond_with(answer);
+        self.on(Host::Graph, mock)
+    }
+
+    /// The report request for `period` redirects to `location`, wherever that is.
+    pub fn report_redirects_to(self, period: Period, location: &str) -> Scenario {
+        self.report_answers(
+            period,
+            ResponseTemplate::new(302).insert_header("location", location),
+        )
+    }
+
+    /// The report request for `period` that sends `If-None-Match: etag` answers 304.
+    pub fn report_not_modified(self, period: Period, etag: &str) -> Scenario {
+        let mock = Mock::given(method("GET"))
+            .and(path(report_path(period)))
+            .and(header("if-none-match", etag))
+            .respond_with(ResponseTemplate::new(304));
+        self.on(Host::Graph, mock).first_of_all()
+    }
+
+    /// The report request for `period` with the bearer token redirects to the download host.
+    pub fn redirect(self, period: Period) -> Scenario {
+        let mock = redirect_mock(period, &self.download);
+        self.on(Host::Graph, mock)
+    }
+
+    /// The download of `period`, asked without an Authorization header, answers `answer`.
+    pub fn download_answers(self, period: Period, answer: impl Respond + 'static) -> Scenario {
+        let mock = Mock::given(method("GET"))
+            .and(path(format!("/reports/{period}.csv")))
+            .and(NoAuthorization)
+            .respond_with(answer);
+        self.on(Host::Download, mock)
+    }
+
+    /// The download of `period`, asked without an Authorization header, serves `body`.
+    pub fn download(self, period: Period, body: impl Into<Vec<u8>>) -> Scenario {
+        self.download_answers(
+            period,
+            ResponseTemplate::new(200).set_body_bytes(body.into()),
+        )
+    }
+
+    /// The last answer given serves only the first `n` requests it matches, before the answers
+    /// given without `first`.
+    pub fn first(mut self, n: u64) -> Scenario {
+        let priority = self.next_priority;
+        assert!(priority < 5, "more sequenced answers than priorities");
+        self.next_priority += 1;
+        self.last(|mock| mock.up_to_n_times(n).with_priority(priority))
+    }
+
+    /// The last answer given must be asked exactly `n` times by the end of the test.
+    pub fn expect(self, n: u64) -> Scenario {
+        self.last(|mock| mock.expect(n))
+    }
+
+    pub fn periods(mut self, periods: impl IntoIterator<Item = Period>) -> Scenario {
+        self.options.periods = periods.into_iter().collect();
+        self
+    }
+
+    pub fn interval(mut self, interval: Duration) -> Scenario {
+        self.options.interval = interval;
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Scenario {
+        self.options.timeout = timeout;
+        self
+    }
+
+    pub fn max_body_bytes(mut self, max_body_bytes: u64) -> Scenario {
+        self.options.max_body_bytes = max_body_bytes;
+        self
+    }
+
+    /// Where the redirect for `period` points, for answers built by hand.
+    pub fn download_url(&self, period: Period) -> String {
+        download_url(&self.download, period)
+    }
+
+    /// Mounts the answers and starts the exporter against them.
+    pub async fn spawn(mut self) -> TestApp {
+        let options = std::mem::take(&mut self.options);
+        let (graph, download) = self.servers().await;
+        spawn_app(graph, download, options).await
+    }
+
+    /// Mounts the answers and hands over the servers, for an exporter started another way.
+    pub async fn servers(self) -> (MockServer, MockServer) {
+        for (host, mock) in self.mocks {
+            match host {
+                Host::Graph => mock.mount(&self.graph).await,
+                Host::Download => mock.mount(&self.download).await,
+            }
+        }
+        (self.graph, self.download)
+    }
+
+    fn on(mut self, host: Host, mock: Mock) -> Scenario {
+        self.mocks.push((host, mock));
+        self
+    }
+
+    fn last(mut self, change: impl FnOnce(Mock) -> Mock) -> Scenario {
+        let (host, mock) = self.mocks.pop().expect("an answer to change");
+        self.mocks.push((host, change(mock)));
+        self
+    }
+
+    /// Ahead of every other answer, sequenced or not.
+    fn first_of_all(self) -> Scenario {
+        self.last(|mock| mock.with_priority(1))
+    }
+}
+
+/// Asserts the value of the one sample of `series` in the exposition `body` (`None`: absent).
+#[track_caller]
+pub fn assert_sample(body: &str, series: &str, expected: Option<f64>) {
+    assert_eq!(sample(body, series), expected, "{series} in:\n{body}");
 }

@@ -37,7 +37,10 @@ fn missing_identity_names_the_variable() {
         .env("AZURE_TENANT_ID", "t")
         .env("AZURE_CLIENT_ID", "c"));
     assert_eq!(code, 1, "{stderr}");
-    assert_one_line(&stderr, &["AZURE_CLIENT_SECRET is not set"]);
+    assert_one_line(
+        &stderr,
+        &["no credential configured", "AZURE_CLIENT_SECRET"],
+    );
 
     let (code, stderr) = run(exporter()
         .env("AZURE_TENANT_ID", "t")

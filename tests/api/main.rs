@@ -3,6 +3,7 @@
 mod e2e;
 mod faults;
 mod helpers;
+mod identity;
 mod layout;
 mod lifecycle;
 mod packaging;

@@ -39,12 +39,9 @@ fn exposed_metrics() -> Vec<String> {
         "{}\n2024-03-05,2024-03-04,7,1,2,3\n",
         crate::helpers::HEADER
     );
-    let report = sfb_exporter::report::parse(csv.as_bytes()).unwrap();
-    d7.accepted = Some(Accepted {
-        rows: 1,
-        newest: report.newest().copied(),
-        etag: None,
-    });
+    let report =
+        sfb_exporter::report::parse(csv.as_bytes(), time::macros::date!(2024 - 03 - 06)).unwrap();
+    d7.accepted = Some(Accepted::new(&report, None));
     d7.last_attempt = Some(Attempt::Succeeded);
     d7.last_success = Some(std::time::SystemTime::now());
     let body =
@@ -299,5 +296,104 @@ fn kubernetes_manifests_agree_with_the_exporter_and_each_other() {
             .join("deploy/kubernetes")
             .join(resource.as_str().unwrap());
         assert!(path.exists(), "{}", path.display());
+    }
+}
+
+/// The value at a JSON-pointer-like path of a patch operation (`~1` is `/`), if present.
+fn at_pointer<'a>(value: &'a Yaml, pointer: &str) -> Option<&'a Yaml> {
+    pointer
+        .trim_start_matches('/')
+        .split('/')
+        .map(|k| k.replace("~1", "/"))
+        .try_fold(value, |v, k| match k.parse::<usize>() {
+            Ok(i) => v.get(i),
+            Err(_) => v.get(k.as_str()),
+        })
+}
+
+#[test]
+fn kubernetes_workload_identity_variant_patches_the_base_and_has_no_secret() {
+    use clap::Parser;
+    let dir = "deploy/kubernetes-workload-identity";
+    let kustomization = yaml(&format!("{dir}/kustomization.yaml"));
+    let resources: Vec<&str> = at(&kustomization, &["resources"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(resources, ["../kubernetes", "serviceaccount.yaml"]);
+
+    let account = yaml(&format!("{dir}/serviceaccount.yaml"));
+    assert_eq!(text(&account, &["kind"]), "ServiceAccount");
+    let client_id = text(
+        &account,
+        &[
+            "metadata",
+            "annotations",
+            "azure.workload.identity/client-id",
+        ],
+    );
+    assert_eq!(client_id.len(), 36, "a client ID placeholder");
+
+    let patch = at(&kustomization, &["patches", "0"]);
+    assert_eq!(text(patch, &["target", "kind"]), "Deployment");
+    let ops: Yaml = serde_norway::from_str(text(patch, &["patch"])).unwrap();
+    let ops = ops.as_sequence().unwrap();
+    let op = |kind: &str, pointer: &str| {
+        ops.iter()
+            .find(|o| text(o, &["op"]) == kind && text(o, &["path"]) == pointer)
+            .unwrap_or_else(|| panic!("no {kind} of {pointer}"))
+    };
+    let label = op(
+        "add",
+        "/spec/template/metadata/labels/azure.workload.identity~1use",
+    );
+    assert_eq!(
+        text(label, &["value"]),
+        "true",
+        "the label value is the string \"true\""
+    );
+    let account_name = op("add", "/spec/template/spec/serviceAccountName");
+    assert_eq!(
+        text(account_name, &["value"]),
+        text(&account, &["metadata", "name"])
+    );
+    let args = op("replace", "/spec/template/spec/containers/0/args");
+    let args: Vec<&str> = at(args, &["value"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let parsed = sfb_exporter::config::Args::try_parse_from(
+        std::iter::once("sfb-exporter").chain(args.iter().copied()),
+    )
+    .unwrap();
+    assert_eq!(
+        parsed.credential,
+        sfb_exporter::config::CredentialKind::WorkloadIdentity
+    );
+    assert!(parsed.client_secret_file.is_none());
+
+    // Every removal names something the base has (kustomize fails otherwise), and the secret
+    // volume is among them.
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let removed: Vec<&str> = ops
+        .iter()
+        .filter(|o| text(o, &["op"]) == "remove")
+        .map(|o| text(o, &["path"]))
+        .collect();
+    for pointer in &removed {
+        assert!(
+            at_pointer(&deployment, pointer).is_some(),
+            "{pointer} not in the base"
+        );
+    }
+    assert!(removed.contains(&"/spec/template/spec/volumes"));
+    assert!(removed.contains(&"/spec/template/spec/containers/0/env"));
+    for file in std::fs::read_dir(Path::new(ROOT).join(dir)).unwrap() {
+        let body = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        assert!(!body.contains("kind: Secret"));
     }
 }

@@ -4,8 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sfb_exporter::report::Period;
-use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, Request, Respond, ResponseTemplate};
+use wiremock::{Request, Respond, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -15,49 +14,43 @@ fn activity(period: &str, kind: &str) -> String {
     )
 }
 
+fn period_activity(period: &str, kind: &str) -> String {
+    format!(
+        r#"sfb_organizer_activity_period_seconds{{conference_type="{kind}",period="{period}",tenant="{TENANT}"}}"#
+    )
+}
+
+const CONFERENCE_TYPES: [&str; 3] = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
+
 #[tokio::test]
 async fn redirect_is_followed_without_authorization_and_newest_row_published() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).expect(1).mount(&graph).await;
     let csv =
-        format!("{HEADER}\n2024-03-05,2024-03-03,7,10,1,0\n2024-03-05,2024-03-04,7,120,30.5,2\n");
-    mount_report(&graph, &download, Period::D7, &csv).await;
-    let app = spawn_app(graph, download, Options::default()).await;
+        format!("{HEADER}\n2024-03-05,2024-03-03,7,10,1,0\n2024-03-05,2024-03-04,7,120,30,2\n");
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .expect(1)
+        .report(Period::D7, csv)
+        .spawn()
+        .await;
 
     let body = app.first_attempt("D7").await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D7")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(sample(&body, &activity("D7", "audio_video")), Some(7200.0));
-    assert_eq!(
-        sample(&body, &activity("D7", "dial_in_microsoft")),
-        Some(1830.0)
-    );
-    assert_eq!(
-        sample(&body, &activity("D7", "dial_out_microsoft")),
-        Some(120.0)
-    );
+    assert_sample(&body, &per_period("sfb_refresh_success", "D7"), Some(1.0));
+    assert_sample(&body, &activity("D7", "audio_video"), Some(7200.0));
+    assert_sample(&body, &activity("D7", "dial_in_microsoft"), Some(1800.0));
+    assert_sample(&body, &activity("D7", "dial_out_microsoft"), Some(120.0));
     // 2024-03-04T00:00:00Z and 2024-03-05T00:00:00Z.
-    assert_eq!(
-        sample(
-            &body,
-            &per_period("sfb_report_date_timestamp_seconds", "D7")
-        ),
-        Some(1_709_510_400.0)
+    assert_sample(
+        &body,
+        &per_period("sfb_report_date_timestamp_seconds", "D7"),
+        Some(1_709_510_400.0),
     );
-    assert_eq!(
-        sample(
-            &body,
-            &per_period("sfb_report_refresh_timestamp_seconds", "D7")
-        ),
-        Some(1_709_596_800.0)
+    assert_sample(
+        &body,
+        &per_period("sfb_report_refresh_timestamp_seconds", "D7"),
+        Some(1_709_596_800.0),
     );
-    assert_eq!(
-        sample(&body, &per_period("sfb_report_rows", "D7")),
-        Some(2.0)
-    );
+    assert_sample(&body, &per_period("sfb_report_rows", "D7"), Some(2.0));
     let last = sample(
         &body,
         &per_period("sfb_refresh_last_success_timestamp_seconds", "D7"),
@@ -92,111 +85,61 @@ async fn redirect_is_followed_without_authorization_and_newest_row_published() {
 
 #[tokio::test]
 async fn a_direct_200_with_the_csv_is_accepted() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D30)))
-        .respond_with(
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(
+            Period::D30,
             ResponseTemplate::new(200)
                 .set_body_string(format!("{HEADER}\n2024-03-05,2024-03-04,30,1,2,3\n")),
         )
-        .mount(&graph)
+        .periods([Period::D30])
+        .spawn()
         .await;
-    let app = spawn_app(
-        graph,
-        download,
-        Options {
-            periods: vec![Period::D30],
-            ..Default::default()
-        },
-    )
-    .await;
     let body = app.first_attempt("D30").await;
-    assert_eq!(
-        sample(&body, &activity("D30", "dial_out_microsoft")),
-        Some(180.0),
-        "{body}"
-    );
+    assert_sample(&body, &activity("D30", "dial_out_microsoft"), Some(180.0));
     app.stop().await;
 }
 
 #[tokio::test]
 async fn csv_quirks_bom_crlf_column_order_row_order_empty_cells() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     let csv = "\u{FEFF}Dial-out Microsoft,Report Date,Audio/Video,New Column,Dial-in Microsoft,Report Period,Report Refresh Date\r\n\
                ,2024-03-02,5,x,,180,2024-03-05\r\n\
                4,2024-03-04,,y,9,180,2024-03-05\r\n\
                1,2024-03-03,7,z,1,180,2024-03-05\r\n";
-    mount_report(&graph, &download, Period::D180, csv).await;
-    let app = spawn_app(
-        graph,
-        download,
-        Options {
-            periods: vec![Period::D180],
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D180, csv)
+        .periods([Period::D180])
+        .spawn()
+        .await;
     let body = app.first_attempt("D180").await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D180")),
-        Some(1.0),
-        "{body}"
+    assert_sample(&body, &per_period("sfb_refresh_success", "D180"), Some(1.0));
+    assert_sample(&body, &per_period("sfb_report_rows", "D180"), Some(3.0));
+    assert_sample(
+        &body,
+        &per_period("sfb_report_date_timestamp_seconds", "D180"),
+        Some(1_709_510_400.0),
     );
-    assert_eq!(
-        sample(&body, &per_period("sfb_report_rows", "D180")),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample(
-            &body,
-            &per_period("sfb_report_date_timestamp_seconds", "D180")
-        ),
-        Some(1_709_510_400.0)
-    );
-    assert_eq!(sample(&body, &activity("D180", "audio_video")), Some(0.0));
-    assert_eq!(
-        sample(&body, &activity("D180", "dial_in_microsoft")),
-        Some(540.0)
-    );
-    assert_eq!(
-        sample(&body, &activity("D180", "dial_out_microsoft")),
-        Some(240.0)
-    );
+    assert_sample(&body, &activity("D180", "audio_video"), Some(0.0));
+    assert_sample(&body, &activity("D180", "dial_in_microsoft"), Some(540.0));
+    assert_sample(&body, &activity("D180", "dial_out_microsoft"), Some(240.0));
     app.stop().await;
 }
 
 #[tokio::test]
 async fn header_only_report_is_a_success_without_activity_series() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    mount_report(
-        &graph,
-        &download,
-        Period::D90,
-        &format!("\u{FEFF}{HEADER}\r\n"),
-    )
-    .await;
-    let app = spawn_app(
-        graph,
-        download,
-        Options {
-            periods: vec![Period::D90],
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D90, format!("\u{FEFF}{HEADER}\r\n"))
+        .periods([Period::D90])
+        .spawn()
+        .await;
     let body = app.first_attempt("D90").await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D90")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(
-        sample(&body, &per_period("sfb_report_rows", "D90")),
-        Some(0.0)
-    );
+    assert_sample(&body, &per_period("sfb_refresh_success", "D90"), Some(1.0));
+    assert_sample(&body, &per_period("sfb_report_rows", "D90"), Some(0.0));
     assert!(!body.contains("sfb_organizer_activity_seconds{"), "{body}");
     assert!(
         !body.contains("sfb_report_date_timestamp_seconds{"),
@@ -207,19 +150,60 @@ async fn header_only_report_is_a_success_without_activity_series() {
 }
 
 #[tokio::test]
-async fn one_token_serves_every_period_and_cycle() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).expect(1).mount(&graph).await;
-    let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n");
-    for period in Period::ALL {
-        mount_report(&graph, &download, period, &csv).await;
+async fn window_totals_add_up_every_row_and_a_header_only_report_has_none() {
+    // Graph's rows for D7, in no order, with empty cells; D30 is header-only.
+    let rows: [(&str, [&str; 3]); 4] = [
+        ("2024-03-03", ["10", "", "1"]),
+        ("2024-03-05", ["120", "30", ""]),
+        ("2024-02-28", ["", "", ""]),
+        ("2024-03-04", ["5", "2", "3"]),
+    ];
+    let mut csv = HEADER.to_string();
+    for (day, cells) in rows {
+        csv.push_str(&format!("\n2024-03-06,{day},7,{}", cells.join(",")));
     }
-    let options = Options {
-        periods: Period::ALL.to_vec(),
-        interval: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D7, csv)
+        .report(Period::D30, format!("{HEADER}\n"))
+        .periods([Period::D7, Period::D30])
+        .spawn()
+        .await;
+    let body = app.after_first_attempts(2).await;
+    for (i, kind) in CONFERENCE_TYPES.into_iter().enumerate() {
+        let minutes: u64 = rows
+            .iter()
+            .map(|(_, cells)| cells[i].parse::<u64>().unwrap_or(0))
+            .sum();
+        assert_sample(
+            &body,
+            &period_activity("D7", kind),
+            Some(minutes as f64 * 60.0),
+        );
+        assert_sample(&body, &period_activity("D30", kind), None);
+    }
+    // The sums above, by hand: 135, 32 and 4 minutes.
+    assert_sample(&body, &period_activity("D7", "audio_video"), Some(8100.0));
+    assert_sample(&body, &success("D30"), Some(1.0));
+    assert_sample(&body, &per_period("sfb_report_rows", "D30"), Some(0.0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_token_serves_every_period_and_cycle() {
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .expect(1)
+        .reports(
+            Period::ALL,
+            &format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"),
+        )
+        .periods(Period::ALL)
+        .interval(Duration::from_secs(1))
+        .spawn()
+        .await;
     // Three cycles of four periods.
     assert!(
         eventually(|| async { app.requests_to(&app.download, "/reports/").await.len() >= 12 })
@@ -285,32 +269,27 @@ impl Respond for RequireLiveToken {
 
 #[tokio::test]
 async fn tokens_are_reused_and_renewed_before_they_expire() {
-    let (graph, download) = mock_servers().await;
     let lifetime = Duration::from_secs(4);
     let issued = Arc::new(Mutex::new(Vec::new()));
     let expired_uses = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(method("POST"))
-        .respond_with(NumberedTokens {
+    let app = Scenario::new()
+        .await
+        .token_answers(NumberedTokens {
             lifetime,
             issued: Arc::clone(&issued),
         })
-        .mount(&graph)
+        .report_answers(
+            Period::D7,
+            RequireLiveToken {
+                lifetime,
+                issued: Arc::clone(&issued),
+                expired_uses: Arc::clone(&expired_uses),
+                csv: format!("{HEADER}\n"),
+            },
+        )
+        .interval(Duration::from_secs(1))
+        .spawn()
         .await;
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D7)))
-        .respond_with(RequireLiveToken {
-            lifetime,
-            issued: Arc::clone(&issued),
-            expired_uses: Arc::clone(&expired_uses),
-            csv: format!("{HEADER}\n"),
-        })
-        .mount(&graph)
-        .await;
-    let options = Options {
-        interval: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     // A 4 s token is renewed after 2 s: over 7 refreshes, 2 to 4 tokens, none used expired.
     assert!(
         eventually(|| async { app.requests_to(&app.graph, "/v1.0/reports/").await.len() >= 7 })
@@ -328,90 +307,62 @@ async fn tokens_are_reused_and_renewed_before_they_expire() {
 
 #[tokio::test]
 async fn a_rejected_token_is_replaced_and_the_request_retried_once() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).expect(2).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D7)))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!(
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .expect(2)
+        .report_answers(Period::D7, ResponseTemplate::new(401).set_body_json(serde_json::json!(
             {"error": {"code": "InvalidAuthenticationToken", "message": "Access token has expired."}})))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&graph)
+        .first(1)
+        .report(Period::D7, format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"))
+        .spawn()
         .await;
-    mount_report(
-        &graph,
-        &download,
-        Period::D7,
-        &format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"),
-    )
-    .await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt("D7").await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D7")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(sample(&body, &failures("D7", "auth")), Some(0.0));
+    assert_sample(&body, &per_period("sfb_refresh_success", "D7"), Some(1.0));
+    assert_sample(&body, &failures("D7", "auth"), Some(0.0));
     assert_eq!(app.requests_to(&app.graph, "/v1.0/reports/").await.len(), 2);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     let good = format!("{HEADER}\n2024-03-05,2024-03-04,7,120,30,2\n");
     // First cycle good, second a server error, third an unparsable body, then good again.
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    download_mock(Period::D7, good.clone())
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&download)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .redirect(Period::D7)
+        .download(Period::D7, good.clone())
+        .first(1)
+        .download_answers(Period::D7, ResponseTemplate::new(500))
+        .first(1)
+        .download(
+            Period::D7,
+            "<html><body>Sign in to your account</body></html>",
+        )
+        .first(1)
+        .download(Period::D7, good)
+        .interval(Duration::from_secs(1))
+        .spawn()
         .await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(1)
-        .with_priority(2)
-        .mount(&download)
-        .await;
-    download_mock(
-        Period::D7,
-        "<html><body>Sign in to your account</body></html>",
-    )
-    .up_to_n_times(1)
-    .with_priority(3)
-    .mount(&download)
-    .await;
-    download_mock(Period::D7, good)
-        .with_priority(4)
-        .mount(&download)
-        .await;
-    let options = Options {
-        interval: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
 
     let body = app
         .metrics_when("the server error", |b| {
             sample(b, &failures("D7", "http")) == Some(1.0)
         })
         .await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D7")),
-        Some(0.0),
-        "{body}"
-    );
+    assert_sample(&body, &per_period("sfb_refresh_success", "D7"), Some(0.0));
     assert_eq!(
         sample(&body, &activity("D7", "audio_video")),
         Some(7200.0),
         "last values kept"
     );
     assert_eq!(
-        sample(&body, &per_period("sfb_report_rows", "D7")),
-        Some(1.0)
+        sample(&body, &period_activity("D7", "audio_video")),
+        Some(7200.0),
+        "last totals kept"
     );
+    assert_sample(&body, &per_period("sfb_report_rows", "D7"), Some(1.0));
     let body = app
         .metrics_when("the parse failure", |b| {
             sample(b, &failures("D7", "parse")) == Some(1.0)
@@ -421,6 +372,11 @@ async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
         sample(&body, &activity("D7", "audio_video")),
         Some(7200.0),
         "last values kept"
+    );
+    assert_eq!(
+        sample(&body, &period_activity("D7", "audio_video")),
+        Some(7200.0),
+        "last totals kept"
     );
     let (_, readyz) = app.readyz().await;
     assert_eq!(
@@ -436,18 +392,16 @@ async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
 
 #[tokio::test]
 async fn a_bad_report_publishes_nothing_partial() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-03,7,1,two,3\n");
-    mount_report(&graph, &download, Period::D7, &csv).await;
-    let app = spawn_app(graph, download, Options::default()).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report(Period::D7, csv)
+        .spawn()
+        .await;
     let body = app.first_attempt("D7").await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D7")),
-        Some(0.0),
-        "{body}"
-    );
-    assert_eq!(sample(&body, &failures("D7", "parse")), Some(1.0));
+    assert_sample(&body, &per_period("sfb_refresh_success", "D7"), Some(0.0));
+    assert_sample(&body, &failures("D7", "parse"), Some(1.0));
     assert!(!body.contains("sfb_organizer_activity_seconds{"), "{body}");
     assert!(!body.contains("sfb_report_rows{"), "{body}");
     let (status, readyz) = app.readyz().await;
@@ -462,22 +416,19 @@ async fn a_bad_report_publishes_nothing_partial() {
 
 #[tokio::test]
 async fn forbidden_is_its_own_reason() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D7)))
-        .respond_with(ResponseTemplate::new(403).set_body_json(serde_json::json!(
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_answers(
+            Period::D7,
+            ResponseTemplate::new(403).set_body_json(serde_json::json!(
             {"error": {"code": "S2SUnauthorized", "message": "Invalid scope claims/roles.",
-                       "innerError": {"request-id": "req-123"}}})))
-        .mount(&graph)
+                       "innerError": {"request-id": "req-123"}}})),
+        )
+        .spawn()
         .await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt("D7").await;
-    assert_eq!(
-        sample(&body, &failures("D7", "forbidden")),
-        Some(1.0),
-        "{body}"
-    );
+    assert_sample(&body, &failures("D7", "forbidden"), Some(1.0));
     let (_, readyz) = app.readyz().await;
     let error = readyz["periods"]["D7"]["last_error"].as_str().unwrap();
     assert!(
@@ -489,18 +440,16 @@ async fn forbidden_is_its_own_reason() {
 
 #[tokio::test]
 async fn a_refused_token_is_an_auth_failure() {
-    let (graph, download) = mock_servers().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+    let app = Scenario::new()
+        .await
+        .token_answers(ResponseTemplate::new(401).set_body_json(serde_json::json!({
             "error": "invalid_client",
             "error_description": "AADSTS7000215: Invalid client secret provided.",
             "error_codes": [7000215]})))
-        .mount(&graph)
+        .spawn()
         .await;
-    let app = spawn_app(graph, download, Options::default()).await;
     let body = app.first_attempt("D7").await;
-    assert_eq!(sample(&body, &failures("D7", "auth")), Some(1.0), "{body}");
+    assert_sample(&body, &failures("D7", "auth"), Some(1.0));
     assert!(app
         .requests_to(&app.graph, "/v1.0/reports/")
         .await
@@ -510,56 +459,41 @@ async fn a_refused_token_is_an_auth_failure() {
 
 #[tokio::test]
 async fn an_unchanged_report_answers_304_and_keeps_its_values() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D7)))
-        .and(header("if-none-match", "\"v1\""))
-        .respond_with(ResponseTemplate::new(304))
-        .with_priority(1)
-        .mount(&graph)
-        .await;
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .and(path("/reports/D7.csv"))
-        .respond_with(
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .report_not_modified(Period::D7, "\"v1\"")
+        .redirect(Period::D7)
+        .download_answers(
+            Period::D7,
             ResponseTemplate::new(200)
                 .insert_header("etag", "\"v1\"")
                 .set_body_string(format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n")),
         )
         .expect(1)
-        .mount(&download)
+        .interval(Duration::from_secs(1))
+        .spawn()
         .await;
-    let options = Options {
-        interval: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     assert!(
         eventually(|| async { app.requests_to(&app.graph, "/v1.0/reports/").await.len() >= 3 })
             .await
     );
     let body = app.metrics().await;
-    assert_eq!(
-        sample(&body, &per_period("sfb_refresh_success", "D7")),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(sample(&body, &activity("D7", "audio_video")), Some(60.0));
-    assert_eq!(sample(&body, &failures("D7", "http")), Some(0.0));
+    assert_sample(&body, &per_period("sfb_refresh_success", "D7"), Some(1.0));
+    assert_sample(&body, &activity("D7", "audio_video"), Some(60.0));
+    assert_sample(&body, &failures("D7", "http"), Some(0.0));
     app.stop().await;
 }
 
 #[tokio::test]
 async fn secrets_never_reach_metrics_or_readiness() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    redirect_mock(Period::D7, &download).mount(&graph).await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&download)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .redirect(Period::D7)
+        .download_answers(Period::D7, ResponseTemplate::new(500))
+        .spawn()
         .await;
-    let app = spawn_app(graph, download, Options::default()).await;
     app.first_attempt("D7").await;
     for path in ["/metrics", "/readyz", "/"] {
         let body = app.get(path).await.text().await.unwrap();

@@ -424,6 +424,15 @@ fn config_file_errors_are_one_line_and_fatal() {
         assert_eq!(code, 1, "{stderr}");
         assert_one_line(&stderr, needles);
         assert!(!stderr.contains("hunter2"), "{stderr}");
+        let (code, stderr) =
+            run(exporter().args(["--config.check", "--config.file", file.to_str().unwrap()]));
+        assert_ne!(code, 0, "{stderr}");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "--config.check: {needle:?} not in {stderr}"
+            );
+        }
     }
     let (code, stderr) = run(exporter().args(["--config.file", "/nonexistent/tenants.yml"]));
     assert_eq!(code, 1, "{stderr}");
@@ -531,6 +540,7 @@ fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
         authority_host: None,
         graph_url: None,
         periods: sfb_exporter::report::Periods::new([Period::D7]).unwrap(),
+        imds_host: url::Url::parse("http://127.0.0.1:9").unwrap(),
     };
     let specs = sfb_exporter::tenants::parse(text, &config_dir, &defaults).unwrap();
     assert_eq!(specs.len(), 2);

@@ -1,14 +1,19 @@
-//! OAuth 2.0 client credentials against the Microsoft identity platform, with a token cache
-//! shared by every period so that one token serves all reports until shortly before it expires.
+//! OAuth 2.0 client credentials against the Microsoft identity platform (or a managed identity
+//! endpoint), with a token cache shared by every period so that one token serves all reports
+//! until shortly before it expires.
 
-use std::fmt;
-use std::time::Duration;
+pub mod certificate;
+pub mod credential;
+pub mod managed;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
+pub use self::credential::Credential;
 use crate::error::{Error, Stage};
 use crate::http::{exchange, Answer, Limits};
 use crate::text::one_line;
@@ -18,29 +23,34 @@ const RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// Tokens live about an hour; a longer claimed lifetime is capped rather than trusted.
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// App registration used for the client credentials grant.
+/// Who the exporter signs in as: the tenant (token endpoint and `tenant` label) and how it
+/// proves itself. Debug output never shows a secret: [`Credential`] redacts its own.
+#[derive(Debug)]
 pub struct Identity {
     pub tenant_id: String,
-    pub client_id: String,
-    pub client_secret: SecretString,
+    pub credential: Credential,
 }
 
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
-            .finish()
+impl Identity {
+    /// An app registration signing in with a client secret.
+    pub fn with_secret(tenant_id: &str, client_id: &str, secret: SecretString) -> Identity {
+        Identity {
+            tenant_id: tenant_id.into(),
+            credential: Credential::Secret {
+                client_id: client_id.into(),
+                secret,
+            },
+        }
     }
 }
 
 pub struct TokenSource {
     http: reqwest::Client,
     token_url: Url,
-    client_id: String,
-    client_secret: SecretString,
+    credential: Credential,
     scope: String,
+    /// Managed identity endpoints take the resource (the Graph root) instead of a scope.
+    resource: String,
     limits: Limits,
     cache: Mutex<Cache>,
 }
@@ -74,9 +84,9 @@ impl TokenSource {
         TokenSource {
             http,
             token_url,
-            client_id: identity.client_id,
-            client_secret: identity.client_secret,
+            credential: identity.credential,
             scope: format!("{}/.default", graph.as_str().trim_end_matches('/')),
+            resource: graph.as_str().trim_end_matches('/').to_string(),
             limits,
             cache: Mutex::new(Cache::default()),
         }
@@ -123,17 +133,42 @@ impl TokenSource {
         }
     }
 
+    /// The token endpoint the client credentials grant goes to.
+    pub fn token_url(&self) -> &Url {
+        &self.token_url
+    }
+
     async fn request(&self) -> Result<CachedToken, Error> {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose_secret()),
-            ("scope", self.scope.as_str()),
-        ];
-        let request = self.http.post(self.token_url.clone()).form(&form);
-        let answer = exchange(Stage::Token, request, &self.limits).await?;
+        let answer = match &self.credential {
+            Credential::ManagedIdentity {
+                client_id,
+                endpoint,
+            } => {
+                endpoint
+                    .request(
+                        &self.http,
+                        &self.resource,
+                        client_id.as_deref(),
+                        &self.limits,
+                    )
+                    .await?
+            }
+            credential => {
+                // Built afresh for every request: an assertion is single-use and short-lived,
+                // and a federated token file is rotated by the kubelet.
+                let proof = credential.client_proof(self.token_url.as_str())?;
+                let mut form = vec![
+                    ("grant_type", "client_credentials"),
+                    ("client_id", credential.client_id().unwrap_or_default()),
+                    ("scope", self.scope.as_str()),
+                ];
+                form.extend(proof.iter().map(|(k, v)| (*k, v.expose_secret())));
+                let request = self.http.post(self.token_url.clone()).form(&form);
+                exchange(Stage::Token, request, &self.limits).await?
+            }
+        };
         if answer.status.is_success() {
-            let (value, lifetime) = parse_token(&answer.body)?;
+            let (value, lifetime) = parse_token(&answer.body, SystemTime::now())?;
             tracing::debug!(expires_in = lifetime.as_secs(), "obtained an access token");
             return Ok(CachedToken {
                 value,
@@ -149,7 +184,9 @@ fn renew_after(lifetime: Duration) -> Duration {
     lifetime - RENEW_MARGIN.min(lifetime / 2)
 }
 
-fn parse_token(body: &[u8]) -> Result<(SecretString, Duration), Error> {
+/// The access token and its lifetime. Managed identity endpoints send `expires_in` and
+/// `expires_on` as strings of seconds; `now` turns `expires_on` into a lifetime.
+fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration), Error> {
     let bad = |what: &str| Error::Http {
         stage: Stage::Token,
         status: Some(200),
@@ -162,14 +199,17 @@ fn parse_token(body: &[u8]) -> Result<(SecretString, Duration), Error> {
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("an access_token"))?;
-    // Number in v2.0 answers, a string in some older ones.
-    let expires_in = match json.get("expires_in") {
+    // Number in v2.0 answers, a string in some older ones and from managed identity.
+    let seconds = |name: &str| match json.get(name) {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
         _ => None,
-    }
-    .filter(|&s| s > 0)
-    .ok_or_else(|| bad("a positive expires_in"))?;
+    };
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let expires_in = seconds("expires_in")
+        .or_else(|| seconds("expires_on").map(|on| on.saturating_sub(now)))
+        .filter(|&s| s > 0)
+        .ok_or_else(|| bad("a positive expires_in"))?;
     Ok((
         SecretString::from(token),
         Duration::from_secs(expires_in).min(MAX_LIFETIME),
@@ -229,7 +269,9 @@ fn hint(code: u64) -> Option<&'static str> {
         700016 => "application not found in the tenant: check AZURE_CLIENT_ID and AZURE_TENANT_ID, and --azure.cloud",
         90002 => "tenant not found: check AZURE_TENANT_ID and --azure.cloud",
         900023 => "AZURE_TENANT_ID is not a valid tenant ID or domain",
-        700027 | 7000218 => "the client credential was not accepted: check AZURE_CLIENT_SECRET",
+        700027 | 7000218 => "the client credential was not accepted: check the client secret, or that the certificate is uploaded to the app registration",
+        700024 => "the client assertion is outside its validity window: check the host's clock",
+        70021 | 700213 | 700212 => "no federated credential matches the token's issuer, subject and audience: check the federated credential of the app registration or managed identity",
         1002012 | 70011 => "the scope was refused: check --graph.url, the token scope is <graph.url>/.default",
         7000112 => "the application is disabled in the tenant",
         _ => return None,
@@ -250,22 +292,43 @@ mod tests {
 
     #[test]
     fn token_answers() {
-        let (t, d) =
-            parse_token(br#"{"token_type":"Bearer","expires_in":3599,"access_token":"abc"}"#)
-                .unwrap();
+        let (t, d) = parse_token(
+            br#"{"token_type":"Bearer","expires_in":3599,"access_token":"abc"}"#,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!((t.expose_secret(), d.as_secs()), ("abc", 3599));
-        let (_, d) = parse_token(br#"{"expires_in":"60","access_token":"abc"}"#).unwrap();
+        let (_, d) = parse_token(
+            br#"{"expires_in":"60","access_token":"abc"}"#,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!(d.as_secs(), 60);
-        let (_, d) =
-            parse_token(br#"{"expires_in":18446744073709551615,"access_token":"abc"}"#).unwrap();
+        let (_, d) = parse_token(
+            br#"{"expires_in":18446744073709551615,"access_token":"abc"}"#,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!(d, MAX_LIFETIME);
         for bad in [
             &b"<html>"[..],
             br#"{"expires_in":1}"#,
             br#"{"access_token":"x"}"#,
         ] {
-            assert!(parse_token(bad).is_err());
+            assert!(parse_token(bad, SystemTime::now()).is_err());
         }
+    }
+
+    #[test]
+    fn managed_identity_answers_carry_strings_and_expires_on() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let body = br#"{"access_token":"mi","expires_in":"3599","expires_on":"1700003599","resource":"https://graph.microsoft.com","token_type":"Bearer"}"#;
+        assert_eq!(parse_token(body, now).unwrap().1.as_secs(), 3599);
+        // App Service sends expires_on alone.
+        let body = br#"{"access_token":"mi","expires_on":"1700000600"}"#;
+        assert_eq!(parse_token(body, now).unwrap().1.as_secs(), 600);
+        let body = br#"{"access_token":"mi","expires_on":"1600000000"}"#;
+        assert!(parse_token(body, now).is_err());
     }
 
     #[test]
@@ -310,11 +373,7 @@ mod tests {
 
     #[test]
     fn token_url_and_scope() {
-        let identity = Identity {
-            tenant_id: "t1".into(),
-            client_id: "c1".into(),
-            client_secret: SecretString::from("s"),
-        };
+        let identity = Identity::with_secret("t1", "c1", SecretString::from("s"));
         let limits = Limits {
             timeout: Duration::from_secs(1),
             max_body_bytes: 1024,
@@ -328,5 +387,6 @@ mod tests {
             "https://login.example.test/t1/oauth2/v2.0/token"
         );
         assert_eq!(source.scope, "https://graph.example.test/.default");
+        assert_eq!(source.resource, "https://graph.example.test");
     }
 }

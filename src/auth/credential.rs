@@ -1,0 +1,200 @@
+//! How the exporter proves who it is: the kinds of credential the Azure SDKs read from the
+//! environment, and the form fields each adds to a token request.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+use super::certificate::ClientCertificate;
+use super::managed::ManagedEndpoint;
+use crate::error::Error;
+
+/// The `client_assertion_type` of certificate and federated (workload identity) assertions.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A federated token is a JWT of a few KiB; the cap keeps a wrong path from eating memory.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+pub enum Credential {
+    Secret {
+        client_id: String,
+        secret: SecretString,
+    },
+    Certificate {
+        client_id: String,
+        certificate: Arc<ClientCertificate>,
+        /// Put the chain into the assertion's `x5c` header (subject name/issuer authentication).
+        send_chain: bool,
+    },
+    WorkloadIdentity {
+        client_id: String,
+        token_file: PathBuf,
+    },
+    ManagedIdentity {
+        /// Selects a user-assigned identity; None for the system-assigned one.
+        client_id: Option<String>,
+        endpoint: ManagedEndpoint,
+    },
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct(self.kind());
+        d.field("client_id", &self.client_id());
+        match self {
+            Credential::Secret { .. } => d.field("secret", &"[redacted]"),
+            Credential::Certificate {
+                certificate,
+                send_chain,
+                ..
+            } => d
+                .field("certificate", certificate)
+                .field("send_chain", send_chain),
+            Credential::WorkloadIdentity { token_file, .. } => d.field("token_file", token_file),
+            Credential::ManagedIdentity { endpoint, .. } => d.field("endpoint", endpoint),
+        };
+        d.finish()
+    }
+}
+
+impl Credential {
+    /// The name `--azure.credential` gives this kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Secret { .. } => "secret",
+            Credential::Certificate { .. } => "certificate",
+            Credential::WorkloadIdentity { .. } => "workload-identity",
+            Credential::ManagedIdentity { .. } => "managed-identity",
+        }
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Credential::Secret { client_id, .. }
+            | Credential::Certificate { client_id, .. }
+            | Credential::WorkloadIdentity { client_id, .. } => Some(client_id),
+            Credential::ManagedIdentity { client_id, .. } => client_id.as_deref(),
+        }
+    }
+
+    pub fn certificate(&self) -> Option<&ClientCertificate> {
+        match self {
+            Credential::Certificate { certificate, .. } => Some(certificate),
+            _ => None,
+        }
+    }
+
+    /// The form fields that authenticate the client at `token_url`: the secret, or a fresh
+    /// assertion. Managed identity has none: its endpoint takes no client authentication.
+    pub(super) fn client_proof(
+        &self,
+        token_url: &str,
+    ) -> Result<Vec<(&'static str, SecretString)>, Error> {
+        let assertion = match self {
+            Credential::Secret { secret, .. } => {
+                return Ok(vec![("client_secret", secret.clone())]);
+            }
+            Credential::Certificate {
+                client_id,
+                certificate,
+                send_chain,
+            } => certificate.assertion(client_id, token_url, *send_chain, SystemTime::now())?,
+            Credential::WorkloadIdentity { token_file, .. } => {
+                read_federated_token(token_file).map_err(Error::Credential)?
+            }
+            Credential::ManagedIdentity { .. } => return Ok(Vec::new()),
+        };
+        Ok(vec![
+            ("client_assertion_type", SecretString::from(JWT_BEARER)),
+            ("client_assertion", assertion),
+        ])
+    }
+}
+
+/// The federated token the kubelet (or another issuer) wrote to `path`. Read at every token
+/// request, because the file is rotated while the exporter runs.
+pub fn read_federated_token(path: &Path) -> Result<SecretString, String> {
+    let fail = |e: std::io::Error| {
+        format!(
+            "cannot read AZURE_FEDERATED_TOKEN_FILE {}: {e}",
+            path.display()
+        )
+    };
+    let mut raw = String::new();
+    std::fs::File::open(path)
+        .map_err(fail)?
+        .take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut raw)
+        .map_err(fail)?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        return Err(format!(
+            "AZURE_FEDERATED_TOKEN_FILE {} is larger than 64 KiB: is it the right file?",
+            path.display()
+        ));
+    }
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "AZURE_FEDERATED_TOKEN_FILE {} is empty: is the projected service account token mounted?",
+            path.display()
+        ));
+    }
+    Ok(SecretString::from(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn federated_token_file_is_read_fresh_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let credential = Credential::WorkloadIdentity {
+            client_id: "c".into(),
+            token_file: path.clone(),
+        };
+        let proof = |c: &Credential| {
+            c.client_proof("https://login.example.test/t/oauth2/v2.0/token")
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={}", v.expose_secret()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            proof(&credential),
+            [
+                format!("client_assertion_type={JWT_BEARER}"),
+                "client_assertion=first".into()
+            ]
+        );
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(proof(&credential)[1], "client_assertion=second");
+        assert!(!format!("{credential:?}").contains("second"));
+
+        std::fs::write(&path, " \n").unwrap();
+        let err = read_federated_token(&path).unwrap_err();
+        assert!(err.contains("is empty") && err.contains("token"), "{err}");
+        let err = read_federated_token(&dir.path().join("missing")).unwrap_err();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn secret_is_redacted_from_debug() {
+        let credential = Credential::Secret {
+            client_id: "c".into(),
+            secret: SecretString::from("hunter2"),
+        };
+        let debug = format!("{credential:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("[redacted]"),
+            "{debug}"
+        );
+    }
+}
