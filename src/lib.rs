@@ -38,7 +38,7 @@ use crate::fleet::{FileSource, Fleet, Reloader};
 use crate::metrics::ReloadStatus;
 use crate::publisher::Publisher;
 use crate::tenants::Tenant;
-use crate::webconfig::{Security, Sources, WebConfig};
+use crate::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
 use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
 
@@ -125,9 +125,21 @@ pub struct Running {
     /// Re-reads --config.file; None without one.
     pub reloader: Option<Reloader>,
     tasks: JoinSet<()>,
+    web_config: Option<ReloadTrigger>,
 }
 
 impl Running {
+    /// Reads the web configuration and --config.file again now (SIGHUP); false when there is
+    /// neither to read.
+    pub fn reload(&self) -> bool {
+        if let Some(reloader) = self.reloader.clone() {
+            // The outcome is logged by the reload itself.
+            tokio::spawn(async move { drop(reloader.reload().await) });
+        }
+        let web = self.web_config.as_ref().inspect(|t| t.reload()).is_some();
+        web || self.reloader.is_some()
+    }
+
     /// Waits for the server and the refresher to wind down after cancellation.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
@@ -222,6 +234,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
 
     tracing::info!(
         tls = web.tls.is_some(),
+        http2 = web.http2,
         basic_auth = web.security.requires_auth(),
         "web configuration"
     );
@@ -242,13 +255,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     .into_make_service();
     let handle = axum_server::Handle::new();
     let tls = web.tls.clone().map(RustlsConfig::from_config);
+    let mut web_config = None;
     if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {
-        let reload = WebConfigReload {
-            path,
-            sources: web.sources,
-            security,
-            tls: tls.clone(),
-        };
+        let reload = WebConfigReload::new(path, &web, security, tls.clone());
+        web_config = Some(reload.trigger());
         let cancel = cancel.clone();
         let every = config.web_config_check_interval;
         tasks.spawn(async move {
@@ -257,7 +267,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     }
     let server = match tls {
         Some(tls) => {
-            let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
+            let mut server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
+            if !web.http2 {
+                server = server.http1_only();
+            }
             tokio::spawn(server.handle(handle.clone()).serve(app))
         }
         None => {
@@ -281,6 +294,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         local_addr,
         reloader,
         tasks,
+        web_config,
     })
 }
 
@@ -288,57 +302,4 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
 async fn hold_until(fleet: Fleet, cancel: CancellationToken) {
     cancel.cancelled().await;
     drop(fleet);
-}
-
-/// Reads the web configuration again when one of its files changes, as exporter-toolkit picks
-/// up changes without a restart: rotated certificates, new users. A configuration that no
-/// longer loads is logged and the previous one kept.
-struct WebConfigReload {
-    path: std::path::PathBuf,
-    sources: Sources,
-    security: Arc<ArcSwap<Security>>,
-    tls: Option<RustlsConfig>,
-}
-
-impl WebConfigReload {
-    async fn run(mut self, every: std::time::Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            let now = self.sources.now();
-            if now == self.sources {
-                continue;
-            }
-            // Remembered even when the new files fail to load, so the failure is logged once.
-            self.sources = now;
-            match WebConfig::load(&self.path) {
-                Ok(web) => self.apply(web),
-                Err(e) => tracing::warn!("{e}; keeping the previous web configuration"),
-            }
-        }
-    }
-
-    fn apply(&mut self, web: WebConfig) {
-        match (&self.tls, web.tls) {
-            (Some(current), Some(new)) => current.reload_from_config(new),
-            (None, None) => {}
-            _ => {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    "TLS cannot be turned on or off without a restart; keeping the previous web configuration"
-                );
-                return;
-            }
-        }
-        // Fail closed: a file emptied or cut short must not silently switch basic auth off.
-        if self.security.load().requires_auth() && !web.security.requires_auth() {
-            tracing::warn!(
-                path = %self.path.display(),
-                "the new web configuration has no basic_auth_users; removing basic auth needs a restart, keeping the previous web configuration"
-            );
-            return;
-        }
-        self.security.store(web.security);
-        self.sources = web.sources;
-        tracing::info!(path = %self.path.display(), "web configuration reloaded");
-    }
 }

@@ -12,3 +12,4 @@ mod promtool;
 mod protocol;
 mod serving;
 mod tenants;
+mod webconfig;
