@@ -13,13 +13,16 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod files;
+pub mod fleet;
 pub mod graph;
 pub mod http;
 pub mod metrics;
+pub mod publisher;
 pub mod refresher;
 pub mod report;
 pub mod state;
 pub mod telemetry;
+pub mod tenants;
 pub mod text;
 pub mod web;
 pub mod webconfig;
@@ -31,12 +34,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenSource;
 use crate::config::{Config, Source};
-use crate::graph::GraphClient;
-use crate::http::Limits;
-use crate::refresher::Refresher;
-use crate::state::State;
+use crate::fleet::{FileSource, Fleet, Reloader};
+use crate::metrics::ReloadStatus;
+use crate::publisher::Publisher;
+use crate::tenants::Tenant;
 use crate::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
 use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
@@ -57,6 +59,8 @@ pub enum StartError {
     Demo(std::io::Error),
     #[error(transparent)]
     WebConfig(#[from] webconfig::WebConfigError),
+    #[error("{0}")]
+    Tenants(String),
 }
 
 /// `--config.check`: everything [`start`] would use, validated without binding a port or
@@ -75,6 +79,21 @@ pub fn check_config(
         .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
         .ok();
     let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
+    if let Some(Config {
+        source: Source::File { path, defaults },
+        shard,
+        ..
+    }) = &config
+    {
+        let tenants = tenants::load(path, defaults, *shard).and_then(|specs| {
+            specs.iter().try_for_each(|s| s.resolve().map(drop))?;
+            Ok(specs.len())
+        });
+        match tenants {
+            Ok(n) => lines.push(("tenants in this shard", n.to_string())),
+            Err(e) => problems.push(e),
+        }
+    }
     match web {
         None => lines.push(("web config", "none (plain HTTP, no basic auth)".into())),
         Some((path, Ok(web))) => lines.push((
@@ -104,14 +123,22 @@ pub fn check_config(
 /// A started exporter: serving, refreshing, until its cancellation token fires.
 pub struct Running {
     pub local_addr: SocketAddr,
+    /// Re-reads --config.file; None without one.
+    pub reloader: Option<Reloader>,
     tasks: JoinSet<()>,
     web_config: Option<ReloadTrigger>,
 }
 
 impl Running {
-    /// Reads the web configuration again now (SIGHUP); false when there is none to read.
+    /// Reads the web configuration and --config.file again now (SIGHUP); false when there is
+    /// neither to read.
     pub fn reload(&self) -> bool {
-        self.web_config.as_ref().inspect(|t| t.reload()).is_some()
+        if let Some(reloader) = self.reloader.clone() {
+            // The outcome is logged by the reload itself.
+            tokio::spawn(async move { drop(reloader.reload().await) });
+        }
+        let web = self.web_config.as_ref().inspect(|t| t.reload()).is_some();
+        web || self.reloader.is_some()
     }
 
     /// Waits for the server and the refresher to wind down after cancellation.
@@ -142,36 +169,69 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
     let mut tasks = JoinSet::new();
 
-    let (tenant, identity, authority, graph) = match config.source {
+    let per_tenant = matches!(config.source, Source::File { .. });
+    let publisher = Publisher::new(per_tenant);
+    tasks.spawn(Arc::clone(&publisher).run(cancel.clone()));
+    let mut fleet = Fleet::new(fleet::Shared {
+        http,
+        timeout: config.graph_timeout,
+        max_body_bytes: config.max_body_bytes,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+        retry: config.retry,
+        interval: config.refresh_interval,
+        publisher: Arc::clone(&publisher),
+        cancel: cancel.clone(),
+    });
+    let single = |identity, authority, graph| Tenant {
+        name: None,
+        identity,
+        authority,
+        graph,
+        periods: config.periods.clone(),
+    };
+    let mut reloader = None;
+    match config.source {
         Source::Azure {
             identity,
             authority,
             graph,
-        } => (identity.tenant_id.clone(), identity, authority, graph),
+        } => {
+            fleet.start_single(single(identity, authority, graph));
+            tasks.spawn(hold_until(fleet, cancel.clone()));
+        }
         Source::Demo => {
             let demo = demo::start(cancel.clone())
                 .await
                 .map_err(StartError::Demo)?;
             tracing::info!(address = %demo.address, "demo mode: serving simulated Graph data from loopback");
             tasks.spawn(demo.server);
-            (
-                demo::TENANT.to_string(),
-                demo::identity(),
-                demo.authority,
-                demo.graph,
-            )
+            fleet.start_single(single(demo::identity(), demo.authority, demo.graph));
+            tasks.spawn(hold_until(fleet, cancel.clone()));
         }
-    };
-    let limits = || Limits {
-        timeout: config.graph_timeout,
-        max_body_bytes: config.max_body_bytes,
-    };
-    let certificate_not_after = identity.credential.certificate().map(|c| c.not_after());
-    let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
-    let graph = GraphClient::new(http, graph, tokens, limits(), config.retry);
-    let mut state = State::new(tenant, config.periods.iter());
-    state.client_certificate_not_after = certificate_not_after;
-    let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
+        Source::File { path, defaults } => {
+            let source = FileSource {
+                path,
+                defaults,
+                shard: config.shard,
+            };
+            let specs = source.load().map_err(StartError::Tenants)?;
+            let count = specs.len();
+            fleet.apply(specs).map_err(StartError::Tenants)?;
+            publisher.set_reload(ReloadStatus {
+                successful: true,
+                last_success: Some(std::time::SystemTime::now()),
+            });
+            tracing::info!(
+                path = %source.path.display(),
+                tenants = count,
+                shard = format!("{} of {}", config.shard.index, config.shard.count),
+                "tenants loaded"
+            );
+            let (handle, work) = fleet::serve_reloads(fleet, source, cancel.clone());
+            tasks.spawn(work);
+            reloader = Some(handle);
+        }
+    }
 
     tracing::info!(
         tls = web.tls.is_some(),
@@ -183,10 +243,15 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .web_config_file
         .as_ref()
         .map(|_| Arc::new(ArcSwap::new(Arc::clone(&web.security))));
+    // Published before serving, so that no snapshot lacks a configured tenant (and so looks
+    // ready with nothing to wait for).
+    publisher.assemble();
+    let lifecycle = config.enable_lifecycle.then(|| reloader.clone());
     let app = web::app(
-        refresher.published(),
+        publisher.published(),
         &config.telemetry_path,
         security.clone(),
+        lifecycle,
     )
     .into_make_service();
     let handle = axum_server::Handle::new();
@@ -225,12 +290,17 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             Err(e) => tracing::error!("HTTP server task failed: {e}"),
         }
     });
-    let mut refreshers = refresher.spawn(cancel);
-    tasks.spawn(async move { while refreshers.join_next().await.is_some() {} });
 
     Ok(Running {
         local_addr,
+        reloader,
         tasks,
         web_config,
     })
+}
+
+/// Keeps a fleet that has no reloads running until shutdown.
+async fn hold_until(fleet: Fleet, cancel: CancellationToken) {
+    cancel.cancelled().await;
+    drop(fleet);
 }

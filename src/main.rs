@@ -91,9 +91,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     signals
         .until_stop(|| {
             if running.reload() {
-                tracing::info!("SIGHUP received: reloading the web configuration");
+                tracing::info!("SIGHUP received: reloading the configuration");
             } else {
-                tracing::info!("SIGHUP received: nothing to reload (no --web.config.file)");
+                tracing::info!(
+                    "SIGHUP received: nothing to reload (no --web.config.file or --config.file)"
+                );
             }
         })
         .await;

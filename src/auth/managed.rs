@@ -93,6 +93,7 @@ impl ManagedEndpoint {
             let attempt = Limits {
                 timeout: remaining,
                 max_body_bytes: limits.max_body_bytes,
+                in_flight: limits.in_flight.clone(),
             };
             let answer = exchange(Stage::Token, request, &attempt)
                 .await
@@ -147,6 +148,7 @@ mod tests {
         let limits = Limits {
             timeout: Duration::from_secs(30),
             max_body_bytes: 1024,
+            in_flight: None,
         };
         let answer = endpoint
             .request(

@@ -445,6 +445,7 @@ mod tests {
         Limits {
             timeout: Duration::from_secs(30),
             max_body_bytes: 1024,
+            in_flight: None,
         }
     }
 

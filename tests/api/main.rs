@@ -11,4 +11,5 @@ mod process;
 mod promtool;
 mod protocol;
 mod serving;
+mod tenants;
 mod webconfig;

@@ -760,8 +760,9 @@ async fn sighup_reloads_and_sigusr_is_ignored() {
     let mut process = Process::spawn(&mut demo_json());
     process.log_line(|l| l["message"] == "sfb-exporter listening");
     process.signal("HUP");
-    process
-        .log_line(|l| l["message"] == "SIGHUP received: nothing to reload (no --web.config.file)");
+    process.log_line(|l| {
+        l["message"] == "SIGHUP received: nothing to reload (no --web.config.file or --config.file)"
+    });
     process.signal("TERM");
     assert_eq!(process.wait_exit().code(), Some(0));
 }
