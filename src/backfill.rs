@@ -45,6 +45,8 @@ impl Settings {
         Limits {
             timeout: self.timeout,
             max_body_bytes: self.max_body_bytes,
+            // One tenant after the other: nothing to bound.
+            in_flight: None,
         }
     }
 }

@@ -25,6 +25,16 @@ pub const DEFAULT_PORT: u16 = 9065;
 const GRAPH_REQUESTS_PER_WINDOW: u32 = 14;
 const GRAPH_WINDOW: Duration = Duration::from_secs(600);
 
+/// Identity variables that --config.file replaces.
+const IGNORED_WITH_FILE: [&str; 6] = [
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_FEDERATED_TOKEN_FILE",
+];
+
 const AFTER_HELP: &str = "\
 Identity (ignored with --demo), read from the environment variables the Azure SDKs use:
   AZURE_TENANT_ID                     directory (tenant) ID, required
@@ -117,6 +127,33 @@ pub struct Args {
     #[arg(long, global = true)]
     pub demo: bool,
 
+    /// YAML file listing the tenants to export (see README, "Many tenants"); the AZURE_*
+    /// identity variables are then ignored. Re-read on SIGHUP and POST /-/reload.
+    #[arg(
+        long = "config.file",
+        global = true,
+        value_name = "PATH",
+        conflicts_with = "demo"
+    )]
+    pub config_file: Option<PathBuf>,
+
+    /// Enable POST /-/reload, which re-reads --config.file.
+    #[arg(long = "web.enable-lifecycle")]
+    pub enable_lifecycle: bool,
+
+    /// Most exchanges with Graph and the identity platform in flight at once, across all tenants.
+    #[arg(long = "graph.max-concurrency", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrency: u32,
+
+    /// Replicas sharing the tenants of --config.file.
+    #[arg(long = "shard.count", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shard_count: u64,
+
+    /// This replica's shard, 0 to --shard.count minus 1: it keeps the tenants whose FNV-1a 64
+    /// hash of the lowercased tenant_id, modulo --shard.count, equals this index.
+    #[arg(long = "shard.index", value_name = "I", default_value_t = 0)]
+    pub shard_index: u64,
+
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -167,7 +204,7 @@ pub enum Cloud {
 }
 
 impl Cloud {
-    fn authority(self) -> &'static str {
+    pub fn authority(self) -> &'static str {
         match self {
             Cloud::Global => "https://login.microsoftonline.com",
             Cloud::China => "https://login.chinacloudapi.cn",
@@ -175,7 +212,7 @@ impl Cloud {
         }
     }
 
-    fn graph(self) -> &'static str {
+    pub fn graph(self) -> &'static str {
         match self {
             Cloud::Global => "https://graph.microsoft.com",
             Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
@@ -296,7 +333,7 @@ pub(crate) fn parse_telemetry_path(s: &str) -> Result<String, String> {
     if !segments.iter().all(plain) {
         return Err(bad());
     }
-    if ["/healthz", "/readyz"].contains(&path) {
+    if ["/healthz", "/readyz", "/-/reload"].contains(&path) {
         return Err(format!(
             "telemetry path {s:?} collides with a health endpoint"
         ));
@@ -304,7 +341,7 @@ pub(crate) fn parse_telemetry_path(s: &str) -> Result<String, String> {
     Ok(path.to_string())
 }
 
-fn parse_base_url(s: &str) -> Result<Url, String> {
+pub(crate) fn parse_base_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!("invalid URL {s:?}: expected http(s)://host[:port]"));
@@ -339,6 +376,49 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Which tenants of --config.file this replica keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub count: u64,
+    pub index: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { count: 1, index: 0 }
+    }
+}
+
+/// What a tenant of --config.file takes from the flags and the environment when the file
+/// leaves it out.
+#[derive(Debug, Clone)]
+pub struct TenantDefaults {
+    pub cloud: Cloud,
+    /// AZURE_AUTHORITY_HOST.
+    pub authority_host: Option<Url>,
+    /// --graph.url.
+    pub graph_url: Option<Url>,
+    pub periods: Periods,
+    /// The instance metadata service for managed_identity tenants.
+    pub imds_host: Url,
+}
+
+impl TenantDefaults {
+    /// The identity platform for a tenant of `cloud` without an authority_host of its own.
+    pub fn authority(&self, cloud: Cloud) -> Url {
+        self.authority_host
+            .clone()
+            .unwrap_or_else(|| Url::parse(cloud.authority()).expect("preset URL is valid"))
+    }
+
+    /// Graph for a tenant of `cloud` without a graph_url of its own.
+    pub fn graph(&self, cloud: Cloud) -> Url {
+        self.graph_url
+            .clone()
+            .unwrap_or_else(|| Url::parse(cloud.graph()).expect("preset URL is valid"))
+    }
+}
+
 /// Where reports come from.
 // Built once at startup; boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -352,6 +432,11 @@ pub enum Source {
     },
     /// The built-in simulation, started on loopback by the exporter itself.
     Demo,
+    /// The tenants listed in --config.file, read at startup and on reload.
+    File {
+        path: PathBuf,
+        defaults: TenantDefaults,
+    },
 }
 
 #[derive(Debug)]
@@ -367,6 +452,11 @@ pub struct Config {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub source: Source,
+    /// Bound on Graph exchanges in flight across all tenants.
+    pub max_concurrency: usize,
+    pub shard: Shard,
+    /// POST /-/reload.
+    pub enable_lifecycle: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -404,6 +494,8 @@ pub enum ConfigError {
     Certificate(#[from] CertificateError),
     #[error("{0}")]
     FederatedToken(String),
+    #[error("--shard.index {index} is out of range for --shard.count {count}: give 0 to {}", count - 1)]
+    ShardIndex { index: u64, count: u64 },
 }
 
 const SECRET_FILE: &str = "--azure.client-secret-file";
@@ -424,7 +516,15 @@ impl Config {
         args: Args,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
-        let source = if args.demo {
+        if args.shard_index >= args.shard_count {
+            return Err(vec![ConfigError::ShardIndex {
+                index: args.shard_index,
+                count: args.shard_count,
+            }]);
+        }
+        let source = if let Some(path) = &args.config_file {
+            file_source(path, &args, &env).map_err(|e| vec![e])?
+        } else if args.demo {
             Source::Demo
         } else {
             azure_source(&args, &env)?
@@ -443,6 +543,12 @@ impl Config {
                 ..RetryPolicy::default()
             },
             source,
+            max_concurrency: args.max_concurrency as usize,
+            shard: Shard {
+                count: args.shard_count,
+                index: args.shard_index,
+            },
+            enable_lifecycle: args.enable_lifecycle,
         })
     }
 
@@ -461,7 +567,7 @@ impl Config {
             Source::Azure { identity, .. } => {
                 identity.credential.certificate()?.expiry_warning(now)
             }
-            Source::Demo => None,
+            Source::Demo | Source::File { .. } => None,
         }
     }
 
@@ -470,6 +576,13 @@ impl Config {
         let mut lines = Vec::new();
         match &self.source {
             Source::Demo => lines.push(("source", "demo (built-in simulated Graph)".into())),
+            Source::File { path, .. } => {
+                lines.push(("source", format!("--config.file {}", path.display())));
+                lines.push((
+                    "shard",
+                    format!("{} of {}", self.shard.index, self.shard.count),
+                ));
+            }
             Source::Azure {
                 identity,
                 authority,
@@ -534,6 +647,46 @@ impl Config {
             )
         })
     }
+}
+
+/// --config.file: the tenants come from the file, the environment's identity is ignored.
+fn file_source(
+    path: &Path,
+    args: &Args,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Source, ConfigError> {
+    let ignored: Vec<&str> = IGNORED_WITH_FILE
+        .into_iter()
+        .filter(|name| env(name).is_some())
+        .collect();
+    if !ignored.is_empty() {
+        tracing::info!(
+            ignored = ignored.join(","),
+            "--config.file lists the tenants; the identity variables of the environment are ignored"
+        );
+    }
+    let authority_host = match set(env, "AZURE_AUTHORITY_HOST") {
+        Some(v) => Some(parse_base_url(&v).map_err(ConfigError::AuthorityHost)?),
+        None => None,
+    };
+    let imds_host = set(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
+    let imds_host =
+        parse_base_url(imds_host.as_deref().unwrap_or(IMDS_HOST)).map_err(|problem| {
+            ConfigError::Endpoint {
+                name: "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                problem,
+            }
+        })?;
+    Ok(Source::File {
+        path: path.to_path_buf(),
+        defaults: TenantDefaults {
+            cloud: args.cloud,
+            authority_host,
+            graph_url: args.graph_url.clone(),
+            periods: args.periods.clone(),
+            imds_host,
+        },
+    })
 }
 
 /// The Azure source, or every problem found on the way.
@@ -654,7 +807,7 @@ fn credential(
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
             both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
                 client_id,
-                certificate: std::sync::Arc::new(certificate),
+                certificate: Box::new(certificate),
                 send_chain,
             })
         }
@@ -702,9 +855,18 @@ fn managed_endpoint(
     };
     match (set(env, "IDENTITY_ENDPOINT"), env("IDENTITY_HEADER")) {
         (Some(endpoint), Some(header)) if !header.trim().is_empty() => {
+            let header = header.trim();
+            // Checked here, or every token request would fail as an unclear builder error.
+            if reqwest::header::HeaderValue::from_str(header).is_err() {
+                return Err(vec![ConfigError::Endpoint {
+                    name: "IDENTITY_HEADER",
+                    problem: "holds characters an HTTP header cannot carry: check how it is set"
+                        .into(),
+                }]);
+            }
             Ok(ManagedEndpoint::AppService {
                 endpoint: url("IDENTITY_ENDPOINT", &endpoint)?,
-                header: SecretString::from(header.trim().to_string()),
+                header: SecretString::from(header.to_string()),
             })
         }
         (Some(_), _) => Err(vec![ConfigError::MissingFor {
@@ -898,6 +1060,13 @@ mod tests {
         let problems =
             resolved(&["--azure.credential", "managed-identity"], &with_header).unwrap_err();
         assert!(problems[0].contains("IDENTITY_HEADER"), "{problems:?}");
+        with_header.push(("IDENTITY_HEADER", "hdr\u{7}secret"));
+        let problems =
+            resolved(&["--azure.credential", "managed-identity"], &with_header).unwrap_err();
+        assert_eq!(
+            problems,
+            ["IDENTITY_HEADER: holds characters an HTTP header cannot carry: check how it is set"]
+        );
     }
 
     #[test]

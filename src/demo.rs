@@ -87,7 +87,8 @@ async fn token(
     Path(tenant): Path<String>,
     Form(f): Form<TokenForm>,
 ) -> Response {
-    let ok = tenant == TENANT
+    // Any tenant with the demo secret, so that benches/tenants.rs can run a thousand of them.
+    let ok = !tenant.is_empty()
         && f.grant_type == "client_credentials"
         && f.client_id == CLIENT_ID
         && f.client_secret == CLIENT_SECRET

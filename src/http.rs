@@ -1,11 +1,13 @@
 //! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
 //! cap, or an error that says which limit was hit.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
+use tokio::sync::Semaphore;
 
 use crate::error::{Error, RequestId, Stage};
 use crate::text::one_line;
@@ -14,6 +16,8 @@ use crate::text::one_line;
 pub struct Limits {
     pub timeout: Duration,
     pub max_body_bytes: u64,
+    /// Shared by every tenant: bounds the exchanges in flight (--graph.max-concurrency).
+    pub in_flight: Option<Arc<Semaphore>>,
 }
 
 pub struct Answer {
@@ -81,6 +85,11 @@ pub async fn exchange(
     limits: &Limits,
 ) -> Result<Answer, Error> {
     let timeout = limits.timeout;
+    // Waiting for a slot is not part of the exchange's own timeout.
+    let _slot = match &limits.in_flight {
+        Some(slots) => Some(Arc::clone(slots).acquire_owned().await),
+        None => None,
+    };
     let work = async {
         let mut response = request
             .send()
@@ -145,6 +154,30 @@ mod tests {
             headers,
             body: Bytes::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exchanges_wait_for_a_free_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let held = Arc::clone(&slots).acquire_owned().await.unwrap();
+        let limits = Limits {
+            timeout: Duration::from_secs(1),
+            max_body_bytes: 1024,
+            in_flight: Some(Arc::clone(&slots)),
+        };
+        let client = reqwest::Client::new();
+        let request = || client.get("http://127.0.0.1:9/");
+        let blocked = tokio::time::timeout(
+            Duration::from_secs(3600),
+            exchange(Stage::Report, request(), &limits),
+        )
+        .await;
+        assert!(blocked.is_err(), "an exchange went ahead without a slot");
+        drop(held);
+        // With the slot free it goes ahead (and fails, nothing listens there).
+        let done = exchange(Stage::Report, request(), &limits).await;
+        assert!(done.is_err());
+        assert_eq!(slots.available_permits(), 1, "the slot is given back");
     }
 
     #[test]

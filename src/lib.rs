@@ -13,13 +13,17 @@ pub mod backfill;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod files;
+pub mod fleet;
 pub mod graph;
 pub mod http;
 pub mod metrics;
+pub mod publisher;
 pub mod refresher;
 pub mod report;
 pub mod state;
 pub mod telemetry;
+pub mod tenants;
 pub mod text;
 pub mod web;
 pub mod webconfig;
@@ -31,13 +35,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenSource;
 use crate::config::{Config, Source};
-use crate::graph::GraphClient;
-use crate::http::Limits;
-use crate::refresher::Refresher;
-use crate::state::State;
-use crate::webconfig::{Security, Sources, WebConfig};
+use crate::fleet::{FileSource, Fleet, Reloader};
+use crate::metrics::ReloadStatus;
+use crate::publisher::Publisher;
+use crate::tenants::Tenant;
+use crate::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
 use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
 
@@ -57,6 +60,8 @@ pub enum StartError {
     Demo(std::io::Error),
     #[error(transparent)]
     WebConfig(#[from] webconfig::WebConfigError),
+    #[error("{0}")]
+    Tenants(String),
 }
 
 /// `--config.check`: everything [`start`] would use, validated without binding a port or
@@ -75,6 +80,21 @@ pub fn check_config(
         .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
         .ok();
     let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
+    if let Some(Config {
+        source: Source::File { path, defaults },
+        shard,
+        ..
+    }) = &config
+    {
+        let tenants = tenants::load(path, defaults, *shard).and_then(|specs| {
+            specs.iter().try_for_each(|s| s.resolve().map(drop))?;
+            Ok(specs.len())
+        });
+        match tenants {
+            Ok(n) => lines.push(("tenants in this shard", n.to_string())),
+            Err(e) => problems.push(e),
+        }
+    }
     match web {
         None => lines.push(("web config", "none (plain HTTP, no basic auth)".into())),
         Some((path, Ok(web))) => lines.push((
@@ -109,27 +129,45 @@ pub async fn backfill(config: Config, period: report::Period) -> anyhow::Result<
     let cancel = CancellationToken::new();
     // Cancels the demo Graph on every way out, errors included.
     let _stop_demo = cancel.clone().drop_guard();
-    let tenant = match config.source {
+    let tenants = match config.source {
         Source::Azure {
             identity,
             authority,
             graph,
-        } => backfill::Tenant {
+        } => vec![backfill::Tenant {
             label: identity.tenant_id.clone(),
             identity,
             authority,
             graph,
-        },
+        }],
         Source::Demo => {
             let demo = demo::start(cancel).await.map_err(StartError::Demo)?;
             tokio::spawn(demo.server);
-            backfill::Tenant {
+            vec![backfill::Tenant {
                 label: demo::TENANT.to_string(),
                 identity: demo::identity(),
                 authority: demo.authority,
                 graph: demo.graph,
-            }
+            }]
         }
+        // Every tenant of the file (of this shard, with --shard.*), labelled by tenant ID as
+        // the live metrics are.
+        Source::File { path, defaults } => tenants::load(&path, &defaults, config.shard)
+            .and_then(|specs| {
+                specs
+                    .iter()
+                    .map(|spec| spec.resolve())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(StartError::Tenants)?
+            .into_iter()
+            .map(|tenant| backfill::Tenant {
+                label: tenant.identity.tenant_id.clone(),
+                identity: tenant.identity,
+                authority: tenant.authority,
+                graph: tenant.graph,
+            })
+            .collect(),
     };
     let settings = backfill::Settings {
         http,
@@ -138,16 +176,30 @@ pub async fn backfill(config: Config, period: report::Period) -> anyhow::Result<
         retry: config.retry,
         period,
     };
-    Ok(backfill::collect(vec![tenant], &settings).await?)
+    Ok(backfill::collect(tenants, &settings).await?)
 }
 
 /// A started exporter: serving, refreshing, until its cancellation token fires.
 pub struct Running {
     pub local_addr: SocketAddr,
+    /// Re-reads --config.file; None without one.
+    pub reloader: Option<Reloader>,
     tasks: JoinSet<()>,
+    web_config: Option<ReloadTrigger>,
 }
 
 impl Running {
+    /// Reads the web configuration and --config.file again now (SIGHUP); false when there is
+    /// neither to read.
+    pub fn reload(&self) -> bool {
+        if let Some(reloader) = self.reloader.clone() {
+            // The outcome is logged by the reload itself.
+            tokio::spawn(async move { drop(reloader.reload().await) });
+        }
+        let web = self.web_config.as_ref().inspect(|t| t.reload()).is_some();
+        web || self.reloader.is_some()
+    }
+
     /// Waits for the server and the refresher to wind down after cancellation.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
@@ -176,39 +228,73 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
     let mut tasks = JoinSet::new();
 
-    let (tenant, identity, authority, graph) = match config.source {
+    let per_tenant = matches!(config.source, Source::File { .. });
+    let publisher = Publisher::new(per_tenant);
+    tasks.spawn(Arc::clone(&publisher).run(cancel.clone()));
+    let mut fleet = Fleet::new(fleet::Shared {
+        http,
+        timeout: config.graph_timeout,
+        max_body_bytes: config.max_body_bytes,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+        retry: config.retry,
+        interval: config.refresh_interval,
+        publisher: Arc::clone(&publisher),
+        cancel: cancel.clone(),
+    });
+    let single = |identity, authority, graph| Tenant {
+        name: None,
+        identity,
+        authority,
+        graph,
+        periods: config.periods.clone(),
+    };
+    let mut reloader = None;
+    match config.source {
         Source::Azure {
             identity,
             authority,
             graph,
-        } => (identity.tenant_id.clone(), identity, authority, graph),
+        } => {
+            fleet.start_single(single(identity, authority, graph));
+            tasks.spawn(hold_until(fleet, cancel.clone()));
+        }
         Source::Demo => {
             let demo = demo::start(cancel.clone())
                 .await
                 .map_err(StartError::Demo)?;
             tracing::info!(address = %demo.address, "demo mode: serving simulated Graph data from loopback");
             tasks.spawn(demo.server);
-            (
-                demo::TENANT.to_string(),
-                demo::identity(),
-                demo.authority,
-                demo.graph,
-            )
+            fleet.start_single(single(demo::identity(), demo.authority, demo.graph));
+            tasks.spawn(hold_until(fleet, cancel.clone()));
         }
-    };
-    let limits = || Limits {
-        timeout: config.graph_timeout,
-        max_body_bytes: config.max_body_bytes,
-    };
-    let certificate_not_after = identity.credential.certificate().map(|c| c.not_after());
-    let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
-    let graph = GraphClient::new(http, graph, tokens, limits(), config.retry);
-    let mut state = State::new(tenant, config.periods.iter());
-    state.client_certificate_not_after = certificate_not_after;
-    let refresher = Arc::new(Refresher::new(graph, state, config.refresh_interval));
+        Source::File { path, defaults } => {
+            let source = FileSource {
+                path,
+                defaults,
+                shard: config.shard,
+            };
+            let specs = source.load().map_err(StartError::Tenants)?;
+            let count = specs.len();
+            fleet.apply(specs).map_err(StartError::Tenants)?;
+            publisher.set_reload(ReloadStatus {
+                successful: true,
+                last_success: Some(std::time::SystemTime::now()),
+            });
+            tracing::info!(
+                path = %source.path.display(),
+                tenants = count,
+                shard = format!("{} of {}", config.shard.index, config.shard.count),
+                "tenants loaded"
+            );
+            let (handle, work) = fleet::serve_reloads(fleet, source, cancel.clone());
+            tasks.spawn(work);
+            reloader = Some(handle);
+        }
+    }
 
     tracing::info!(
         tls = web.tls.is_some(),
+        http2 = web.http2,
         basic_auth = web.security.requires_auth(),
         "web configuration"
     );
@@ -216,21 +302,23 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .web_config_file
         .as_ref()
         .map(|_| Arc::new(ArcSwap::new(Arc::clone(&web.security))));
+    // Published before serving, so that no snapshot lacks a configured tenant (and so looks
+    // ready with nothing to wait for).
+    publisher.assemble();
+    let lifecycle = config.enable_lifecycle.then(|| reloader.clone());
     let app = web::app(
-        refresher.published(),
+        publisher.published(),
         &config.telemetry_path,
         security.clone(),
+        lifecycle,
     )
     .into_make_service();
     let handle = axum_server::Handle::new();
     let tls = web.tls.clone().map(RustlsConfig::from_config);
+    let mut web_config = None;
     if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {
-        let reload = WebConfigReload {
-            path,
-            sources: web.sources,
-            security,
-            tls: tls.clone(),
-        };
+        let reload = WebConfigReload::new(path, &web, security, tls.clone());
+        web_config = Some(reload.trigger());
         let cancel = cancel.clone();
         let every = config.web_config_check_interval;
         tasks.spawn(async move {
@@ -239,7 +327,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     }
     let server = match tls {
         Some(tls) => {
-            let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
+            let mut server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
+            if !web.http2 {
+                server = server.http1_only();
+            }
             tokio::spawn(server.handle(handle.clone()).serve(app))
         }
         None => {
@@ -258,61 +349,17 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             Err(e) => tracing::error!("HTTP server task failed: {e}"),
         }
     });
-    let mut refreshers = refresher.spawn(cancel);
-    tasks.spawn(async move { while refreshers.join_next().await.is_some() {} });
 
-    Ok(Running { local_addr, tasks })
+    Ok(Running {
+        local_addr,
+        reloader,
+        tasks,
+        web_config,
+    })
 }
 
-/// Reads the web configuration again when one of its files changes, as exporter-toolkit picks
-/// up changes without a restart: rotated certificates, new users. A configuration that no
-/// longer loads is logged and the previous one kept.
-struct WebConfigReload {
-    path: std::path::PathBuf,
-    sources: Sources,
-    security: Arc<ArcSwap<Security>>,
-    tls: Option<RustlsConfig>,
-}
-
-impl WebConfigReload {
-    async fn run(mut self, every: std::time::Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            let now = self.sources.now();
-            if now == self.sources {
-                continue;
-            }
-            // Remembered even when the new files fail to load, so the failure is logged once.
-            self.sources = now;
-            match WebConfig::load(&self.path) {
-                Ok(web) => self.apply(web),
-                Err(e) => tracing::warn!("{e}; keeping the previous web configuration"),
-            }
-        }
-    }
-
-    fn apply(&mut self, web: WebConfig) {
-        match (&self.tls, web.tls) {
-            (Some(current), Some(new)) => current.reload_from_config(new),
-            (None, None) => {}
-            _ => {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    "TLS cannot be turned on or off without a restart; keeping the previous web configuration"
-                );
-                return;
-            }
-        }
-        // Fail closed: a file emptied or cut short must not silently switch basic auth off.
-        if self.security.load().requires_auth() && !web.security.requires_auth() {
-            tracing::warn!(
-                path = %self.path.display(),
-                "the new web configuration has no basic_auth_users; removing basic auth needs a restart, keeping the previous web configuration"
-            );
-            return;
-        }
-        self.security.store(web.security);
-        self.sources = web.sources;
-        tracing::info!(path = %self.path.display(), "web configuration reloaded");
-    }
+/// Keeps a fleet that has no reloads running until shutdown.
+async fn hold_until(fleet: Fleet, cancel: CancellationToken) {
+    cancel.cancelled().await;
+    drop(fleet);
 }

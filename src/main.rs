@@ -82,7 +82,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let running = tokio::select! {
         running = start(config, cancel.clone()) => running?,
-        () = signals.recv() => return Ok(()),
+        () = signals.until_stop(|| tracing::info!("SIGHUP received while starting: the configuration is being read now")) => return Ok(()),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -91,7 +91,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         refresh_interval = interval,
         "sfb-exporter listening"
     );
-    signals.recv().await;
+    signals
+        .until_stop(|| {
+            if running.reload() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+            } else {
+                tracing::info!(
+                    "SIGHUP received: nothing to reload (no --web.config.file or --config.file)"
+                );
+            }
+        })
+        .await;
     tracing::info!("shutting down");
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, running.wait())
@@ -122,23 +132,40 @@ async fn backfill(args: Args, options: BackfillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGTERM and SIGINT stop; SIGHUP reloads what can be reloaded; SIGUSR1 and SIGUSR2 are
+/// logged and ignored (their default action would end the process).
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
     fn install() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
         Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+            usr1: install(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: install(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+    /// Returns on SIGTERM or SIGINT; calls `reload` on each SIGHUP meanwhile.
+    async fn until_stop(&mut self, reload: impl Fn()) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => reload(),
+                _ = self.usr1.recv() => tracing::info!("SIGUSR1 received: ignored"),
+                _ = self.usr2.recv() => tracing::info!("SIGUSR2 received: ignored"),
+            }
         }
     }
 }

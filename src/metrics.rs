@@ -1,8 +1,12 @@
-//! The published state to the Prometheus text exposition, rendered once per refresh.
+//! The published state to the Prometheus text exposition.
 //!
+//! Each tenant's series are rendered once per refresh of that tenant into a [`Fragment`], cut
+//! into metric families; the body is assembled from the fragments so that each family stays
+//! contiguous under one HELP and TYPE, and a refresh of one tenant never re-renders the others.
 //! A fresh registry per render keeps this a pure function of the state: no series outlives
 //! the state it came from, and nothing global is touched.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
@@ -34,9 +38,85 @@ impl BuildInfo {
 
 const ACTIVITY_HELP: &str = "Conference time organized in the tenant on the newest day of the Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (Graph's minutes x 60). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
 
+/// One metric family of a rendered text: its HELP and TYPE lines, and its sample lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: String,
+    pub head: String,
+    pub samples: String,
+}
+
+/// Rendered series cut into families, in name order.
+pub type Fragment = Vec<Family>;
+
+/// What the exporter says about itself and its configuration, outside any one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Globals<'a> {
+    /// `sfb_tenant_info`: tenants that have a name, as (tenant, name).
+    pub tenant_names: Vec<(&'a str, &'a str)>,
+    pub reload: Option<ReloadStatus>,
+}
+
+/// Outcome of loading --config.file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadStatus {
+    pub successful: bool,
+    pub last_success: Option<SystemTime>,
+}
+
 const PERIOD_ACTIVITY_HELP: &str = "Conference time organized in the tenant over every day of the period's Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (the sum of Graph's minutes x 60 over all rows). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
 
+/// The whole exposition for a single tenant, as served without --config.file.
 pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Error> {
+    let globals = render_globals(build, &Globals::default())?;
+    let tenant = render_tenant(state)?;
+    Ok(assemble([&globals, &tenant]))
+}
+
+/// The series of the exporter itself: build and tenant info, reload status.
+pub fn render_globals(build: &BuildInfo, globals: &Globals) -> Result<Fragment, prometheus::Error> {
+    let registry = Registry::new();
+    let build_info = gauge(
+        &registry,
+        "sfb_build_info",
+        "A metric with a constant 1 value labelled by the version and the source revision of the exporter.",
+        &["version", "revision"],
+    )?;
+    build_info
+        .with_label_values(&[build.version, build.revision])
+        .set(1.0);
+    let tenant_info = gauge(
+        &registry,
+        "sfb_tenant_info",
+        "A metric with a constant 1 value for each tenant of --config.file that has a name; join on tenant to label series with it.",
+        &["tenant", "name"],
+    )?;
+    for (tenant, name) in &globals.tenant_names {
+        tenant_info.with_label_values(&[tenant, name]).set(1.0);
+    }
+    if let Some(reload) = globals.reload {
+        let ok = gauge(
+            &registry,
+            "sfb_config_last_reload_successful",
+            "1 if the last load of --config.file succeeded, else 0.",
+            &[],
+        )?;
+        ok.with_label_values::<&str>(&[])
+            .set(if reload.successful { 1.0 } else { 0.0 });
+        let at = gauge(
+            &registry,
+            "sfb_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load of --config.file.",
+            &[],
+        )?;
+        at.with_label_values::<&str>(&[])
+            .set(reload.last_success.map_or(0.0, unix_seconds));
+    }
+    encode(&registry)
+}
+
+/// One tenant's series.
+pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
     let registry = Registry::new();
     let per_period = ["tenant", "period"];
 
@@ -90,16 +170,7 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
         &["tenant", "period", "reason"],
     )?;
     registry.register(Box::new(failures.clone()))?;
-    let build_info = gauge(
-        &registry,
-        "sfb_build_info",
-        "A metric with a constant 1 value labelled by the version and the source revision of the exporter.",
-        &["version", "revision"],
-    )?;
 
-    build_info
-        .with_label_values(&[build.version, build.revision])
-        .set(1.0);
     let tenant = state.tenant.as_str();
     if let Some(not_after) = state.client_certificate_not_after {
         gauge(
@@ -159,9 +230,61 @@ pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Er
         set_seconds(&activity, &labels, minutes.map(|m| m as f64));
     }
 
+    encode(&registry)
+}
+
+fn encode(registry: &Registry) -> Result<Fragment, prometheus::Error> {
     let mut out = Vec::with_capacity(4096);
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
-    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    let text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+    Ok(families(&text))
+}
+
+/// Cuts a text exposition into its families; each begins at its `# HELP` line.
+fn families(text: &str) -> Fragment {
+    let mut out: Fragment = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default().trim_end();
+            out.push(Family {
+                name: name.to_string(),
+                head: String::new(),
+                samples: String::new(),
+            });
+        }
+        let Some(family) = out.last_mut() else {
+            continue;
+        };
+        if line.starts_with('#') {
+            family.head.push_str(line);
+        } else {
+            family.samples.push_str(line);
+        }
+    }
+    out
+}
+
+/// The exposition from fragments: families in name order, each under one HELP and TYPE with
+/// the samples of every fragment in the order given.
+pub fn assemble<'a>(fragments: impl IntoIterator<Item = &'a Fragment>) -> String {
+    let mut by_name: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
+    let mut len = 0;
+    for family in fragments.into_iter().flatten() {
+        len += family.samples.len();
+        by_name
+            .entry(&family.name)
+            .or_insert_with(|| (&family.head, Vec::new()))
+            .1
+            .push(&family.samples);
+    }
+    let mut out = String::with_capacity(len + by_name.len() * 256);
+    for (head, samples) in by_name.values() {
+        out.push_str(head);
+        for s in samples {
+            out.push_str(s);
+        }
+    }
+    out
 }
 
 fn gauge(
@@ -296,6 +419,38 @@ mod tests {
         assert!(
             body.contains(r#"sfb_refresh_failures_total{period="D7",reason="auth",tenant="t"} 0"#),
             "{body}"
+        );
+    }
+
+    #[test]
+    fn fragments_assemble_into_contiguous_families() {
+        let a = render_tenant(&sample_state()).unwrap();
+        let b = render_tenant(&State::new("tenant-2", [Period::D7])).unwrap();
+        let globals = Globals {
+            tenant_names: vec![("tenant-2", "Fabrikam")],
+            reload: Some(ReloadStatus {
+                successful: true,
+                last_success: Some(UNIX_EPOCH + Duration::from_secs(7)),
+            }),
+        };
+        let globals = render_globals(&BUILD, &globals).unwrap();
+        let body = assemble([&globals, &a, &b]);
+        let helps: Vec<&str> = body.lines().filter(|l| l.starts_with("# HELP")).collect();
+        let mut unique = helps.clone();
+        unique.dedup();
+        assert_eq!(helps, unique, "one HELP per family");
+        let failures = body.find("# HELP sfb_refresh_failures_total").unwrap();
+        let tenant_2 = body
+            .find(r#"sfb_refresh_failures_total{period="D7",reason="auth",tenant="tenant-2"}"#)
+            .unwrap();
+        let next = body[failures + 1..].find("# HELP").unwrap() + failures + 1;
+        assert!(failures < tenant_2 && tenant_2 < next, "{body}");
+        assert!(body.contains(r#"sfb_tenant_info{name="Fabrikam",tenant="tenant-2"} 1"#));
+        assert!(body.contains("sfb_config_last_reload_successful 1\n"));
+        assert!(body.contains("sfb_config_last_reload_success_timestamp_seconds 7\n"));
+        assert_eq!(
+            render(&sample_state(), &BUILD).unwrap(),
+            assemble([&render_globals(&BUILD, &Globals::default()).unwrap(), &a])
         );
     }
 

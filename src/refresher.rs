@@ -1,49 +1,50 @@
-//! The background loop: one task per period, each on its own clock, so that a slow or failing
-//! period never holds up another. Each outcome updates the state and publishes a new snapshot.
+//! The background loop of one tenant: one task per period, each on its own clock, so that a
+//! slow or failing period never holds up another. Each outcome updates the tenant's state and
+//! hands it to the publisher.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Stage};
 use crate::graph::{Fetched, GraphClient};
-use crate::metrics::{render, BuildInfo};
+use crate::publisher::Publisher;
 use crate::report;
 use crate::report::Period;
-use crate::state::{Accepted, Attempt, Published, State};
+use crate::state::{Accepted, Attempt, State};
 
 pub struct Refresher {
     graph: GraphClient,
     interval: Duration,
-    /// Only the refresher writes; the lock orders publications so an older snapshot never
+    /// Only the refresher writes; the lock orders publications so an older state never
     /// replaces a newer one.
     state: Mutex<State>,
-    published: Arc<ArcSwap<Published>>,
+    publisher: Arc<Publisher>,
+    /// This start of the tenant, as the publisher knows it.
+    generation: u64,
 }
 
 impl Refresher {
-    pub fn new(graph: GraphClient, state: State, interval: Duration) -> Refresher {
-        let published = Arc::new(ArcSwap::from_pointee(Published::new(
-            state.clone(),
-            Default::default(),
-        )));
-        let refresher = Refresher {
+    /// One tenant's refresher; its (empty) state is published at once.
+    pub fn new(
+        graph: GraphClient,
+        state: State,
+        name: Option<String>,
+        interval: Duration,
+        publisher: Arc<Publisher>,
+        generation: u64,
+    ) -> Refresher {
+        publisher.insert(generation, name, state.clone());
+        Refresher {
             graph,
             interval,
             state: Mutex::new(state),
-            published,
-        };
-        refresher.publish(&refresher.lock());
-        refresher
-    }
-
-    /// The handle handlers read snapshots from.
-    pub fn published(&self) -> Arc<ArcSwap<Published>> {
-        Arc::clone(&self.published)
+            publisher,
+            generation,
+        }
     }
 
     /// Starts one loop per period; they end when `cancel` fires, abandoning any request in flight.
@@ -137,18 +138,7 @@ impl Refresher {
                 });
             }
         }
-        self.publish(&state);
-    }
-
-    fn publish(&self, state: &State) {
-        match render(state, &BuildInfo::CURRENT) {
-            Ok(body) => self
-                .published
-                .store(Arc::new(Published::new(state.clone(), body.into()))),
-            Err(e) => {
-                tracing::error!("cannot render metrics, keeping the previous exposition: {e}")
-            }
-        }
+        self.publisher.update(self.generation, state.clone());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

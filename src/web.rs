@@ -12,32 +12,38 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::fleet::Reloader;
 use crate::metrics::CONTENT_TYPE;
 use crate::report::Period;
-use crate::state::{Attempt, Published};
+use crate::state::{Attempt, Published, State};
 use crate::webconfig::{guard, Security};
 
 #[derive(Clone)]
 struct AppState {
     published: Arc<ArcSwap<Published>>,
     landing: Bytes,
+    lifecycle: Option<Option<Reloader>>,
 }
 
 /// `security` is None without a web config: then there is nothing to guard, and the scrape
-/// path stays free of the layer.
+/// path stays free of the layer. `lifecycle` is None without --web.enable-lifecycle, and holds
+/// None without --config.file (nothing to reload).
 pub fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
     security: Option<Arc<ArcSwap<Security>>>,
+    lifecycle: Option<Option<Reloader>>,
 ) -> Router {
     let state = AppState {
         published,
         landing: landing_page(telemetry_path).into(),
+        lifecycle,
     };
     let router = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/-/reload", axum::routing::post(reload))
         .route(telemetry_path, get(metrics))
         .with_state(state);
     match security {
@@ -100,6 +106,23 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
     gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
+/// POST /-/reload, as Prometheus has it: 403 unless --web.enable-lifecycle, 500 with the
+/// reason when the file does not load.
+async fn reload(Extract(s): Extract<AppState>) -> Response {
+    match &s.lifecycle {
+        None => (StatusCode::FORBIDDEN, "Lifecycle API is not enabled.\n").into_response(),
+        Some(None) => "nothing to reload: no --config.file\n".into_response(),
+        Some(Some(reloader)) => match reloader.reload().await {
+            Ok(_) => StatusCode::OK.into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed to reload config: {e}\n"),
+            )
+                .into_response(),
+        },
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -107,7 +130,18 @@ async fn healthz() -> &'static str {
 #[derive(Serialize)]
 struct Readiness {
     ready: bool,
-    /// In period order: D7, D30, D90, D180.
+    /// In period order: D7, D30, D90, D180. Without --config.file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    periods: Option<BTreeMap<Period, PeriodReadiness>>,
+    /// By tenant ID. With --config.file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenants: Option<BTreeMap<String, TenantReadiness>>,
+}
+
+#[derive(Serialize)]
+struct TenantReadiness {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     periods: BTreeMap<Period, PeriodReadiness>,
 }
 
@@ -121,8 +155,47 @@ struct PeriodReadiness {
 
 async fn readyz(Extract(s): Extract<AppState>) -> Response {
     let published = s.published.load();
-    let state = &published.state;
-    let periods = state
+    let ready = published.ready();
+    let readiness = if published.per_tenant {
+        let tenants = published
+            .tenants
+            .iter()
+            .map(|(id, t)| {
+                let readiness = TenantReadiness {
+                    name: t.name.clone(),
+                    periods: periods(&t.state),
+                };
+                (id.clone(), readiness)
+            })
+            .collect();
+        Readiness {
+            ready,
+            periods: None,
+            tenants: Some(tenants),
+        }
+    } else {
+        let periods = published
+            .tenants
+            .values()
+            .next()
+            .map(|t| periods(&t.state))
+            .unwrap_or_default();
+        Readiness {
+            ready,
+            periods: Some(periods),
+            tenants: None,
+        }
+    };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
+}
+
+fn periods(state: &State) -> BTreeMap<Period, PeriodReadiness> {
+    state
         .periods
         .iter()
         .map(|(period, p)| {
@@ -142,14 +215,7 @@ async fn readyz(Extract(s): Extract<AppState>) -> Response {
             };
             (*period, readiness)
         })
-        .collect();
-    let ready = state.ready();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(Readiness { ready, periods })).into_response()
+        .collect()
 }
 
 async fn landing(Extract(s): Extract<AppState>) -> Html<Bytes> {
@@ -175,7 +241,6 @@ fn landing_page(telemetry_path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::State;
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
@@ -243,7 +308,7 @@ x 1
     #[tokio::test]
     async fn routes() {
         let snapshot = published(State::new("t", [Period::D7, Period::D30]));
-        let app = app(Arc::clone(&snapshot), "/custom", None);
+        let app = app(Arc::clone(&snapshot), "/custom", None, None);
         assert_eq!(
             get(&app, "/custom").await,
             (
@@ -263,7 +328,7 @@ x 1
     async fn readiness_follows_the_snapshot() {
         let mut state = State::new("t", [Period::D7, Period::D30]);
         let snapshot = published(state.clone());
-        let app = app(Arc::clone(&snapshot), "/metrics", None);
+        let app = app(Arc::clone(&snapshot), "/metrics", None, None);
 
         let (status, ctype, body) = get(&app, "/readyz").await;
         assert_eq!(
@@ -303,7 +368,6 @@ x 1
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::state::State;
     use proptest::prelude::*;
 
     proptest! {
@@ -312,7 +376,7 @@ mod properties {
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
             if let Ok(path) = crate::config::parse_telemetry_path(&path) {
                 let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
-                let built = std::panic::catch_unwind(|| app(published, &path, None));
+                let built = std::panic::catch_unwind(|| app(published, &path, None, None));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);
             }
         }

@@ -2,7 +2,6 @@
 //! client assertion signed with that key for every token request.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
+use crate::files::read_regular;
 
 /// Entra ID accepts assertions valid for at most 10 minutes.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
@@ -65,10 +65,8 @@ impl ClientCertificate {
             path: path.to_path_buf(),
             problem,
         };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
-            .map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        let bytes =
+            read_regular(path, MAX_FILE).map_err(|e| fail(format!("cannot read the file: {e}")))?;
         if bytes.len() as u64 > MAX_FILE {
             return Err(fail("larger than 1 MiB: is it the right file?".into()));
         }
@@ -409,6 +407,18 @@ mod tests {
             assert!(!message.contains("wrong-password-77"), "{message}");
             assert_eq!(message.lines().count(), 1, "{message}");
         }
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cert.pem");
+        crate::files::make_fifo(&fifo);
+        let message = crate::files::without_blocking(move || {
+            ClientCertificate::load(&fifo, None)
+                .unwrap_err()
+                .to_string()
+        });
+        assert!(
+            message.contains("cert.pem: cannot read the file: not a regular file"),
+            "{message}"
+        );
         let message = ClientCertificate::load(Path::new("/nonexistent/cert.pem"), None)
             .unwrap_err()
             .to_string();

@@ -2,16 +2,15 @@
 //! environment, and the form fields each adds to a token request.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 
 use super::certificate::ClientCertificate;
 use super::managed::ManagedEndpoint;
 use crate::error::Error;
+use crate::files::read_regular;
 
 /// The `client_assertion_type` of certificate and federated (workload identity) assertions.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -26,7 +25,8 @@ pub enum Credential {
     },
     Certificate {
         client_id: String,
-        certificate: Arc<ClientCertificate>,
+        /// Boxed: the RSA key pair is large beside the other kinds.
+        certificate: Box<ClientCertificate>,
         /// Put the chain into the assertion's `x5c` header (subject name/issuer authentication).
         send_chain: bool,
     },
@@ -90,9 +90,11 @@ impl Credential {
 
     /// The form fields that authenticate the client at `token_url`: the secret, or a fresh
     /// assertion. Managed identity has none: its endpoint takes no client authentication.
-    pub(super) fn client_proof(
+    /// `timeout` bounds the read of a federated token file.
+    pub(super) async fn client_proof(
         &self,
         token_url: &str,
+        timeout: Duration,
     ) -> Result<Vec<(&'static str, SecretString)>, Error> {
         let assertion = match self {
             Credential::Secret { secret, .. } => {
@@ -104,7 +106,7 @@ impl Credential {
                 send_chain,
             } => certificate.assertion(client_id, token_url, *send_chain, SystemTime::now())?,
             Credential::WorkloadIdentity { token_file, .. } => {
-                read_federated_token(token_file).map_err(Error::Credential)?
+                read_federated_token_within(token_file, timeout).await?
             }
             Credential::ManagedIdentity { .. } => return Ok(Vec::new()),
         };
@@ -112,6 +114,28 @@ impl Credential {
             ("client_assertion_type", SecretString::from(JWT_BEARER)),
             ("client_assertion", assertion),
         ])
+    }
+}
+
+/// [`read_federated_token`] on a blocking thread, given up after `timeout`: a file on a slow or
+/// hung network filesystem must stall neither a runtime worker nor the refresh.
+async fn read_federated_token_within(
+    path: &Path,
+    timeout: Duration,
+) -> Result<SecretString, Error> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || read_federated_token(&owned));
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(token)) => token.map_err(Error::Credential),
+        Ok(Err(_)) => Err(Error::Credential(format!(
+            "reading AZURE_FEDERATED_TOKEN_FILE {} failed",
+            path.display()
+        ))),
+        Err(_) => Err(Error::Credential(format!(
+            "AZURE_FEDERATED_TOKEN_FILE {} could not be read within {}: is its filesystem hung?",
+            path.display(),
+            humantime::format_duration(timeout)
+        ))),
     }
 }
 
@@ -124,18 +148,19 @@ pub fn read_federated_token(path: &Path) -> Result<SecretString, String> {
             path.display()
         )
     };
-    let mut raw = String::new();
-    std::fs::File::open(path)
-        .map_err(fail)?
-        .take(MAX_TOKEN_FILE + 1)
-        .read_to_string(&mut raw)
-        .map_err(fail)?;
+    let raw = read_regular(path, MAX_TOKEN_FILE).map_err(fail)?;
     if raw.len() as u64 > MAX_TOKEN_FILE {
         return Err(format!(
             "AZURE_FEDERATED_TOKEN_FILE {} is larger than 64 KiB: is it the right file?",
             path.display()
         ));
     }
+    let raw = String::from_utf8(raw).map_err(|_| {
+        format!(
+            "AZURE_FEDERATED_TOKEN_FILE {} is not text: is it the right file?",
+            path.display()
+        )
+    })?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!(
@@ -151,8 +176,8 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    #[test]
-    fn federated_token_file_is_read_fresh_and_trimmed() {
+    #[tokio::test]
+    async fn federated_token_file_is_read_fresh_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
@@ -160,22 +185,26 @@ mod tests {
             client_id: "c".into(),
             token_file: path.clone(),
         };
-        let proof = |c: &Credential| {
-            c.client_proof("https://login.example.test/t/oauth2/v2.0/token")
-                .unwrap()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={}", v.expose_secret()))
-                .collect::<Vec<_>>()
-        };
+        async fn proof(c: &Credential) -> Vec<String> {
+            c.client_proof(
+                "https://login.example.test/t/oauth2/v2.0/token",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", v.expose_secret()))
+            .collect()
+        }
         assert_eq!(
-            proof(&credential),
+            proof(&credential).await,
             [
                 format!("client_assertion_type={JWT_BEARER}"),
                 "client_assertion=first".into()
             ]
         );
         std::fs::write(&path, "second").unwrap();
-        assert_eq!(proof(&credential)[1], "client_assertion=second");
+        assert_eq!(proof(&credential).await[1], "client_assertion=second");
         assert!(!format!("{credential:?}").contains("second"));
 
         std::fs::write(&path, " \n").unwrap();
@@ -183,6 +212,12 @@ mod tests {
         assert!(err.contains("is empty") && err.contains("token"), "{err}");
         let err = read_federated_token(&dir.path().join("missing")).unwrap_err();
         assert!(err.contains("missing"), "{err}");
+
+        // A FIFO would block the reader until something writes to it: refused at once.
+        let fifo = dir.path().join("fifo");
+        crate::files::make_fifo(&fifo);
+        let err = crate::files::without_blocking(move || read_federated_token(&fifo).unwrap_err());
+        assert!(err.contains("fifo: not a regular file"), "{err}");
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl ManagedEndpoint {
             let attempt = Limits {
                 timeout: remaining,
                 max_body_bytes: limits.max_body_bytes,
+                in_flight: limits.in_flight.clone(),
             };
             let answer = exchange(Stage::Token, request, &attempt)
                 .await
@@ -110,7 +111,8 @@ impl ManagedEndpoint {
                 return Ok(answer);
             }
             let wait = answer.retry_after().unwrap_or(backoff).max(backoff);
-            if Instant::now() + wait >= deadline {
+            // Compared, not added to now: a hostile Retry-After would overflow the Instant.
+            if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Ok(answer);
             }
             tracing::debug!(
@@ -127,6 +129,38 @@ impl ManagedEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_any_clock_ends_the_retries() {
+        let imds = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(503).insert_header("Retry-After", u64::MAX.to_string()),
+            )
+            .expect(1)
+            .mount(&imds)
+            .await;
+        let endpoint = ManagedEndpoint::Imds {
+            host: Url::parse(&imds.uri()).unwrap(),
+        };
+        let limits = Limits {
+            timeout: Duration::from_secs(30),
+            max_body_bytes: 1024,
+            in_flight: None,
+        };
+        let answer = endpoint
+            .request(
+                &reqwest::Client::new(),
+                "https://graph.example.test",
+                None,
+                &limits,
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status.as_u16(), 503);
+    }
 
     #[test]
     fn request_urls() {

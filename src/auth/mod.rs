@@ -22,6 +22,9 @@ use crate::text::one_line;
 const RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// Tokens live about an hour; a longer claimed lifetime is capped rather than trusted.
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The least lifetime taken from an `expires_on`: an absolute time read against a local clock
+/// that may run ahead, which must not turn every token request into another one.
+const MIN_EXPIRES_ON_LIFETIME: Duration = Duration::from_secs(120);
 
 /// Who the exporter signs in as: the tenant (token endpoint and `tenant` label) and how it
 /// proves itself. Debug output never shows a secret: [`Credential`] redacts its own.
@@ -156,7 +159,9 @@ impl TokenSource {
             credential => {
                 // Built afresh for every request: an assertion is single-use and short-lived,
                 // and a federated token file is rotated by the kubelet.
-                let proof = credential.client_proof(self.token_url.as_str())?;
+                let proof = credential
+                    .client_proof(self.token_url.as_str(), self.limits.timeout)
+                    .await?;
                 let mut form = vec![
                     ("grant_type", "client_credentials"),
                     ("client_id", credential.client_id().unwrap_or_default()),
@@ -199,21 +204,43 @@ fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration),
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("an access_token"))?;
+    // It goes into an Authorization header: anything else would fail every report request
+    // for as long as the token stayed cached, and as an unclear error.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "a usable access_token (it holds spaces or control characters)",
+        ));
+    }
     // Number in v2.0 answers, a string in some older ones and from managed identity.
     let seconds = |name: &str| match json.get(name) {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     };
+    let lifetime = match seconds("expires_in").filter(|&s| s > 0) {
+        Some(expires_in) => Duration::from_secs(expires_in),
+        None => {
+            let on = seconds("expires_on").ok_or_else(|| bad("expires_in or expires_on"))?;
+            lifetime_until(on, now)
+        }
+    };
+    Ok((SecretString::from(token), lifetime.min(MAX_LIFETIME)))
+}
+
+/// The lifetime of a token that expires at the Unix time `on`, at least
+/// [`MIN_EXPIRES_ON_LIFETIME`]: the platform handed the token out as valid, so a time already
+/// past says more about the local clock than about the token.
+fn lifetime_until(on: u64, now: SystemTime) -> Duration {
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let expires_in = seconds("expires_in")
-        .or_else(|| seconds("expires_on").map(|on| on.saturating_sub(now)))
-        .filter(|&s| s > 0)
-        .ok_or_else(|| bad("a positive expires_in"))?;
-    Ok((
-        SecretString::from(token),
-        Duration::from_secs(expires_in).min(MAX_LIFETIME),
-    ))
+    if on <= now {
+        tracing::warn!(
+            expires_on = on,
+            local_time = now,
+            "the access token's expires_on is not after the local clock: check the host's clock (NTP); using the token for {}",
+            humantime::format_duration(MIN_EXPIRES_ON_LIFETIME)
+        );
+    }
+    Duration::from_secs(on.saturating_sub(now)).max(MIN_EXPIRES_ON_LIFETIME)
 }
 
 /// Turns a refused token request into one actionable line, classified by `error_codes` (the
@@ -314,8 +341,15 @@ mod tests {
             &b"<html>"[..],
             br#"{"expires_in":1}"#,
             br#"{"access_token":"x"}"#,
+            br#"{"expires_in":60,"access_token":"abc\r\nX-Injected: 1"}"#,
+            br#"{"expires_in":60,"access_token":"abc def"}"#,
+            br#"{"expires_in":60,"access_token":"abc\u00e9"}"#,
         ] {
-            assert!(parse_token(bad, SystemTime::now()).is_err());
+            let error = parse_token(bad, SystemTime::now()).unwrap_err().to_string();
+            assert!(
+                !error.contains("abc") && error.lines().count() == 1,
+                "{error}"
+            );
         }
     }
 
@@ -327,8 +361,44 @@ mod tests {
         // App Service sends expires_on alone.
         let body = br#"{"access_token":"mi","expires_on":"1700000600"}"#;
         assert_eq!(parse_token(body, now).unwrap().1.as_secs(), 600);
-        let body = br#"{"access_token":"mi","expires_on":"1600000000"}"#;
+        // An expires_on already past (a host clock running ahead) or about to pass: the token
+        // is used for a short while rather than requested again at once.
+        for on in ["1600000000", "1700000000", "1700000001"] {
+            let body = format!(r#"{{"access_token":"mi","expires_on":"{on}"}}"#);
+            assert_eq!(
+                parse_token(body.as_bytes(), now).unwrap().1,
+                MIN_EXPIRES_ON_LIFETIME
+            );
+        }
+        let body = br#"{"access_token":"mi","expires_on":"-1"}"#;
         assert!(parse_token(body, now).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_past_expires_on_is_used_for_a_while_not_requested_again_and_again() {
+        let endpoint = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::method("GET"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_string(
+                r#"{"access_token":"mi","expires_on":"1000000000","token_type":"Bearer"}"#,
+            ))
+            .expect(1)
+            .mount(&endpoint)
+            .await;
+        let identity = Identity {
+            tenant_id: "t".into(),
+            credential: Credential::ManagedIdentity {
+                client_id: None,
+                endpoint: managed::ManagedEndpoint::AppService {
+                    endpoint: Url::parse(&endpoint.uri()).unwrap(),
+                    header: SecretString::from("h"),
+                },
+            },
+        };
+        let url = Url::parse("https://example.test/").unwrap();
+        let source = TokenSource::new(reqwest::Client::new(), &url, &url, identity, limits());
+        for _ in 0..3 {
+            assert_eq!(source.token().await.unwrap().expose_secret(), "mi");
+        }
     }
 
     #[test]
@@ -371,16 +441,26 @@ mod tests {
         );
     }
 
+    fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_body_bytes: 1024,
+            in_flight: None,
+        }
+    }
+
     #[test]
     fn token_url_and_scope() {
         let identity = Identity::with_secret("t1", "c1", SecretString::from("s"));
-        let limits = Limits {
-            timeout: Duration::from_secs(1),
-            max_body_bytes: 1024,
-        };
         let authority = Url::parse("https://login.example.test/").unwrap();
         let graph = Url::parse("https://graph.example.test/").unwrap();
-        let source = TokenSource::new(reqwest::Client::new(), &authority, &graph, identity, limits);
+        let source = TokenSource::new(
+            reqwest::Client::new(),
+            &authority,
+            &graph,
+            identity,
+            limits(),
+        );
         assert_eq!(
             source.token_url.as_str(),
             "https://login.example.test/t1/oauth2/v2.0/token"

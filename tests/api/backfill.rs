@@ -15,6 +15,7 @@ use crate::e2e::{dashboard_expressions, Prometheus};
 use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, exporter_against, run};
 use crate::promtool::have;
+use crate::tenants::{minutes, tenant, Behaviour, Fleet};
 
 /// 180 days of Graph's rows, newest first, the day before yesterday the newest: (day, minutes
 /// by conference type). Day 5 has an empty Dial-in cell, which counts 0.
@@ -226,4 +227,75 @@ fn demo_backfill_writes_every_day_to_stdout_and_starts_no_server() {
         assert!(text.starts_with(&format!("# HELP {METRIC} ")), "{text}");
         assert!(text.ends_with("\n# EOF\n"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn every_tenant_of_the_config_file_goes_into_one_output() {
+    let fleet = Fleet::new().await;
+    let ids = ["tenant-a", "tenant-b", "tenant-c"];
+    let healthy = ids.map(|id| tenant(id, Behaviour::Healthy));
+    for t in &healthy {
+        fleet.mount(t, &[Period::D180]).await;
+    }
+    let broken = tenant("tenant-x", Behaviour::BadSecret);
+    fleet.mount(&broken, &[Period::D180]).await;
+    let base = fleet.graph.uri();
+    let dir = tempfile::tempdir().unwrap();
+    let om = dir.path().join("history.om");
+    let backfill = |file: &Path| {
+        run(exporter().env("AZURE_AUTHORITY_HOST", &base).args([
+            "--graph.url",
+            &base,
+            // Progress is logged per tenant at info; the failure alone at error.
+            "--log.level",
+            "warn",
+            "backfill",
+            "--config.file",
+            file.to_str().unwrap(),
+            "--output",
+            om.to_str().unwrap(),
+        ]))
+    };
+
+    let (code, stderr) = backfill(&fleet.write(&healthy.iter().collect::<Vec<_>>()));
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&om).unwrap();
+    // The fake's one row: 2024-03-04, each tenant's own minutes.
+    for id in ids {
+        let sample = format!(
+            "{METRIC}{{tenant=\"{id}\",conference_type=\"audio_video\"}} {} 1709510400\n",
+            minutes(id) * 60
+        );
+        assert!(text.contains(&sample), "{sample} not in:\n{text}");
+    }
+    assert_eq!(text.matches(&format!("{METRIC}{{")).count(), 3 * ids.len());
+    let reports: Vec<_> = fleet
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path().contains("/reports/"))
+        .collect();
+    for id in ids {
+        let token = format!("Bearer token-{id}");
+        let asked = reports
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .get("authorization")
+                    .is_some_and(|v| v == token.as_str())
+            })
+            .count();
+        assert_eq!(asked, 1, "report requests of {id}");
+    }
+    assert_eq!(reports.len(), ids.len());
+
+    // One tenant the identity platform refuses: the run fails naming it, the history stays.
+    let mut with_broken: Vec<_> = healthy.iter().collect();
+    with_broken.insert(1, &broken);
+    let (code, stderr) = backfill(&fleet.write(&with_broken));
+    assert_ne!(code, 0);
+    assert_one_line(&stderr, &["tenant-x", "AADSTS7000215"]);
+    assert_eq!(std::fs::read_to_string(&om).unwrap(), text);
 }

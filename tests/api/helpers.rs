@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use sfb_exporter::auth::{Credential, Identity};
-use sfb_exporter::config::{Config, Source};
+use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::{Period, Periods};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,11 @@ pub struct Options {
     pub web_config: Option<std::path::PathBuf>,
     /// How the exporter signs in; None: the client secret the token mock expects.
     pub credential: Option<Credential>,
+    /// --config.file; its tenants default to the fake Graph as authority and Graph.
+    pub tenants_file: Option<std::path::PathBuf>,
+    pub enable_lifecycle: bool,
+    pub max_concurrency: usize,
+    pub shard: Shard,
 }
 
 impl Default for Options {
@@ -61,6 +66,10 @@ impl Default for Options {
             },
             web_config: None,
             credential: None,
+            tenants_file: None,
+            enable_lifecycle: false,
+            max_concurrency: 8,
+            shard: Shard::default(),
         }
     }
 }
@@ -77,22 +86,37 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         web_config_file: options.web_config,
         web_config_check_interval: Duration::from_millis(100),
         telemetry_path: "/metrics".into(),
-        periods: Periods::new(options.periods).unwrap(),
+        periods: Periods::new(options.periods.clone()).unwrap(),
         refresh_interval: options.interval,
         graph_timeout: options.timeout,
         max_body_bytes: options.max_body_bytes,
         retry: options.retry,
-        source: Source::Azure {
-            identity: Identity {
-                tenant_id: TENANT.into(),
-                credential: options.credential.unwrap_or_else(|| Credential::Secret {
-                    client_id: CLIENT_ID.into(),
-                    secret: SecretString::from(CLIENT_SECRET),
-                }),
+        source: match options.tenants_file {
+            Some(path) => Source::File {
+                path,
+                defaults: TenantDefaults {
+                    cloud: Cloud::Global,
+                    authority_host: Some(base.clone()),
+                    graph_url: Some(base.clone()),
+                    periods: Periods::new(options.periods).unwrap(),
+                    imds_host: base,
+                },
             },
-            authority: base.clone(),
-            graph: base,
+            None => Source::Azure {
+                identity: Identity {
+                    tenant_id: TENANT.into(),
+                    credential: options.credential.unwrap_or_else(|| Credential::Secret {
+                        client_id: CLIENT_ID.into(),
+                        secret: SecretString::from(CLIENT_SECRET),
+                    }),
+                },
+                authority: base.clone(),
+                graph: base,
+            },
         },
+        max_concurrency: options.max_concurrency,
+        shard: options.shard,
+        enable_lifecycle: options.enable_lifecycle,
     };
     let cancel = CancellationToken::new();
     let running = sfb_exporter::start(config, cancel.clone())

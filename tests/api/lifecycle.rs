@@ -1,7 +1,7 @@
 //! The binary as an operator meets it: bad configuration, demo mode, signals.
 
 use crate::helpers::eventually;
-use crate::process::{assert_one_line, exporter, run, Process};
+use crate::process::{assert_one_line, demo_json, exporter, run, Process};
 use crate::promtool::promtool_check;
 
 #[test]
@@ -84,13 +84,7 @@ fn help_and_version_exit_zero() {
 #[tokio::test]
 async fn demo_mode_serves_real_series_and_stops_cleanly_on_signals() {
     for signal in ["TERM", "INT"] {
-        let mut process = Process::spawn(exporter().args([
-            "--demo",
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--log.format",
-            "json",
-        ]));
+        let mut process = Process::spawn(&mut demo_json());
         let listening = process.log_line(|l| l["message"] == "sfb-exporter listening");
         let base = format!("http://{}", listening["address"].as_str().unwrap());
         let http = reqwest::Client::new();

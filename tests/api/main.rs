@@ -12,3 +12,5 @@ mod process;
 mod promtool;
 mod protocol;
 mod serving;
+mod tenants;
+mod webconfig;

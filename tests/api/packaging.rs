@@ -13,11 +13,11 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn yaml(path: &str) -> Yaml {
+pub fn yaml(path: &str) -> Yaml {
     serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn at<'a>(value: &'a Yaml, keys: &[&str]) -> &'a Yaml {
+pub fn at<'a>(value: &'a Yaml, keys: &[&str]) -> &'a Yaml {
     keys.iter().fold(value, |v, k| match k.parse::<usize>() {
         Ok(i) => &v[i],
         Err(_) => &v[*k],

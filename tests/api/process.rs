@@ -11,6 +11,19 @@ pub fn exporter() -> Command {
     cmd
 }
 
+/// The exporter in demo mode on a free loopback port, logging JSON.
+pub fn demo_json() -> Command {
+    let mut cmd = exporter();
+    cmd.args([
+        "--demo",
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--log.format",
+        "json",
+    ]);
+    cmd
+}
+
 /// Runs to completion and returns (exit code, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("binary runs");

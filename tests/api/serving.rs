@@ -268,8 +268,9 @@ fn a_bad_web_config_stops_startup_with_one_line() {
             "missing.crt",
         ),
         (
+            // Files are read in the toolkit's order: the certificate first.
             "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
-            "client_ca_file",
+            "cert_file",
         ),
         ("basic_auth_users:\n  alice: hunter2\n", "not a bcrypt hash"),
         (
@@ -360,5 +361,36 @@ async fn the_web_config_is_reloaded_when_its_files_change() {
     })
     .await;
     assert!(served, "the rotated certificate was never served");
+    app.stop().await;
+}
+
+/// exporter-toolkit's user list holds a cost-18 hash. Unknown users are checked against a
+/// fixed cost-10 dummy, not one as dear as the dearest hash, several at once: a flood of them
+/// neither stalls startup nor holds a valid login for long (each answer within the client's
+/// 10 s timeout).
+#[tokio::test]
+async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/webconfig/web_config_users_noTLS.good.yml");
+    let app = spawn_with(Some(path)).await;
+    let url = format!("http://{}/healthz", app.addr);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let login = |user: String, password: &'static str| {
+        let request = client.get(&url).basic_auth(user, Some(password));
+        tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+    };
+    let flood: Vec<_> = (0..6)
+        .map(|i| login(format!("intruder{i}"), "guess"))
+        .collect();
+    let valid = login("dave".into(), "dave123");
+    assert_eq!(valid.await.unwrap().unwrap(), 200);
+    for attempt in flood {
+        assert_eq!(attempt.await.unwrap().unwrap(), 401);
+    }
+    // Once in, a scraper is answered from the cache.
+    assert_eq!(login("dave".into(), "dave123").await.unwrap().unwrap(), 200);
     app.stop().await;
 }

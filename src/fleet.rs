@@ -1,0 +1,267 @@
+//! The running tenants: started, kept or stopped as the tenant list changes on reload.
+//!
+//! Each tenant has its own token cache, its own refresh tasks (one per period) and its own
+//! cancellation token, a child of the process's, so that stopping one tenant leaves the others
+//! untouched and shutdown stops them all. Only the in-flight bound is shared.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenSource;
+use crate::config::{Shard, TenantDefaults};
+use crate::graph::{GraphClient, RetryPolicy};
+use crate::http::Limits;
+use crate::metrics::ReloadStatus;
+use crate::publisher::Publisher;
+use crate::refresher::Refresher;
+use crate::state::State;
+use crate::tenants::{self, Tenant, TenantSpec};
+
+/// What every tenant shares.
+pub struct Shared {
+    pub http: reqwest::Client,
+    pub timeout: Duration,
+    pub max_body_bytes: u64,
+    pub in_flight: Arc<Semaphore>,
+    pub retry: RetryPolicy,
+    pub interval: Duration,
+    pub publisher: Arc<Publisher>,
+    /// The process's token; each tenant runs under a child of it.
+    pub cancel: CancellationToken,
+}
+
+pub struct Fleet {
+    shared: Shared,
+    /// By lowercased tenant ID.
+    members: HashMap<String, Member>,
+    next_generation: u64,
+}
+
+struct Member {
+    tenant_id: String,
+    /// None for the environment's single tenant, which is never reloaded.
+    spec: Option<TenantSpec>,
+    cancel: CancellationToken,
+    generation: u64,
+    /// Dropping the set aborts the tenant's tasks.
+    _tasks: JoinSet<()>,
+}
+
+/// What a change of the tenant list did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: usize,
+    pub restarted: usize,
+    pub unchanged: usize,
+}
+
+impl Fleet {
+    pub fn new(shared: Shared) -> Fleet {
+        Fleet {
+            shared,
+            members: HashMap::new(),
+            next_generation: 1,
+        }
+    }
+
+    /// Makes the running tenants those of `specs`: new ones start, missing ones stop (their
+    /// series vanish), changed ones restart, equal ones keep their token, schedule and values.
+    /// Nothing changes when any spec cannot be started.
+    pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Result<Changes, String> {
+        let mut wanted: HashMap<String, TenantSpec> = HashMap::with_capacity(specs.len());
+        for spec in specs {
+            wanted.insert(spec.tenant_id.to_lowercase(), spec);
+        }
+        let mut unchanged: HashSet<String> = HashSet::new();
+        wanted.retain(|key, spec| {
+            let same = self
+                .members
+                .get(key)
+                .is_some_and(|m| m.spec.as_ref() == Some(spec));
+            if same {
+                unchanged.insert(key.clone());
+            }
+            !same
+        });
+        // Every new or changed tenant is built before anything changes.
+        let mut ready = Vec::with_capacity(wanted.len());
+        for (key, spec) in wanted {
+            let tenant = spec.resolve()?;
+            ready.push((key, spec, tenant));
+        }
+        let mut changes = Changes {
+            unchanged: unchanged.len(),
+            ..Changes::default()
+        };
+        let starting: HashSet<String> = ready.iter().map(|(key, _, _)| key.clone()).collect();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|key| !unchanged.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if starting.contains(&key) {
+                changes.restarted += 1;
+            } else {
+                changes.removed += 1;
+            }
+            self.stop(&key);
+        }
+        changes.added = ready.len() - changes.restarted;
+        for (key, spec, tenant) in ready {
+            self.launch(key, tenant, Some(spec));
+        }
+        Ok(changes)
+    }
+
+    /// Starts the one tenant of the environment (or demo) configuration.
+    pub fn start_single(&mut self, tenant: Tenant) {
+        let key = tenant.identity.tenant_id.to_lowercase();
+        self.launch(key, tenant, None);
+    }
+
+    fn stop(&mut self, key: &str) {
+        if let Some(member) = self.members.remove(key) {
+            member.cancel.cancel();
+            self.shared
+                .publisher
+                .remove(&member.tenant_id, member.generation);
+            tracing::info!(tenant = %member.tenant_id, "tenant stopped");
+        }
+    }
+
+    fn launch(&mut self, key: String, tenant: Tenant, spec: Option<TenantSpec>) {
+        let s = &self.shared;
+        let limits = || Limits {
+            timeout: s.timeout,
+            max_body_bytes: s.max_body_bytes,
+            in_flight: Some(Arc::clone(&s.in_flight)),
+        };
+        let tenant_id = tenant.identity.tenant_id.clone();
+        let mut state = State::new(tenant_id.clone(), tenant.periods.iter());
+        state.client_certificate_not_after = tenant
+            .identity
+            .credential
+            .certificate()
+            .map(|c| c.not_after());
+        let tokens = TokenSource::new(
+            s.http.clone(),
+            &tenant.authority,
+            &tenant.graph,
+            tenant.identity,
+            limits(),
+        );
+        let graph = GraphClient::new(
+            s.http.clone(),
+            tenant.graph,
+            tokens,
+            limits(),
+            s.retry.clone(),
+        );
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let refresher = Arc::new(Refresher::new(
+            graph,
+            state,
+            tenant.name,
+            s.interval,
+            Arc::clone(&s.publisher),
+            generation,
+        ));
+        let cancel = s.cancel.child_token();
+        let tasks = refresher.spawn(cancel.clone());
+        self.members.insert(
+            key,
+            Member {
+                tenant_id,
+                spec,
+                cancel,
+                generation,
+                _tasks: tasks,
+            },
+        );
+    }
+}
+
+/// Asks the task that owns the fleet to re-read --config.file.
+#[derive(Clone)]
+pub struct Reloader(mpsc::Sender<oneshot::Sender<Result<String, String>>>);
+
+impl Reloader {
+    /// Ok: a summary of the changes; Err: why the file did not load (nothing changed).
+    pub async fn reload(&self) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(reply)
+            .await
+            .map_err(|_| "shutting down".to_string())?;
+        answer.await.map_err(|_| "shutting down".to_string())?
+    }
+}
+
+/// The tenants of --config.file, and how to read it again.
+pub struct FileSource {
+    pub path: PathBuf,
+    pub defaults: TenantDefaults,
+    pub shard: Shard,
+}
+
+impl FileSource {
+    pub fn load(&self) -> Result<Vec<TenantSpec>, String> {
+        tenants::load(&self.path, &self.defaults, self.shard)
+    }
+}
+
+/// Serves reload requests until `cancel` fires; the fleet (and every tenant) stops with it.
+pub fn serve_reloads(
+    mut fleet: Fleet,
+    source: FileSource,
+    cancel: CancellationToken,
+) -> (Reloader, impl std::future::Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
+    let mut last_success = Some(SystemTime::now());
+    let work = async move {
+        while let Some(reply) = rx.recv().await {
+            let outcome = source.load().and_then(|specs| fleet.apply(specs));
+            let publisher = &fleet.shared.publisher;
+            let answer = match outcome {
+                Ok(changes) => {
+                    last_success = Some(SystemTime::now());
+                    tracing::info!(
+                        path = %source.path.display(),
+                        added = changes.added,
+                        removed = changes.removed,
+                        restarted = changes.restarted,
+                        unchanged = changes.unchanged,
+                        "tenants reloaded"
+                    );
+                    Ok(format!("{changes:?}"))
+                }
+                Err(e) => {
+                    tracing::error!("{e}; keeping the previous tenants");
+                    Err(e)
+                }
+            };
+            publisher.set_reload(ReloadStatus {
+                successful: answer.is_ok(),
+                last_success,
+            });
+            // Published before answering, so that whoever asked sees the outcome at once.
+            publisher.assemble();
+            let _ = reply.send(answer);
+        }
+        drop(fleet);
+    };
+    let work = async move {
+        cancel.run_until_cancelled(work).await;
+    };
+    (Reloader(tx), work)
+}

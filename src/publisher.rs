@@ -1,0 +1,223 @@
+//! Assembles the published snapshot from each tenant's pre-rendered fragment.
+//!
+//! Refreshes pour in at startup (a thousand tenants, four periods each); assembling and
+//! compressing the whole body after each of them would be quadratic. A refresh therefore only
+//! renders its own tenant and marks the body stale; one task assembles and compresses it, at
+//! most once per gap (four times the last assembly's duration, between 250 ms and 1 s).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{
+    assemble, render_globals, render_tenant, BuildInfo, Fragment, Globals, ReloadStatus,
+};
+use crate::state::{Published, State, TenantView};
+
+const MIN_GAP: Duration = Duration::from_millis(250);
+const MAX_GAP: Duration = Duration::from_secs(1);
+
+pub struct Publisher {
+    inner: Mutex<Inner>,
+    stale: Notify,
+    published: Arc<ArcSwap<Published>>,
+    per_tenant: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: BTreeMap<String, Entry>,
+    reload: Option<ReloadStatus>,
+}
+
+struct Entry {
+    /// Which start of the tenant owns this entry: a stopped tenant's last refresh must not
+    /// bring its series back.
+    generation: u64,
+    view: TenantView,
+    fragment: Arc<Fragment>,
+}
+
+impl Publisher {
+    /// `per_tenant`: readiness and /readyz as with --config.file.
+    pub fn new(per_tenant: bool) -> Arc<Publisher> {
+        let publisher = Arc::new(Publisher {
+            inner: Mutex::new(Inner::default()),
+            stale: Notify::new(),
+            published: Arc::new(ArcSwap::from_pointee(Published::assembled(
+                BTreeMap::new(),
+                per_tenant,
+                Default::default(),
+            ))),
+            per_tenant,
+        });
+        publisher.assemble();
+        publisher
+    }
+
+    /// The handle handlers read snapshots from.
+    pub fn published(&self) -> Arc<ArcSwap<Published>> {
+        Arc::clone(&self.published)
+    }
+
+    /// Adds or replaces a tenant, owned from now on by `generation`.
+    pub fn insert(&self, generation: u64, name: Option<String>, state: State) {
+        let Some(fragment) = fragment(&state) else {
+            return;
+        };
+        let tenant = state.tenant.clone();
+        let entry = Entry {
+            generation,
+            view: TenantView {
+                name,
+                state: Arc::new(state),
+            },
+            fragment,
+        };
+        self.lock().tenants.insert(tenant, entry);
+        self.stale.notify_one();
+    }
+
+    /// Replaces a tenant's state, if `generation` still owns it.
+    pub fn update(&self, generation: u64, state: State) {
+        // Rendered before taking the lock, so that tenants refreshing together render in
+        // parallel.
+        let Some(fragment) = fragment(&state) else {
+            return;
+        };
+        let mut inner = self.lock();
+        let Some(entry) = inner
+            .tenants
+            .get_mut(&state.tenant)
+            .filter(|e| e.generation == generation)
+        else {
+            return;
+        };
+        entry.view.state = Arc::new(state);
+        entry.fragment = fragment;
+        drop(inner);
+        self.stale.notify_one();
+    }
+
+    /// Drops a tenant and its series, if `generation` still owns it.
+    pub fn remove(&self, tenant: &str, generation: u64) {
+        let mut inner = self.lock();
+        if inner
+            .tenants
+            .get(tenant)
+            .is_some_and(|e| e.generation == generation)
+        {
+            inner.tenants.remove(tenant);
+            drop(inner);
+            self.stale.notify_one();
+        }
+    }
+
+    pub fn set_reload(&self, status: ReloadStatus) {
+        self.lock().reload = Some(status);
+        self.stale.notify_one();
+    }
+
+    /// Assembles whenever something changed, at most once per gap, until `cancel` fires.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let work = async {
+            loop {
+                self.stale.notified().await;
+                let started = Instant::now();
+                // Off the async workers: at a thousand tenants, compressing takes long enough
+                // to hold up scrapes on the worker that does it.
+                let this = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || this.assemble()).await;
+                let gap = (started.elapsed() * 4).clamp(MIN_GAP, MAX_GAP);
+                tokio::time::sleep(gap).await;
+            }
+        };
+        cancel.run_until_cancelled(work).await;
+    }
+
+    /// Builds and stores a new snapshot from the current fragments.
+    pub fn assemble(&self) {
+        let (tenants, fragments, reload) = {
+            let inner = self.lock();
+            let tenants: BTreeMap<String, TenantView> = inner
+                .tenants
+                .iter()
+                .map(|(id, e)| (id.clone(), e.view.clone()))
+                .collect();
+            let fragments: Vec<Arc<Fragment>> = inner
+                .tenants
+                .values()
+                .map(|e| Arc::clone(&e.fragment))
+                .collect();
+            (tenants, fragments, inner.reload)
+        };
+        let globals = Globals {
+            tenant_names: tenants
+                .iter()
+                .filter_map(|(id, t)| Some((id.as_str(), t.name.as_deref()?)))
+                .collect(),
+            reload,
+        };
+        let globals = match render_globals(&BuildInfo::CURRENT, &globals) {
+            Ok(globals) => globals,
+            Err(e) => {
+                tracing::error!("cannot render metrics, keeping the previous exposition: {e}");
+                return;
+            }
+        };
+        let body = assemble(std::iter::once(&globals).chain(fragments.iter().map(|f| &**f)));
+        self.published.store(Arc::new(Published::assembled(
+            tenants,
+            self.per_tenant,
+            body.into(),
+        )));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Entries are replaced whole under the lock, so the map is consistent even after a panic.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn fragment(state: &State) -> Option<Arc<Fragment>> {
+    match render_tenant(state) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::error!(tenant = %state.tenant, "cannot render metrics, keeping the previous exposition: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Period;
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_generations_cannot_touch_a_restarted_tenant() {
+        let publisher = Publisher::new(true);
+        let cancel = CancellationToken::new();
+        tokio::spawn(Arc::clone(&publisher).run(cancel.clone()));
+        publisher.insert(1, Some("A".into()), State::new("a", [Period::D7]));
+        publisher.insert(2, None, State::new("a", [Period::D30]));
+        publisher.update(1, State::new("a", [Period::D90]));
+        publisher.remove("a", 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let body = publisher.published().load().metrics.clone();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains(r#"period="D30""#), "{body}");
+        assert!(!body.contains(r#"period="D90""#) && !body.contains("sfb_tenant_info{"));
+        publisher.remove("a", 2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let published = publisher.published().load_full();
+        assert!(published.tenants.is_empty());
+        assert!(published.ready(), "no tenants: nothing to wait for");
+        cancel.cancel();
+    }
+}

@@ -1,0 +1,586 @@
+//! --config.file: the tenants one process exports, read at startup and on every reload.
+//!
+//! The file is walked by hand rather than through serde derive so that each error can name the
+//! tenant (its tenant_id, or its position when that is missing) and the key, on one line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_norway::{Mapping, Value};
+use url::Url;
+
+use crate::auth::certificate::ClientCertificate;
+use crate::auth::credential::read_federated_token;
+use crate::auth::managed::ManagedEndpoint;
+use crate::auth::{self, Identity};
+use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
+use crate::report::{Period, Periods};
+
+/// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
+/// path such as /dev/zero from eating memory.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+const KEYS: [&str; 14] = [
+    "tenant_id",
+    "client_id",
+    "name",
+    "client_secret",
+    "client_secret_file",
+    "client_certificate_path",
+    "client_certificate_password_file",
+    "send_certificate_chain",
+    "federated_token_file",
+    "managed_identity",
+    "cloud",
+    "authority_host",
+    "graph_url",
+    "periods",
+];
+
+/// The keys that each name a credential; a tenant has exactly one of them.
+const CREDENTIAL_KEYS: [&str; 5] = [
+    "client_secret",
+    "client_secret_file",
+    "client_certificate_path",
+    "federated_token_file",
+    "managed_identity",
+];
+
+/// How a tenant proves its identity, as the file gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// From `client_secret`, or the content of `client_secret_file` read at load time.
+    ClientSecret(Secret),
+    Certificate {
+        path: PathBuf,
+        password_file: Option<PathBuf>,
+        send_chain: bool,
+    },
+    FederatedTokenFile(PathBuf),
+    ManagedIdentity,
+}
+
+/// A secret that compares by value (so a reload sees a rotated secret) and never prints.
+#[derive(Clone)]
+pub struct Secret(pub SecretString);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// One tenant, resolved against the defaults: everything needed to start refreshing it. Two
+/// equal specs on reload mean the running tenant is kept as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSpec {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub name: Option<String>,
+    pub credential: Credential,
+    pub authority: Url,
+    pub graph: Url,
+    pub periods: Periods,
+    /// The instance metadata service, for managed_identity.
+    pub imds_host: Url,
+}
+
+/// A tenant ready to start: its identity built (certificate loaded, token file checked).
+pub struct Tenant {
+    pub name: Option<String>,
+    pub identity: Identity,
+    pub authority: Url,
+    pub graph: Url,
+    pub periods: Periods,
+}
+
+impl TenantSpec {
+    /// Builds the identity from the file's credential, through the same loaders as the
+    /// environment's; Err names the tenant and the key.
+    pub fn resolve(&self) -> Result<Tenant, String> {
+        let who = format!("tenant {}", self.tenant_id);
+        let client_id = self.client_id.clone();
+        let credential = match &self.credential {
+            Credential::ClientSecret(secret) => auth::Credential::Secret {
+                client_id,
+                secret: secret.0.clone(),
+            },
+            Credential::Certificate {
+                path,
+                password_file,
+                send_chain,
+            } => {
+                let password =
+                    match password_file {
+                        Some(file) => Some(SecretString::from(read_secret(file).map_err(|e| {
+                            format!("{who}: client_certificate_password_file: {e}")
+                        })?)),
+                        None => None,
+                    };
+                let certificate = ClientCertificate::load(path, password.as_ref())
+                    .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
+                auth::Credential::Certificate {
+                    client_id,
+                    certificate: Box::new(certificate),
+                    send_chain: *send_chain,
+                }
+            }
+            Credential::FederatedTokenFile(path) => {
+                read_federated_token(path)
+                    .map_err(|e| format!("{who}: federated_token_file: {e}"))?;
+                auth::Credential::WorkloadIdentity {
+                    client_id,
+                    token_file: path.clone(),
+                }
+            }
+            Credential::ManagedIdentity => auth::Credential::ManagedIdentity {
+                client_id: Some(client_id).filter(|c| !c.is_empty()),
+                endpoint: ManagedEndpoint::Imds {
+                    host: self.imds_host.clone(),
+                },
+            },
+        };
+        Ok(Tenant {
+            name: self.name.clone(),
+            identity: Identity {
+                tenant_id: self.tenant_id.clone(),
+                credential,
+            },
+            authority: self.authority.clone(),
+            graph: self.graph.clone(),
+            periods: self.periods.clone(),
+        })
+    }
+}
+
+/// FNV-1a, 64 bits: stable across versions and platforms, and a few lines in any language, so
+/// that an operator can tell which replica holds a tenant.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// The shard (0 to count-1) that holds `tenant_id`.
+pub fn shard_of(tenant_id: &str, count: u64) -> u64 {
+    fnv1a64(tenant_id.to_lowercase().as_bytes()) % count.max(1)
+}
+
+/// Reads and validates the whole file, then keeps this replica's shard. Duplicates and errors
+/// are found across the whole file, so that every replica agrees on whether it loads.
+pub fn load(
+    path: &Path,
+    defaults: &TenantDefaults,
+    shard: Shard,
+) -> Result<Vec<TenantSpec>, String> {
+    let text = read_capped(path, MAX_FILE_BYTES)
+        .map_err(|e| format!("cannot read --config.file {}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let specs = parse(&text, dir, defaults)
+        .map_err(|e| format!("--config.file {}: {e}", path.display()))?;
+    Ok(specs
+        .into_iter()
+        .filter(|s| shard_of(&s.tenant_id, shard.count) == shard.index)
+        .collect())
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap + 1).read_to_end(&mut raw))
+        .map_err(|e| e.to_string())?;
+    if raw.len() as u64 > cap {
+        return Err(format!("larger than {} MiB", cap / (1024 * 1024)));
+    }
+    String::from_utf8(raw).map_err(|_| "not UTF-8 text".to_string())
+}
+
+/// The file's text to tenants; relative paths are resolved against `dir`.
+pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<TenantSpec>, String> {
+    let root: Value =
+        serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {}", one_line(&e)))?;
+    let root = match root {
+        Value::Mapping(m) => m,
+        Value::Null => Mapping::new(),
+        _ => return Err("expected a mapping with the key tenants".into()),
+    };
+    for key in root.keys() {
+        if key.as_str() != Some("tenants") {
+            return Err(format!(
+                "unknown key {}: the file has the one key tenants",
+                key_name(key)
+            ));
+        }
+    }
+    let entries = match root.get("tenants") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(s)) => s.clone(),
+        Some(_) => return Err("tenants: expected a list of tenants".into()),
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut specs = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let position = i + 1;
+        let spec = tenant(entry, position, dir, defaults)?;
+        if let Some(first) = seen.insert(spec.tenant_id.to_lowercase(), position) {
+            return Err(format!(
+                "tenant {}: tenant_id: duplicate of tenant #{first}",
+                spec.tenant_id
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// Reads one tenant entry; errors name it by tenant_id, else by position.
+fn tenant(
+    entry: &Value,
+    position: usize,
+    dir: &Path,
+    defaults: &TenantDefaults,
+) -> Result<TenantSpec, String> {
+    let Value::Mapping(map) = entry else {
+        return Err(format!("tenant #{position}: expected a mapping of keys"));
+    };
+    let mut who = format!("tenant #{position}");
+    let fields = Fields { map, who: &who };
+    let tenant_id = fields.string("tenant_id");
+    if let Ok(Some(id)) = &tenant_id {
+        who = format!("tenant {id}");
+    }
+    let fields = Fields { map, who: &who };
+    for key in map.keys() {
+        if !key.as_str().is_some_and(|k| KEYS.contains(&k)) {
+            return Err(format!(
+                "{who}: unknown key {}: allowed keys are {}",
+                key_name(key),
+                KEYS.join(", ")
+            ));
+        }
+    }
+    let tenant_id = tenant_id?.ok_or_else(|| format!("{who}: tenant_id: missing"))?;
+    if tenant_id.contains(['/', '?', '#', '%']) || tenant_id.contains(char::is_whitespace) {
+        return Err(format!(
+            "{who}: tenant_id: expected a directory ID (GUID) or a domain name"
+        ));
+    }
+    let given: Vec<&str> = CREDENTIAL_KEYS
+        .into_iter()
+        .filter(|k| map.contains_key(*k))
+        .collect();
+    let credential = match given.as_slice() {
+        [] => {
+            return Err(format!(
+                "{who}: credential: missing; give exactly one of {}",
+                CREDENTIAL_KEYS.join(", ")
+            ))
+        }
+        [one] => *one,
+        several => {
+            return Err(format!(
+                "{who}: {}: several credentials; give exactly one",
+                several.join(", ")
+            ))
+        }
+    };
+    let path = |key: &str| -> Result<Option<PathBuf>, String> {
+        Ok(fields.string(key)?.map(|p| dir.join(p)))
+    };
+    for key in ["client_certificate_password_file", "send_certificate_chain"] {
+        if map.contains_key(key) && credential != "client_certificate_path" {
+            return Err(format!(
+                "{who}: {key}: only goes with client_certificate_path"
+            ));
+        }
+    }
+    let credential = match credential {
+        "client_secret" => Credential::ClientSecret(Secret(SecretString::from(
+            fields.required("client_secret")?,
+        ))),
+        "client_secret_file" => {
+            let file = path("client_secret_file")?.unwrap_or_default();
+            Credential::ClientSecret(Secret(SecretString::from(
+                read_secret(&file).map_err(|e| format!("{who}: client_secret_file: {e}"))?,
+            )))
+        }
+        "client_certificate_path" => Credential::Certificate {
+            path: path("client_certificate_path")?.unwrap_or_default(),
+            password_file: path("client_certificate_password_file")?,
+            send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
+        },
+        "federated_token_file" => {
+            Credential::FederatedTokenFile(path("federated_token_file")?.unwrap_or_default())
+        }
+        _ => match fields.boolean("managed_identity")? {
+            Some(true) => Credential::ManagedIdentity,
+            _ => {
+                return Err(format!(
+                    "{who}: managed_identity: only true is meaningful; remove the key otherwise"
+                ))
+            }
+        },
+    };
+    let client_id = match (fields.string("client_id")?, &credential) {
+        (Some(id), _) => id,
+        // A system-assigned managed identity needs no client ID.
+        (None, Credential::ManagedIdentity) => String::new(),
+        (None, _) => return Err(format!("{who}: client_id: missing")),
+    };
+    let cloud = match fields.string("cloud")? {
+        None => defaults.cloud,
+        Some(c) => <Cloud as clap::ValueEnum>::from_str(&c, true).map_err(|_| {
+            format!("{who}: cloud: unknown cloud {c:?}: allowed values are global, china, usgov, usgov-dod")
+        })?,
+    };
+    let url = |key: &str| -> Result<Option<Url>, String> {
+        fields
+            .string(key)?
+            .map(|u| parse_base_url(&u).map_err(|e| format!("{who}: {key}: {e}")))
+            .transpose()
+    };
+    let authority = url("authority_host")?.unwrap_or_else(|| defaults.authority(cloud));
+    let graph = url("graph_url")?.unwrap_or_else(|| defaults.graph(cloud));
+    let periods = match map.get("periods") {
+        None | Some(Value::Null) => defaults.periods.clone(),
+        Some(Value::Sequence(list)) => {
+            let periods = list
+                .iter()
+                .map(|p| match p {
+                    Value::String(s) => Period::from_str(s),
+                    other => Err(format!("unknown period {}", key_name(other))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{who}: periods: {e}"))?;
+            Periods::new(periods).ok_or_else(|| {
+                format!("{who}: periods: empty; list some of D7, D30, D90, D180 or remove the key")
+            })?
+        }
+        Some(_) => return Err(format!("{who}: periods: expected a list such as [D7, D30]")),
+    };
+    Ok(TenantSpec {
+        tenant_id,
+        client_id,
+        name: fields.string("name")?,
+        credential,
+        authority,
+        graph,
+        periods,
+        imds_host: defaults.imds_host.clone(),
+    })
+}
+
+struct Fields<'a> {
+    map: &'a Mapping,
+    who: &'a str,
+}
+
+impl Fields<'_> {
+    /// A non-empty string, trimmed; numbers are refused rather than guessed at.
+    fn string(&self, key: &str) -> Result<Option<String>, String> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            Some(Value::String(_)) => Err(format!("{}: {key}: empty", self.who)),
+            Some(_) => Err(format!("{}: {key}: expected a string (quote it)", self.who)),
+        }
+    }
+
+    fn required(&self, key: &str) -> Result<String, String> {
+        self.string(key)?
+            .ok_or_else(|| format!("{}: {key}: empty", self.who))
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(format!("{}: {key}: expected true or false", self.who)),
+        }
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String, String> {
+    let raw =
+        read_capped(path, 64 * 1024).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // Kubernetes and Docker secrets usually end with a newline the secret does not contain.
+    let secret = raw.trim_end_matches(['\r', '\n']);
+    if secret.trim().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret.to_string())
+}
+
+fn key_name(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into()),
+    }
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
+    crate::text::one_line(&e.to_string(), 300)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> TenantDefaults {
+        TenantDefaults {
+            cloud: Cloud::Global,
+            authority_host: None,
+            graph_url: None,
+            periods: Periods::new([Period::D7, Period::D30]).unwrap(),
+            imds_host: Url::parse("http://127.0.0.1:9").unwrap(),
+        }
+    }
+
+    fn parse_ok(text: &str) -> Vec<TenantSpec> {
+        parse(text, Path::new("/etc/sfb"), &defaults()).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        let e = parse(text, Path::new("/etc/sfb"), &defaults()).unwrap_err();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    }
+
+    #[test]
+    fn full_entry_and_defaults() {
+        let specs = parse_ok(
+            "tenants:
+  - tenant_id: aaaa
+    client_id: c1
+    name: Contoso
+    client_secret: s1
+    cloud: china
+    periods: [d90, D7]
+  - tenant_id: bbbb
+    client_id: c2
+    client_certificate_path: certs/b.pem
+    send_certificate_chain: true
+    graph_url: http://127.0.0.1:1
+",
+        );
+        assert_eq!(specs.len(), 2);
+        let a = &specs[0];
+        assert_eq!(a.name.as_deref(), Some("Contoso"));
+        assert_eq!(a.authority.host_str(), Some("login.chinacloudapi.cn"));
+        assert_eq!(a.graph.host_str(), Some("microsoftgraph.chinacloudapi.cn"));
+        assert_eq!(
+            a.periods.iter().collect::<Vec<_>>(),
+            [Period::D7, Period::D90]
+        );
+        assert!(!format!("{a:?}").contains("s1\""), "{a:?}");
+        let b = &specs[1];
+        assert_eq!(b.periods, defaults().periods);
+        assert_eq!(b.graph.as_str(), "http://127.0.0.1:1/");
+        assert_eq!(
+            b.credential,
+            Credential::Certificate {
+                path: PathBuf::from("/etc/sfb/certs/b.pem"),
+                password_file: None,
+                send_chain: true
+            }
+        );
+        let e = b.resolve().err().unwrap();
+        assert!(e.contains("tenant bbbb: client_certificate_path"), "{e}");
+        assert!(parse_ok("").is_empty());
+        assert!(parse_ok("tenants: []").is_empty());
+    }
+
+    #[test]
+    fn errors_name_tenant_and_key() {
+        let cases = [
+            (
+                "tenants:\n  - tenant_id: t1\n    client_id: c\n    client_secret: s\n    colour: red\n",
+                &["tenant t1", "unknown key \"colour\""][..],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s}\n  - {tenant_id: T1, client_id: c, client_secret: s}\n",
+                &["tenant T1", "tenant_id: duplicate of tenant #1"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c}\n",
+                &["tenant t1", "credential: missing"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, managed_identity: true}\n",
+                &["tenant t1", "client_secret, managed_identity: several credentials"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_secret: s}\n",
+                &["tenant t1", "client_id: missing"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, periods: [D7, D14]}\n",
+                &["tenant t1", "periods:", "D14"],
+            ),
+            (
+                "tenants:\n  - {client_id: c, client_secret: s}\n",
+                &["tenant #1", "tenant_id: missing"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret_file: nope/missing}\n",
+                &["tenant t1", "client_secret_file", "/etc/sfb/nope/missing"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, cloud: mars}\n",
+                &["tenant t1", "cloud:", "mars"],
+            ),
+            ("tenant: []\n", &["unknown key \"tenant\""]),
+            ("tenants: [\n", &["not valid YAML"]),
+        ];
+        for (text, needles) in cases {
+            let e = parse_err(text);
+            for needle in needles {
+                assert!(e.contains(needle), "{needle:?} not in {e:?}");
+            }
+            assert!(!e.contains(": s,") && !e.contains("\"s\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn managed_identity_needs_no_client_id() {
+        let specs = parse_ok("tenants:\n  - {tenant_id: t1, managed_identity: true}\n");
+        assert_eq!(specs[0].credential, Credential::ManagedIdentity);
+    }
+
+    #[test]
+    fn fnv1a64_reference_values() {
+        // Published test vectors of FNV-1a 64.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            shard_of("ABC-def", 7),
+            shard_of("abc-DEF", 7),
+            "case does not matter"
+        );
+    }
+
+    #[test]
+    fn shards_partition_the_tenants() {
+        let ids: Vec<String> = (0..200).map(|i| format!("tenant-{i}")).collect();
+        let mut counts = [0; 3];
+        for id in &ids {
+            counts[shard_of(id, 3) as usize] += 1;
+        }
+        assert_eq!(counts.iter().sum::<i32>(), 200);
+        assert!(counts.iter().all(|&c| c > 40), "{counts:?}");
+    }
+}

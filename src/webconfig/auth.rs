@@ -1,0 +1,353 @@
+//! What every request meets: the rate limit, basic auth and the configured headers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// exporter-toolkit's fixed dummy (bcrypt, cost 10, of "fakepassword"): unknown users cost one
+/// cost-10 comparison, so timing does not tell which users exist, whatever the cost of the
+/// configured hashes.
+const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+
+/// Successful logins remembered, so a scraper pays bcrypt once, not on every scrape.
+const SUCCESS_CACHE: usize = 256;
+
+/// Basic auth, rate limit and response headers, applied to every route.
+pub struct Security {
+    users: Option<Users>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    limiter: Option<RateLimiter>,
+    /// bcrypt runs at once, on blocking threads: a flood of wrong passwords queues here
+    /// instead of taking every core, while logins found in the cache never wait on it.
+    bcrypt_slots: Semaphore,
+}
+
+pub(super) struct Users {
+    hashes: HashMap<String, String>,
+    /// (user, SHA-256 of password) of successful logins, least recently used evicted first.
+    successes: Mutex<lru::LruCache<(String, [u8; 32]), ()>>,
+}
+
+impl Users {
+    pub(super) fn new(hashes: BTreeMap<String, String>) -> Result<Users, String> {
+        for (user, hash) in &hashes {
+            hash.parse::<bcrypt::HashParts>().map_err(|_| {
+                format!("basic_auth_users: the password of {user:?} is not a bcrypt hash (hashedSecret too short to be a bcrypted password)")
+            })?;
+        }
+        Ok(Users {
+            hashes: hashes.into_iter().collect(),
+            successes: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(SUCCESS_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+        })
+    }
+
+    fn cached(&self, user: &str, digest: &[u8; 32]) -> bool {
+        let mut successes = self
+            .successes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // get, not contains: a hit counts as a use, so a scraper's entry stays.
+        successes.get(&(user.to_string(), *digest)).is_some()
+    }
+
+    /// The slow check, with bcrypt; unknown users are checked against the dummy hash.
+    fn verify(&self, user: &str, password: &str, digest: [u8; 32]) -> bool {
+        let (hash, known) = match self.hashes.get(user) {
+            Some(hash) => (hash.as_str(), true),
+            None => (DUMMY_HASH, false),
+        };
+        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+        if ok {
+            let mut successes = self
+                .successes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            successes.put((user.to_string(), digest), ());
+        }
+        ok
+    }
+}
+
+/// golang.org/x/time/rate's token bucket as exporter-toolkit uses it: `burst` tokens, one more
+/// every `every`; a request without a token gets 429. burst 0 refuses everything, as there.
+pub(super) struct RateLimiter {
+    every: Duration,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub(super) fn new(every: Duration, burst: u32) -> RateLimiter {
+        RateLimiter {
+            every,
+            burst: f64::from(burst),
+            state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let earned = now.duration_since(state.1).as_secs_f64() / self.every.as_secs_f64();
+        *state = ((state.0 + earned).min(self.burst), now);
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Security {
+    /// Nothing to enforce.
+    pub fn none() -> Arc<Security> {
+        Arc::new(Security::new(None, Vec::new(), None))
+    }
+
+    pub(super) fn new(
+        users: Option<Users>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        limiter: Option<RateLimiter>,
+    ) -> Security {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Security {
+            users,
+            headers,
+            limiter,
+            bcrypt_slots: Semaphore::new(cores.clamp(2, 4)),
+        }
+    }
+
+    pub fn requires_auth(&self) -> bool {
+        self.users.is_some()
+    }
+}
+
+/// Middleware: rate limit, then configured headers on every response and basic auth on every
+/// route, in exporter-toolkit's order.
+pub async fn guard(
+    State(current): State<Arc<ArcSwap<Security>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let security = current.load_full();
+    if security.limiter.as_ref().is_some_and(|l| !l.allow()) {
+        return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
+    }
+    let mut response = match &security.users {
+        Some(_) if !authorized(&security, request.headers()).await => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"sfb-exporter\"")],
+            "Unauthorized\n",
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    };
+    for (name, value) in &security.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+async fn authorized(security: &Arc<Security>, headers: &HeaderMap) -> bool {
+    let (Some(users), Some((user, password))) = (&security.users, basic_credentials(headers))
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+    if users.cached(&user, &digest) {
+        return true;
+    }
+    let Ok(_slot) = security.bcrypt_slots.acquire().await else {
+        return false;
+    };
+    // The same login may have been checked while this one waited.
+    if users.cached(&user, &digest) {
+        return true;
+    }
+    let security = Arc::clone(security);
+    // bcrypt is deliberately slow: keep it off the threads that serve other requests.
+    tokio::task::spawn_blocking(move || {
+        security
+            .users
+            .as_ref()
+            .is_some_and(|users| users.verify(&user, &password, digest))
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn basic(user: &str, password: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {encoded}").parse().unwrap(),
+        );
+        headers
+    }
+
+    fn security(users: &[(&str, &str)]) -> Arc<Security> {
+        let hashes = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap()))
+            .collect();
+        Arc::new(Security::new(
+            Some(Users::new(hashes).unwrap()),
+            Vec::new(),
+            None,
+        ))
+    }
+
+    #[test]
+    fn the_dummy_is_the_toolkits_cost_10_hash() {
+        let dummy: bcrypt::HashParts = DUMMY_HASH.parse().unwrap();
+        assert_eq!(dummy.get_cost(), 10);
+        assert!(bcrypt::verify("fakepassword", DUMMY_HASH).unwrap());
+        let users =
+            Users::new([("alice".to_string(), bcrypt::hash("pw", 4).unwrap())].into()).unwrap();
+        assert!(
+            !users.verify("fakeuser", "fakepassword", [0; 32]),
+            "the dummy's own password lets nobody in"
+        );
+    }
+
+    #[tokio::test]
+    async fn checks_and_caches_only_successes() {
+        let s = security(&[("alice", "s3cret")]);
+        assert!(!authorized(&s, &basic("alice", "wrong")).await);
+        assert!(!authorized(&s, &basic("bob", "s3cret")).await);
+        assert!(authorized(&s, &basic("alice", "s3cret")).await);
+        let users = s.users.as_ref().unwrap();
+        assert_eq!(
+            users.successes.lock().unwrap().len(),
+            1,
+            "only the success is kept"
+        );
+        assert!(authorized(&s, &basic("alice", "s3cret")).await);
+        assert!(!authorized(&s, &basic("alice", "s3cret2")).await);
+        // CVE-2022-46146: a user name that spells a hash does not share a cache entry.
+        assert!(!authorized(&s, &basic("alice\0", "s3cret")).await);
+    }
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_one_at_a_time() {
+        let users = Users::new([("u".to_string(), bcrypt::hash("pw", 4).unwrap())].into()).unwrap();
+        let mut successes = users.successes.lock().unwrap();
+        for i in 0..SUCCESS_CACHE {
+            successes.put((format!("u{i}"), [0; 32]), ());
+        }
+        // u0 is used again, so u1 is now the least recently used.
+        assert!(successes.get(&("u0".to_string(), [0; 32])).is_some());
+        successes.put(("new".to_string(), [0; 32]), ());
+        assert_eq!(successes.len(), SUCCESS_CACHE, "one out, not all");
+        assert!(successes.contains(&("u0".to_string(), [0; 32])));
+        assert!(!successes.contains(&("u1".to_string(), [0; 32])));
+    }
+
+    /// A flood of unknown users holding every bcrypt slot does not hold up a scraper whose
+    /// login succeeded before: it is answered without waiting for a slot.
+    #[tokio::test]
+    async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
+        let s = security(&[("prometheus", "pw")]);
+        assert!(authorized(&s, &basic("prometheus", "pw")).await);
+        let slots = s.bcrypt_slots.available_permits();
+        assert!(slots >= 2, "several bcrypt checks at once");
+
+        // The flood: every slot busy, more unknown users queued behind them.
+        let held = s.bcrypt_slots.acquire_many(slots as u32).await.unwrap();
+        let mut flood = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let s = Arc::clone(&s);
+            flood.spawn(async move { authorized(&s, &basic(&format!("intruder{i}"), "x")).await });
+        }
+        tokio::task::yield_now().await;
+        let intruder = basic("intruder", "x");
+        let mut flooded = pin!(authorized(&s, &intruder));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            flooded.as_mut().poll(&mut cx).is_pending(),
+            "the flood waits for a slot"
+        );
+        let scraper = basic("prometheus", "pw");
+        let valid = pin!(authorized(&s, &scraper));
+        assert_eq!(
+            valid.poll(&mut cx),
+            Poll::Ready(true),
+            "the scraper does not wait"
+        );
+
+        // Not run to the end: each would cost a cost-10 bcrypt.
+        flood.abort_all();
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_as_golang_x_time_rate() {
+        let limiter = RateLimiter::new(Duration::from_secs(1), 2);
+        assert!(limiter.allow() && limiter.allow(), "the burst");
+        assert!(!limiter.allow());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!limiter.allow());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(limiter.allow(), "one token per interval");
+        assert!(!limiter.allow());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            limiter.allow() && limiter.allow() && !limiter.allow(),
+            "never more than the burst"
+        );
+        let none = RateLimiter::new(Duration::from_secs(1), 0);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!none.allow(), "burst 0 lets nothing through, as in Go");
+    }
+
+    #[test]
+    fn credentials_from_the_header() {
+        assert_eq!(
+            basic_credentials(&basic("alice", "pa:ss")),
+            Some(("alice".into(), "pa:ss".into()))
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(basic_credentials(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert_eq!(basic_credentials(&headers), None);
+    }
+}

@@ -1,0 +1,716 @@
+//! `tls_server_config` to a rustls ServerConfig, with Go's names and Go's choices where rustls
+//! can make them: cipher suites, curves, versions, client certificates and their SANs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{
+    aws_lc_rs, ActiveKeyExchange, CryptoProvider, GetRandomFailed, SharedSecret, SupportedKxGroup,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, CipherSuite, DigitallySignedStruct, DistinguishedName, NamedGroup,
+    ProtocolVersion, RootCertStore, ServerConfig, SignatureScheme, SupportedCipherSuite,
+};
+
+use super::file::TlsFile;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    NoClientCert,
+    RequestClientCert,
+    RequireAnyClientCert,
+    VerifyClientCertIfGiven,
+    RequireAndVerifyClientCert,
+}
+
+/// Go's tls.CipherSuites() names, and the rustls suite for each where rustls has one (it has
+/// no CBC suite and no suite without forward secrecy).
+const GO_CIPHER_SUITES: [(&str, Option<CipherSuite>); 17] = [
+    (
+        "TLS_AES_128_GCM_SHA256",
+        Some(CipherSuite::TLS13_AES_128_GCM_SHA256),
+    ),
+    (
+        "TLS_AES_256_GCM_SHA384",
+        Some(CipherSuite::TLS13_AES_256_GCM_SHA384),
+    ),
+    (
+        "TLS_CHACHA20_POLY1305_SHA256",
+        Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        Some(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        Some(CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384),
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        Some(CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256),
+    ),
+    ("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", None),
+    ("TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", None),
+    ("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", None),
+    ("TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", None),
+    ("TLS_RSA_WITH_AES_128_CBC_SHA", None),
+    ("TLS_RSA_WITH_AES_256_CBC_SHA", None),
+    ("TLS_RSA_WITH_AES_128_GCM_SHA256", None),
+    ("TLS_RSA_WITH_AES_256_GCM_SHA384", None),
+];
+
+/// Go's own order (with AES hardware): the server chooses, from this order, whatever the
+/// client prefers. Go has ignored prefer_server_cipher_suites since 1.18.
+const GO_PREFERENCE: [CipherSuite; 9] = [
+    CipherSuite::TLS13_AES_128_GCM_SHA256,
+    CipherSuite::TLS13_AES_256_GCM_SHA384,
+    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// Go's HTTP/2 server refuses a TLS 1.2 suite list without one of these (RFC 7540, 9.2.2).
+const HTTP2_REQUIRED: [&str; 2] = [
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+];
+
+/// exporter-toolkit's curve names.
+const GO_CURVES: [(&str, NamedGroup); 4] = [
+    ("CurveP256", NamedGroup::secp256r1),
+    ("CurveP384", NamedGroup::secp384r1),
+    ("CurveP521", NamedGroup::secp521r1),
+    ("X25519", NamedGroup::X25519),
+];
+
+/// Builds the server's TLS configuration. `t` has been through `without_empty` and asks for
+/// TLS. The checks come in the toolkit's order, so the same file gets the same first error.
+pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<ServerConfig, String> {
+    if t.cert.is_none() && t.cert_file.is_none() {
+        return Err("tls_server_config: missing one of cert or cert_file".into());
+    }
+    if t.key.is_none() && t.key_file.is_none() {
+        return Err("tls_server_config: missing one of key or key_file".into());
+    }
+    let versions = versions(t.min_version.as_deref(), t.max_version.as_deref())?;
+    let provider = provider(
+        t.cipher_suites.as_deref(),
+        t.curve_preferences.as_deref(),
+        &versions,
+        http2,
+    )?;
+    let read = |what: &str, inline: Option<String>, file: Option<PathBuf>| match (inline, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "tls_server_config: give {what} or {what}_file, not both"
+        )),
+        (Some(text), None) => Ok(Some(text.into_bytes())),
+        (None, Some(file)) => {
+            let file = dir.join(file);
+            std::fs::read(&file)
+                .map(Some)
+                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))
+        }
+        (None, None) => Ok(None),
+    };
+    let cert = read("cert", t.cert, t.cert_file)?.unwrap_or_default();
+    let key = read("key", t.key, t.key_file)?.unwrap_or_default();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls_server_config: cert_file is not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls_server_config: cert_file holds no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|e| format!("tls_server_config: key_file is not a PEM private key: {e}"))?;
+    let client_ca = read("client_ca", t.client_ca, t.client_ca_file)?;
+
+    let auth = match t.client_auth_type.as_deref().unwrap_or("") {
+        "" | "NoClientCert" => ClientAuth::NoClientCert,
+        "RequestClientCert" => ClientAuth::RequestClientCert,
+        // RequireClientCert: exporter-toolkit's older name for it.
+        "RequireAnyClientCert" | "RequireClientCert" => ClientAuth::RequireAnyClientCert,
+        "VerifyClientCertIfGiven" => ClientAuth::VerifyClientCertIfGiven,
+        "RequireAndVerifyClientCert" => ClientAuth::RequireAndVerifyClientCert,
+        other => {
+            return Err(format!(
+                "tls_server_config: invalid ClientAuth {other:?}: not one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
+            ))
+        }
+    };
+    if client_ca.is_some() && auth == ClientAuth::NoClientCert {
+        return Err("tls_server_config: client CA's have been configured without a Client Auth Policy: set client_auth_type".into());
+    }
+
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("tls_server_config: {e}"))?;
+    let builder = match auth {
+        ClientAuth::NoClientCert => builder.with_no_client_auth(),
+        _ => builder.with_client_cert_verifier(Arc::new(ClientCerts::new(
+            auth,
+            client_ca,
+            t.client_allowed_sans,
+            provider,
+        )?)),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls_server_config: certificate and key: {e}"))?;
+    config.alpn_protocols = alpn(http2);
+    config.ignore_client_order = true;
+    Ok(config)
+}
+
+/// What the server offers in ALPN.
+pub(super) fn alpn(http2: bool) -> Vec<Vec<u8>> {
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
+}
+
+fn versions(
+    min: Option<&str>,
+    max: Option<&str>,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
+    // Go's names; rustls speaks neither TLS 1.0 nor 1.1, so those count as 1.2 from below and
+    // as nothing from above.
+    let parse = |key: &str, v: Option<&str>, default: u8| {
+        match v {
+        None | Some("") => Ok(default),
+        Some("TLS10") => Ok(10),
+        Some("TLS11") => Ok(11),
+        Some("TLS12") => Ok(12),
+        Some("TLS13") => Ok(13),
+        Some(other) => Err(format!(
+            "tls_server_config.{key}: unknown TLS version {other:?}: not one of TLS10, TLS11, TLS12, TLS13"
+        )),
+    }
+    };
+    let (min, max) = (
+        parse("min_version", min, 12)?,
+        parse("max_version", max, 13)?,
+    );
+    if min > max {
+        return Err("tls_server_config: min_version is above max_version".into());
+    }
+    if min < 12 {
+        warn_once(format!(
+            "tls_server_config.min_version TLS{min}: sfb-exporter speaks TLS 1.2 and 1.3 only; TLS 1.0 and 1.1 clients are refused"
+        ));
+    }
+    let versions: Vec<_> = [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| (min..=max).contains(v))
+        .map(|(_, version)| version)
+        .collect();
+    if versions.is_empty() {
+        return Err(
+            "tls_server_config.max_version: sfb-exporter speaks TLS 1.2 and 1.3 only".into(),
+        );
+    }
+    Ok(versions)
+}
+
+/// aws-lc-rs (for P-521, which ring lacks), narrowed to the configured suites and curves.
+fn provider(
+    suites: Option<&[String]>,
+    curves: Option<&[String]>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    http2: bool,
+) -> Result<Arc<CryptoProvider>, String> {
+    let mut provider = aws_lc_rs::default_provider();
+    let allows = |v: ProtocolVersion| versions.iter().any(|s| s.version == v);
+    if let Some(names) = suites {
+        let mut tls12 = Vec::new();
+        for name in names {
+            match GO_CIPHER_SUITES.iter().find(|(n, _)| n == name) {
+                None => {
+                    return Err(format!(
+                        "tls_server_config.cipher_suites: unknown cipher {name:?}"
+                    ))
+                }
+                Some((_, None)) => warn_once(format!(
+                    "tls_server_config.cipher_suites: {name} is not offered by sfb-exporter (rustls has no CBC or non-forward-secret suites); ignoring it"
+                )),
+                Some((_, Some(id))) => tls12.extend(
+                    provider
+                        .cipher_suites
+                        .iter()
+                        .filter(|s| s.suite() == *id && s.tls13().is_none()),
+                ),
+            }
+        }
+        // As in Go, the list picks TLS 1.2 suites; TLS 1.3 suites are not configurable.
+        if http2
+            && allows(ProtocolVersion::TLSv1_2)
+            && !names.iter().any(|n| HTTP2_REQUIRED.contains(&n.as_str()))
+        {
+            return Err(format!(
+                "tls_server_config.cipher_suites: TLSConfig.CipherSuites is missing an HTTP/2-required AES_128_GCM_SHA256 cipher (need at least one of {}); add one or set http_server_config.http2: false",
+                HTTP2_REQUIRED.join(", ")
+            ));
+        }
+        let tls13: Vec<SupportedCipherSuite> = provider
+            .cipher_suites
+            .iter()
+            .filter(|s| s.tls13().is_some() && allows(ProtocolVersion::TLSv1_3))
+            .copied()
+            .collect();
+        let tls12: Vec<SupportedCipherSuite> = if allows(ProtocolVersion::TLSv1_2) {
+            tls12
+        } else {
+            Vec::new()
+        };
+        if tls13.is_empty() && tls12.is_empty() {
+            return Err("tls_server_config.cipher_suites: none of the listed suites is offered by sfb-exporter for the allowed TLS versions".into());
+        }
+        provider.cipher_suites = tls13.into_iter().chain(tls12).collect();
+    }
+    if let Some(names) = curves {
+        let mut groups: Vec<&'static dyn SupportedKxGroup> = Vec::new();
+        for name in names {
+            let Some((_, group)) = GO_CURVES.iter().find(|(n, _)| n == name) else {
+                return Err(format!(
+                    "tls_server_config.curve_preferences: unknown curve {name:?}"
+                ));
+            };
+            let offered = provider.kx_groups.iter().copied().chain([ECDH_P521]);
+            match offered.into_iter().find(|g| g.name() == *group) {
+                Some(g) => groups.push(g),
+                None => warn_once(format!(
+                    "tls_server_config.curve_preferences: {name} is not offered by sfb-exporter; ignoring it"
+                )),
+            }
+        }
+        if groups.is_empty() {
+            return Err(
+                "tls_server_config.curve_preferences: none of the listed curves is offered by sfb-exporter".into(),
+            );
+        }
+        provider.kx_groups = groups;
+    }
+    provider.cipher_suites.sort_by_key(|s| {
+        GO_PREFERENCE
+            .iter()
+            .position(|p| *p == s.suite())
+            .unwrap_or(GO_PREFERENCE.len())
+    });
+    Ok(Arc::new(provider))
+}
+
+/// ECDH on P-521, which Go offers and rustls' providers do not; aws-lc has the curve.
+pub static ECDH_P521: &dyn SupportedKxGroup = &P521;
+
+#[derive(Debug)]
+struct P521;
+
+struct P521Exchange {
+    private: ::aws_lc_rs::agreement::EphemeralPrivateKey,
+    public: ::aws_lc_rs::agreement::PublicKey,
+}
+
+impl SupportedKxGroup for P521 {
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        let rng = ::aws_lc_rs::rand::SystemRandom::new();
+        let private = ::aws_lc_rs::agreement::EphemeralPrivateKey::generate(
+            &::aws_lc_rs::agreement::ECDH_P521,
+            &rng,
+        )
+        .map_err(|_| GetRandomFailed)?;
+        let public = private.compute_public_key().map_err(|_| GetRandomFailed)?;
+        Ok(Box::new(P521Exchange { private, public }))
+    }
+
+    fn name(&self) -> NamedGroup {
+        NamedGroup::secp521r1
+    }
+}
+
+impl ActiveKeyExchange for P521Exchange {
+    fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
+        let invalid = || rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::InvalidKeyShare);
+        // TLS allows only the uncompressed point encoding (RFC 8446, 4.2.8.2).
+        if peer.first() != Some(&0x04) {
+            return Err(invalid());
+        }
+        let peer = ::aws_lc_rs::agreement::UnparsedPublicKey::new(
+            &::aws_lc_rs::agreement::ECDH_P521,
+            peer,
+        );
+        ::aws_lc_rs::agreement::agree_ephemeral(self.private, peer, (), |secret| {
+            Ok(SharedSecret::from(secret))
+        })
+        .map_err(|()| invalid())
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        self.public.as_ref()
+    }
+
+    fn group(&self) -> NamedGroup {
+        NamedGroup::secp521r1
+    }
+}
+
+/// Each such warning once per process, not again on every reload.
+fn warn_once(message: String) {
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    if WARNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(message.clone())
+    {
+        tracing::warn!("{message}");
+    }
+}
+
+/// Go's client certificate handling: Request/RequireAny take any certificate (the handshake
+/// still proves the key); VerifyIfGiven/RequireAndVerify verify against client_ca_file, or the
+/// system's roots without one. A certificate found in the client CA pool itself is trusted as
+/// Go trusts it, even when marked as a CA (webpki refuses that as CaUsedAsEndEntity). Then
+/// client_allowed_sans, if given, must name one of the certificate's SANs.
+#[derive(Debug)]
+struct ClientCerts {
+    mandatory: bool,
+    /// None: take any certificate.
+    verify: Option<Verify>,
+    allowed_sans: Option<Vec<String>>,
+    provider: Arc<CryptoProvider>,
+}
+
+#[derive(Debug)]
+struct Verify {
+    pool: Vec<CertificateDer<'static>>,
+    /// None when there is nothing to verify against (no system roots): only certificates in
+    /// the pool pass, as with Go's empty pool.
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCerts {
+    fn new(
+        auth: ClientAuth,
+        client_ca: Option<Vec<u8>>,
+        allowed_sans: Option<Vec<String>>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ClientCerts, String> {
+        let mandatory = matches!(
+            auth,
+            ClientAuth::RequireAnyClientCert | ClientAuth::RequireAndVerifyClientCert
+        );
+        let verifies = matches!(
+            auth,
+            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
+        );
+        let verify = if verifies {
+            let (pool, roots) = match client_ca {
+                Some(pem) => {
+                    let pool: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| {
+                            format!("tls_server_config: client_ca_file is not PEM: {e}")
+                        })?;
+                    let mut roots = RootCertStore::empty();
+                    let (_, unusable) = roots.add_parsable_certificates(pool.iter().cloned());
+                    if unusable > 0 {
+                        return Err(format!(
+                            "tls_server_config: client_ca_file: {unusable} certificate(s) cannot be parsed"
+                        ));
+                    }
+                    if roots.is_empty() {
+                        return Err("tls_server_config: client_ca_file holds no certificate".into());
+                    }
+                    (pool, roots)
+                }
+                None => (Vec::new(), system_roots()?),
+            };
+            let webpki = if roots.is_empty() {
+                None
+            } else {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("tls_server_config: {e}"))?;
+                Some(verifier)
+            };
+            Some(Verify { pool, webpki })
+        } else {
+            None
+        };
+        Ok(ClientCerts {
+            mandatory,
+            verify,
+            allowed_sans,
+            provider,
+        })
+    }
+
+    fn allowed_by_sans(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let Some(allowed) = &self.allowed_sans else {
+            return Ok(());
+        };
+        let sans = subject_alt_names(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        if sans.iter().any(|san| allowed.contains(san)) {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))
+        }
+    }
+}
+
+/// As Go: without client_ca_file, clients are verified against the system's trusted roots.
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        warn_once("tls_server_config: no client_ca_file and no trusted roots found on this system: every client certificate will be refused; set client_ca_file".into());
+    }
+    Ok(roots)
+}
+
+/// The SANs as Go's x509 lists them: DNS names, emails, IP addresses, URIs.
+fn subject_alt_names(cert: &CertificateDer<'_>) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let Some(sans) = parsed.subject_alternative_name().ok()? else {
+        return Some(Vec::new());
+    };
+    Some(
+        sans.value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                    Some(s.to_string())
+                }
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => Some(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).ok()?).to_string(),
+                    ),
+                    16 => Some(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).ok()?).to_string(),
+                    ),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// A certificate taken from the pool as it is: within its validity period and, if it limits
+/// its use, usable for client authentication (what Go checks of a leaf found in its pool).
+fn usable_as_pool_leaf(cert: &CertificateDer<'_>, now: UnixTime) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    let Ok(now) = x509_parser::time::ASN1Time::from_timestamp(now.as_secs() as i64) else {
+        return false;
+    };
+    let purpose = match parsed.extended_key_usage() {
+        Ok(None) => true,
+        Ok(Some(eku)) => eku.value.any || eku.value.client_auth,
+        Err(_) => false,
+    };
+    parsed.validity().is_valid_at(now) && purpose
+}
+
+impl ClientCertVerifier for ClientCerts {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        match self.verify.as_ref().and_then(|v| v.webpki.as_ref()) {
+            Some(webpki) => webpki.root_hint_subjects(),
+            None => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Some(v) = &self.verify {
+            let in_pool = v.pool.iter().any(|c| c.as_ref() == end_entity.as_ref());
+            if !(in_pool && usable_as_pool_leaf(end_entity, now)) {
+                match &v.webpki {
+                    Some(webpki) => {
+                        webpki.verify_client_cert(end_entity, intermediates, now)?;
+                    }
+                    None => {
+                        return Err(rustls::Error::InvalidCertificate(
+                            CertificateError::UnknownIssuer,
+                        ))
+                    }
+                }
+            }
+        }
+        self.allowed_by_sans(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_follow_min_and_max() {
+        assert_eq!(versions(None, None).unwrap().len(), 2);
+        assert_eq!(
+            versions(Some("TLS13"), None).unwrap(),
+            vec![&rustls::version::TLS13]
+        );
+        assert_eq!(
+            versions(None, Some("TLS12")).unwrap(),
+            vec![&rustls::version::TLS12]
+        );
+        assert_eq!(versions(Some("TLS10"), None).unwrap().len(), 2);
+        assert!(versions(Some("TLS10"), Some("TLS11"))
+            .unwrap_err()
+            .contains("TLS 1.2 and 1.3"));
+        assert!(versions(Some("TLS13"), Some("TLS12"))
+            .unwrap_err()
+            .contains("above"));
+        assert!(versions(Some("TLS111"), None)
+            .unwrap_err()
+            .contains("unknown TLS version"));
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn cipher_suites_by_go_name() {
+        let both = versions(None, None).unwrap();
+        let only12 = versions(None, Some("TLS12")).unwrap();
+        let p = provider(
+            Some(&names(&[
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+            ])),
+            None,
+            &only12,
+            false,
+        )
+        .unwrap();
+        let ids: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(
+            ids,
+            vec![CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]
+        );
+        // TLS 1.3 suites stay, as Go does not let them be configured.
+        let p = provider(
+            Some(&names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"])),
+            None,
+            &both,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            p.cipher_suites
+                .iter()
+                .filter(|s| s.tls13().is_some())
+                .count(),
+            3
+        );
+        let err = provider(
+            Some(&names(&["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"])),
+            None,
+            &only12,
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("none of the listed suites"), "{err}");
+        let err = provider(Some(&names(&["TLS_NOPE"])), None, &both, false).unwrap_err();
+        assert!(err.contains("unknown cipher"), "{err}");
+        let err = provider(
+            Some(&names(&["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"])),
+            None,
+            &only12,
+            true,
+        )
+        .unwrap_err();
+        assert!(err.contains("HTTP/2-required"), "{err}");
+    }
+
+    #[test]
+    fn curves_by_go_name() {
+        let both = versions(None, None).unwrap();
+        let p = provider(None, Some(&names(&["CurveP521", "X25519"])), &both, true).unwrap();
+        let groups: Vec<_> = p.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups, vec![NamedGroup::secp521r1, NamedGroup::X25519]);
+        let err = provider(None, Some(&names(&["CurveP257"])), &both, true).unwrap_err();
+        assert!(err.contains("unknown curve"), "{err}");
+    }
+}

@@ -1,0 +1,547 @@
+//! Many tenants from one --config.file: isolation, readiness, reload, sharding, config errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sfb_exporter::config::Shard;
+use sfb_exporter::report::Period;
+use sfb_exporter::tenants::shard_of;
+use wiremock::matchers::{body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{
+    eventually, mock_servers, report_path, sample, spawn_app, NoAuthorization, Options, TestApp,
+    DOWNLOAD_SIG, HEADER,
+};
+use crate::process::{assert_one_line, exporter, run, Process};
+
+/// How a fake tenant behaves.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    Healthy,
+    /// The identity platform refuses its secret.
+    BadSecret,
+    /// Its token request never answers.
+    Hung,
+}
+
+pub struct FakeTenant {
+    id: String,
+    name: Option<&'static str>,
+    behaviour: Behaviour,
+}
+
+pub fn tenant(id: &str, behaviour: Behaviour) -> FakeTenant {
+    FakeTenant {
+        id: id.to_string(),
+        name: None,
+        behaviour,
+    }
+}
+
+fn secret(id: &str) -> String {
+    format!("secret-of-{id}")
+}
+
+/// Audio/video minutes of a tenant's report, distinct per tenant so a mix-up shows.
+pub fn minutes(id: &str) -> u64 {
+    10 + id.bytes().map(u64::from).sum::<u64>() % 1000
+}
+
+/// The fake identity platform and Graph of several tenants: each has its own secret, token and
+/// download, so that one tenant's data can only come from its own exchanges.
+pub struct Fleet {
+    pub graph: MockServer,
+    download: MockServer,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub async fn new() -> Fleet {
+        let (graph, download) = mock_servers().await;
+        Fleet {
+            graph,
+            download,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub async fn mount(&self, t: &FakeTenant, periods: &[Period]) {
+        let token = Mock::given(method("POST"))
+            .and(path(format!("/{}/oauth2/v2.0/token", t.id)))
+            .and(body_string_contains(format!(
+                "client_secret={}",
+                secret(&t.id)
+            )));
+        let answer = match t.behaviour {
+            Behaviour::Healthy => ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "token_type": "Bearer", "expires_in": 3599, "access_token": format!("token-{}", t.id),
+            })),
+            Behaviour::BadSecret => ResponseTemplate::new(401).set_body_json(serde_json::json!({
+                "error": "invalid_client",
+                "error_description": "AADSTS7000215: Invalid client secret provided.",
+                "error_codes": [7000215],
+            })),
+            Behaviour::Hung => ResponseTemplate::new(200).set_delay(Duration::from_secs(600)),
+        };
+        token.respond_with(answer).mount(&self.graph).await;
+        for &period in periods {
+            let file = format!("/{}/{period}.csv", t.id);
+            Mock::given(method("GET"))
+                .and(path(report_path(period)))
+                .and(header(
+                    "authorization",
+                    format!("Bearer token-{}", t.id).as_str(),
+                ))
+                .respond_with(ResponseTemplate::new(302).insert_header(
+                    "location",
+                    format!("{}{file}?{DOWNLOAD_SIG}", self.download.uri()).as_str(),
+                ))
+                .mount(&self.graph)
+                .await;
+            let csv = format!(
+                "{HEADER}\n2024-03-05,2024-03-04,{},{},1,0\n",
+                period.days(),
+                minutes(&t.id)
+            );
+            Mock::given(method("GET"))
+                .and(path(file))
+                .and(NoAuthorization)
+                .respond_with(ResponseTemplate::new(200).set_body_string(csv))
+                .mount(&self.download)
+                .await;
+        }
+    }
+
+    /// Writes the config file listing `tenants`, their secrets in files next to it (a
+    /// relative path, resolved against the file's directory).
+    pub fn write(&self, tenants: &[&FakeTenant]) -> PathBuf {
+        std::fs::create_dir_all(self.dir.path().join("secrets")).unwrap();
+        let mut yaml = String::from("tenants:\n");
+        for t in tenants {
+            std::fs::write(
+                self.dir.path().join("secrets").join(&t.id),
+                secret(&t.id) + "\n",
+            )
+            .unwrap();
+            yaml.push_str(&format!(
+                "  - tenant_id: {}\n    client_id: client-{}\n    client_secret_file: secrets/{}\n",
+                t.id, t.id, t.id
+            ));
+            if let Some(name) = t.name {
+                yaml.push_str(&format!("    name: {name}\n"));
+            }
+        }
+        self.write_raw(&yaml)
+    }
+
+    fn write_raw(&self, yaml: &str) -> PathBuf {
+        let file = self.dir.path().join("tenants.yml");
+        std::fs::write(&file, yaml).unwrap();
+        file
+    }
+
+    async fn start(self, options: Options) -> (TestApp, FakeDir) {
+        let dir = FakeDir(self.dir);
+        let app = spawn_app(self.graph, self.download, options).await;
+        (app, dir)
+    }
+}
+
+/// Keeps the config file's directory alive, and rewrites the file for reloads.
+struct FakeDir(tempfile::TempDir);
+
+impl FakeDir {
+    fn file(&self) -> PathBuf {
+        self.0.path().join("tenants.yml")
+    }
+}
+
+fn options(file: &Path, periods: &[Period]) -> Options {
+    Options {
+        periods: periods.to_vec(),
+        tenants_file: Some(file.to_path_buf()),
+        ..Options::default()
+    }
+}
+
+fn series(name: &str, tenant: &str, period: Period) -> String {
+    format!(r#"{name}{{period="{period}",tenant="{tenant}"}}"#)
+}
+
+fn activity(tenant: &str, period: Period) -> String {
+    format!(
+        r#"sfb_organizer_activity_seconds{{conference_type="audio_video",period="{period}",tenant="{tenant}"}}"#
+    )
+}
+
+async fn token_requests(app: &TestApp, id: &str) -> usize {
+    app.requests_to(&app.graph, &format!("/{id}/oauth2"))
+        .await
+        .len()
+}
+
+#[tokio::test]
+async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
+    let periods = [Period::D7, Period::D30];
+    let fleet = Fleet::new().await;
+    let mut contoso = tenant("contoso-id", Behaviour::Healthy);
+    contoso.name = Some("Contoso");
+    let tenants = [
+        contoso,
+        tenant("fabrikam-id", Behaviour::Healthy),
+        tenant("revoked-id", Behaviour::BadSecret),
+        tenant("hung-id", Behaviour::Hung),
+    ];
+    for t in &tenants {
+        fleet.mount(t, &periods).await;
+    }
+    let file = fleet.write(&tenants.iter().collect::<Vec<_>>());
+    let (app, _dir) = fleet
+        .start(Options {
+            // The hung tenant holds one slot (its periods share one token request): the others
+            // must get by with the other.
+            max_concurrency: 2,
+            timeout: Duration::from_secs(3),
+            ..options(&file, &periods)
+        })
+        .await;
+
+    let body = app
+        .metrics_when("the healthy tenants' values", |b| {
+            ["contoso-id", "fabrikam-id"].iter().all(|id| {
+                periods
+                    .iter()
+                    .all(|&p| sample(b, &activity(id, p)).is_some())
+            })
+        })
+        .await;
+    for id in ["contoso-id", "fabrikam-id"] {
+        for p in periods {
+            assert_eq!(
+                sample(&body, &activity(id, p)),
+                Some(minutes(id) as f64 * 60.0)
+            );
+            assert_eq!(
+                sample(&body, &series("sfb_refresh_success", id, p)),
+                Some(1.0)
+            );
+        }
+    }
+    assert_eq!(
+        sample(
+            &body,
+            r#"sfb_tenant_info{name="Contoso",tenant="contoso-id"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(body.matches("sfb_tenant_info{").count(), 1, "{body}");
+
+    // The hung tenant is still pending: not ready yet, whatever the others do.
+    let (status, json) = app.readyz().await;
+    if json["tenants"]["hung-id"]["periods"]["D7"]["state"] == "pending" {
+        assert_eq!(status, 503, "{json}");
+    }
+    assert_eq!(json["tenants"]["contoso-id"]["name"], "Contoso");
+    assert_eq!(
+        json["tenants"]["contoso-id"]["periods"]["D7"]["state"],
+        "ok"
+    );
+
+    // Once every (tenant, period) has had its first attempt, the exporter is ready, though two
+    // tenants fail.
+    assert!(eventually(|| async { app.readyz().await.0 == 200 }).await);
+    let (_, json) = app.readyz().await;
+    assert_eq!(json["ready"], true);
+    for p in ["D7", "D30"] {
+        assert_eq!(
+            json["tenants"]["revoked-id"]["periods"][p]["state"],
+            "failing"
+        );
+        assert_eq!(json["tenants"]["hung-id"]["periods"][p]["state"], "failing");
+    }
+    let body = app.metrics().await;
+    let failures = |id: &str, reason: &str| {
+        format!(r#"sfb_refresh_failures_total{{period="D7",reason="{reason}",tenant="{id}"}}"#)
+    };
+    assert_eq!(sample(&body, &failures("revoked-id", "auth")), Some(1.0));
+    assert_eq!(sample(&body, &failures("hung-id", "timeout")), Some(1.0));
+    assert!(!body.contains(&secret("revoked-id")), "a secret leaked");
+
+    // Without --web.enable-lifecycle the reload endpoint is refused.
+    let response = app
+        .http
+        .post(format!("http://{}/-/reload", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reload_adds_removes_and_keeps_tenants() {
+    let periods = [Period::D7];
+    let fleet = Fleet::new().await;
+    let (kept, removed, added) = (
+        tenant("kept-id", Behaviour::Healthy),
+        tenant("removed-id", Behaviour::Healthy),
+        tenant("added-id", Behaviour::Healthy),
+    );
+    for t in [&kept, &removed, &added] {
+        fleet.mount(t, &periods).await;
+    }
+    let file = fleet.write(&[&kept, &removed]);
+    let (app, dir) = fleet
+        .start(Options {
+            enable_lifecycle: true,
+            ..options(&file, &periods)
+        })
+        .await;
+    app.after_first_attempts(2).await;
+    let reload = || async {
+        let response = app
+            .http
+            .post(format!("http://{}/-/reload", app.addr))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let body = app.metrics().await;
+    assert_eq!(
+        sample(&body, "sfb_config_last_reload_successful"),
+        Some(1.0)
+    );
+    let first_load = sample(&body, "sfb_config_last_reload_success_timestamp_seconds").unwrap();
+    assert!(first_load > 1.7e9, "{first_load}");
+
+    // The rewritten file: same secret for kept, removed gone, added new.
+    let mut yaml = std::fs::read_to_string(dir.file()).unwrap();
+    yaml = yaml.replace("removed-id", "added-id");
+    std::fs::write(dir.file(), &yaml).unwrap();
+    std::fs::write(dir.0.path().join("secrets/added-id"), secret("added-id")).unwrap();
+    assert_eq!(reload().await.0, 200);
+    let body = app
+        .metrics_when("the added tenant's first attempt", |b| {
+            sample(b, &series("sfb_refresh_success", "added-id", Period::D7)).is_some()
+                && !b.contains("removed-id")
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &series("sfb_refresh_success", "kept-id", Period::D7)),
+        Some(1.0)
+    );
+    // The kept tenant kept its token and its schedule: no new exchange at all.
+    assert_eq!(token_requests(&app, "kept-id").await, 1);
+    assert_eq!(
+        app.requests_to(&app.download, "/kept-id/").await.len(),
+        1,
+        "kept tenant refreshed again"
+    );
+    let (status, json) = app.readyz().await;
+    assert_eq!(status, 200, "{json}");
+    assert!(json["tenants"].get("removed-id").is_none(), "{json}");
+
+    // A file that does not load changes nothing and says why.
+    std::fs::write(dir.file(), yaml.replace("client_id:", "clientid:")).unwrap();
+    let (status, text) = reload().await;
+    assert_eq!(status, 500);
+    assert!(text.contains("unknown key \"clientid\""), "{text}");
+    let body = app.metrics().await;
+    assert_eq!(
+        sample(&body, "sfb_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert!(
+        sample(&body, "sfb_config_last_reload_success_timestamp_seconds").unwrap() >= first_load
+    );
+    for id in ["kept-id", "added-id"] {
+        assert!(sample(&body, &activity(id, Period::D7)).is_some(), "{id}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shards_keep_only_their_tenants() {
+    let periods = [Period::D7];
+    let fleet = Fleet::new().await;
+    let tenants: Vec<FakeTenant> = (0..8)
+        .map(|i| tenant(&format!("Tenant-{i}"), Behaviour::Healthy))
+        .collect();
+    for t in &tenants {
+        fleet.mount(t, &periods).await;
+    }
+    let file = fleet.write(&tenants.iter().collect::<Vec<_>>());
+    let shard = Shard { count: 3, index: 1 };
+    let (app, _dir) = fleet
+        .start(Options {
+            shard,
+            ..options(&file, &periods)
+        })
+        .await;
+    let expected: Vec<&str> = tenants
+        .iter()
+        .map(|t| t.id.as_str())
+        .filter(|id| shard_of(id, 3) == 1)
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < tenants.len());
+    assert!(eventually(|| async { app.readyz().await.0 == 200 }).await);
+    let (_, json) = app.readyz().await;
+    let held: Vec<&str> = json["tenants"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(held, expected_sorted);
+    app.stop().await;
+}
+
+#[test]
+fn config_file_errors_are_one_line_and_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tenants.yml");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: hunter2, colour: red}\n",
+            &["tenant t1", "unknown key \"colour\""],
+        ),
+        (
+            "tenants:\n  - {tenant_id: t1, client_id: c, client_secret_file: missing}\n",
+            &["tenant t1", "client_secret_file", "missing"],
+        ),
+        (
+            "tenants:\n  - {client_id: c, client_secret: hunter2}\n",
+            &["tenant #1", "tenant_id: missing"],
+        ),
+    ];
+    for (yaml, needles) in cases {
+        std::fs::write(&file, yaml).unwrap();
+        let (code, stderr) = run(exporter().args(["--config.file", file.to_str().unwrap()]));
+        assert_eq!(code, 1, "{stderr}");
+        assert_one_line(&stderr, needles);
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        let (code, stderr) =
+            run(exporter().args(["--config.check", "--config.file", file.to_str().unwrap()]));
+        assert_ne!(code, 0, "{stderr}");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "--config.check: {needle:?} not in {stderr}"
+            );
+        }
+    }
+    let (code, stderr) = run(exporter().args(["--config.file", "/nonexistent/tenants.yml"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line(
+        &stderr,
+        &["cannot read --config.file", "/nonexistent/tenants.yml"],
+    );
+    let (code, stderr) = run(exporter().args([
+        "--config.file",
+        file.to_str().unwrap(),
+        "--shard.count",
+        "2",
+        "--shard.index",
+        "2",
+    ]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line(&stderr, &["--shard.index 2", "0 to 1"]);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    let periods = [Period::D7];
+    let fleet = Fleet::new().await;
+    let (first, second) = (
+        tenant("first-id", Behaviour::Healthy),
+        tenant("second-id", Behaviour::Healthy),
+    );
+    fleet.mount(&first, &periods).await;
+    fleet.mount(&second, &periods).await;
+    let file = fleet.write(&[&first]);
+    let base = fleet.graph.uri();
+    let process = Process::spawn(exporter().env("AZURE_AUTHORITY_HOST", &base).args([
+        "--config.file",
+        file.to_str().unwrap(),
+        "--graph.url",
+        &base,
+        "--report.periods",
+        "D7",
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--log.format",
+        "json",
+    ]));
+    process.log_line(|l| l["message"] == "tenants loaded" && l["tenants"] == 1);
+    fleet.write(&[&first, &second]);
+    process.signal("HUP");
+    let line = process.log_line(|l| l["message"] == "tenants reloaded");
+    assert_eq!(line["added"], 1, "{line}");
+    assert_eq!(line["unchanged"], 1, "{line}");
+    process.log_line(|l| l["message"] == "report refreshed" && l["tenant"] == "second-id");
+}
+
+#[test]
+fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
+    use crate::packaging::{at, yaml};
+    let set = yaml("deploy/kubernetes/sharded/statefulset.yaml");
+    let container = at(&set, &["spec", "template", "spec", "containers", "0"]);
+    let args: Vec<&str> = at(container, &["args"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let replicas = at(&set, &["spec", "replicas"]).as_u64().unwrap();
+    assert!(
+        args.contains(&format!("--shard.count={replicas}").as_str()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--shard.index=$(SHARD_INDEX)"), "{args:?}");
+    assert_eq!(
+        at(
+            container,
+            &["env", "0", "valueFrom", "fieldRef", "fieldPath"]
+        )
+        .as_str(),
+        Some("metadata.labels['apps.kubernetes.io/pod-index']")
+    );
+    let service = yaml("deploy/kubernetes/sharded/service.yaml");
+    assert_eq!(
+        at(&set, &["spec", "serviceName"]),
+        at(&service, &["metadata", "name"])
+    );
+    // The ConfigMap's file loads with the exporter's own reader, secrets where the pod
+    // mounts them.
+    let config = yaml("deploy/kubernetes/sharded/tenants.yaml");
+    let text = at(&config, &["data", "tenants.yml"]).as_str().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (config_dir, secrets) = (root.path().join("config"), root.path().join("secrets"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&secrets).unwrap();
+    for name in ["contoso", "fabrikam"] {
+        std::fs::write(secrets.join(name), "s").unwrap();
+    }
+    let mounts = at(container, &["volumeMounts"]).as_sequence().unwrap();
+    let mounted: Vec<&str> = mounts
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounted,
+        ["/etc/sfb-exporter/config", "/etc/sfb-exporter/secrets"]
+    );
+    let defaults = sfb_exporter::config::TenantDefaults {
+        cloud: sfb_exporter::config::Cloud::Global,
+        authority_host: None,
+        graph_url: None,
+        periods: sfb_exporter::report::Periods::new([Period::D7]).unwrap(),
+        imds_host: url::Url::parse("http://127.0.0.1:9").unwrap(),
+    };
+    let specs = sfb_exporter::tenants::parse(text, &config_dir, &defaults).unwrap();
+    assert_eq!(specs.len(), 2);
+}

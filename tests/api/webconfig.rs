@@ -1,0 +1,768 @@
+//! --web.config.file against exporter-toolkit's own test data (tests/fixtures/webconfig, copied
+//! from prometheus/exporter-toolkit's web/testdata) and the expectations of its Go tests.
+
+use crate::process::{assert_one_line, exporter, run};
+
+/// Client authentication asked for without a certificate: the toolkit refuses to start, and
+/// so do we; falling back to plain HTTP would open what the operator meant to close.
+#[test]
+fn client_auth_without_a_certificate_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for tls in [
+        "client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt",
+        "client_auth_type: VerifyClientCertIfGiven",
+        "client_ca_file: ca.crt",
+    ] {
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, format!("tls_server_config:\n  {tls}\n")).unwrap();
+        let (code, stderr) = run(exporter()
+            .args(["--demo", "--web.listen-address", "127.0.0.1:0"])
+            .arg("--web.config.file")
+            .arg(&path));
+        assert_eq!(code, 1, "{tls}: {stderr}");
+        assert_one_line(&stderr, &["missing one of cert or cert_file"]);
+    }
+}
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::{aws_lc_rs, SupportedKxGroup};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{CipherSuite, NamedGroup, RootCertStore};
+use sfb_exporter::report::Period;
+use sfb_exporter::webconfig::{WebConfig, ECDH_P521};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/webconfig")
+        .join(name)
+}
+
+/// The toolkit's TestYAMLFiles (run and validate) and the start-up failures of its
+/// TestServerBehaviour: what loading each file gives.
+#[test]
+fn toolkit_config_files_are_accepted_or_refused_as_there() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("somefile", Some("No such file")),
+        ("web_config_empty.yml", None),
+        ("web_config_junk.yml", Some("invalid YAML")),
+        (
+            "web_config_junk_key.yml",
+            Some("unknown field `cert_filse`"),
+        ),
+        (
+            "web_config_noAuth_certPath_empty.bad.yml",
+            Some("missing one of cert or cert_file"),
+        ),
+        (
+            "web_config_noAuth_cert_empty.bad.yml",
+            Some("missing one of cert or cert_file"),
+        ),
+        (
+            "web_config_noAuth_keyPath_empty.bad.yml",
+            Some("missing one of key or key_file"),
+        ),
+        (
+            "web_config_noAuth_key_empty.bad.yml",
+            Some("missing one of key or key_file"),
+        ),
+        (
+            "web_config_noAuth_certPath_keyPath_empty.bad.yml",
+            Some("missing one of cert or cert_file"),
+        ),
+        (
+            "web_config_noAuth_certPath_invalid.bad.yml",
+            Some("No such file"),
+        ),
+        (
+            "web_config_noAuth_keyPath_invalid.bad.yml",
+            Some("No such file"),
+        ),
+        (
+            "web_config_noAuth_certPath_keyPath_invalid.bad.yml",
+            Some("No such file"),
+        ),
+        (
+            "web_config_noAuth.bad.yml",
+            Some("client CA's have been configured without a Client Auth Policy"),
+        ),
+        (
+            "web_config_auth_clientCAs_invalid.bad.yml",
+            Some("No such file"),
+        ),
+        (
+            "web_config_auth_user_list_invalid.bad.yml",
+            Some("not a bcrypt hash"),
+        ),
+        (
+            "web_config_noAuth_inventedCiphers.bad.yml",
+            Some("unknown cipher"),
+        ),
+        (
+            "web_config_noAuth_inventedCurves.bad.yml",
+            Some("unknown curve"),
+        ),
+        (
+            "web_config_noAuth_wrongTLSVersion.bad.yml",
+            Some("unknown TLS version"),
+        ),
+        (
+            "web_config_noAuth_noHTTP2Cipher.bad.yml",
+            Some("TLSConfig.CipherSuites is missing an HTTP/2-required"),
+        ),
+        (
+            "web_config_headers_content_type_options.bad.yml",
+            Some("invalid value for X-Content-Type-Options"),
+        ),
+        (
+            "web_config_headers_frame_options.bad.yml",
+            Some("invalid value for X-Frame-Options"),
+        ),
+        (
+            "web_config_headers_extra_header.bad.yml",
+            Some("HTTP header \"Content-Type\" can not be configured"),
+        ),
+        // Good files, and the one the toolkit names bad but never drives: without
+        // client_ca_file, client certificates are verified against the system's roots.
+        ("web_config_auth_clientCAs_missing.bad.yml", None),
+        ("web_config_noAuth.good.yml", None),
+        ("web_config_noAuth.good.blocking.yml", None),
+        ("web_config_noAuth_tlsInline.good.yml", None),
+        ("web_config_noAuth_allCiphers.good.yml", None),
+        ("web_config_noAuth_someCiphers.good.yml", None),
+        ("web_config_noAuth_someCiphers_noOrder.good.yml", None),
+        ("web_config_noAuth_allCurves.good.yml", None),
+        ("web_config_noAuth_someCurves.good.yml", None),
+        ("web_config_noAuth_noHTTP2.good.yml", None),
+        ("web_config_headers.good.yml", None),
+        ("tls_config_noAuth.requireanyclientcert.good.yml", None),
+        (
+            "tls_config_noAuth.requireanyclientcertkeyinline.good.yml",
+            None,
+        ),
+        (
+            "tls_config_noAuth.requireandverifyclientcert.good.yml",
+            None,
+        ),
+        ("web_config_auth_client_san.good.yaml", None),
+        ("web_config_auth_client_san.bad.yaml", None),
+        ("web_config_rate_limiter_nonblocking.yaml", None),
+        ("web_config_rate_limiter_one_second.yaml", None),
+        ("web_config_users.good.yml", None),
+        ("web_config_users_noTLS.good.yml", None),
+    ];
+    for (file, expected) in cases {
+        match (WebConfig::load(&fixture(file)), expected) {
+            (Ok(_), None) => {}
+            (Err(e), Some(needle)) => {
+                let e = e.to_string();
+                assert!(e.contains(needle), "{file}: {e}");
+                assert!(!e.contains('\n'), "{file}: {e:?}");
+            }
+            (Ok(_), Some(needle)) => panic!("{file}: accepted, expected {needle:?}"),
+            (Err(e), None) => panic!("{file}: refused: {e}"),
+        }
+    }
+}
+
+/// What a test client asks of the handshake.
+#[derive(Default)]
+struct Hello {
+    tls12_only: bool,
+    suites: Option<Vec<CipherSuite>>,
+    groups: Option<Vec<NamedGroup>>,
+    /// A client certificate from the toolkit's test data: client_selfsigned, client2_selfsigned.
+    cert: Option<&'static str>,
+    alpn: Vec<Vec<u8>>,
+    basic_auth: Option<(&'static str, &'static str)>,
+}
+
+/// What came back over TLS.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    suite: Option<CipherSuite>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// The toolkit's getTLSClient: trusts tls-ca-chain.pem, offers a client certificate if given.
+async fn tls_get(app: &TestApp, path: &str, hello: Hello) -> Result<Answer, String> {
+    let mut provider = aws_lc_rs::default_provider();
+    if let Some(suites) = &hello.suites {
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite()));
+    }
+    if let Some(groups) = &hello.groups {
+        provider.kx_groups = aws_lc_rs::ALL_KX_GROUPS
+            .iter()
+            .copied()
+            .chain([ECDH_P521])
+            .filter(|g: &&dyn SupportedKxGroup| groups.contains(&g.name()))
+            .collect();
+    }
+    let versions: &[_] = if hello.tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        rustls::ALL_VERSIONS
+    };
+    let mut roots = RootCertStore::empty();
+    let chain = std::fs::read(fixture("tls-ca-chain.pem")).unwrap();
+    roots.add_parsable_certificates(CertificateDer::pem_slice_iter(&chain).map(|c| c.unwrap()));
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match hello.cert {
+        Some(name) => {
+            let pem = std::fs::read(fixture(&format!("{name}.pem"))).unwrap();
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(fixture(&format!("{name}.key"))).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = hello.alpn;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, session) = tls.get_ref();
+    let suite = session.negotiated_cipher_suite().map(|s| s.suite());
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let auth = hello.basic_auth.map_or(String::new(), |(user, password)| {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Authorization: Basic {token}\r\n")
+    });
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let read = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let Some(status) = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok())
+    else {
+        return Err(read
+            .err()
+            .map_or(format!("no HTTP response: {text:?}"), |e| e.to_string()));
+    };
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok(Answer {
+        status,
+        head,
+        suite,
+        alpn,
+    })
+}
+
+async fn spawn_with(file: &str) -> TestApp {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    mount_report(
+        &graph,
+        &download,
+        Period::D7,
+        "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n",
+    )
+    .await;
+    spawn_app(
+        graph,
+        download,
+        Options {
+            web_config: Some(fixture(file)),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn plain_status(app: &TestApp, path: &str) -> Result<u16, String> {
+    app.http
+        .get(format!("http://{}{path}", app.addr))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+fn ok(answer: Result<Answer, String>) -> Answer {
+    let answer = answer.unwrap_or_else(|e| panic!("refused: {e}"));
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    answer
+}
+
+#[tokio::test]
+async fn tls_as_the_toolkit_serves_it() {
+    // valid tls config yml and default client / tls client
+    let app = spawn_with("web_config_noAuth.good.yml").await;
+    assert!(
+        plain_status(&app, "/healthz").await.is_err(),
+        "plain HTTP to the TLS port"
+    );
+    let answer = ok(tls_get(&app, "/healthz", Hello::default()).await);
+    assert_eq!(answer.alpn, None, "no ALPN asked, none given");
+    // HTTP/2 is offered by ALPN.
+    let h2 = tls_get(
+        &app,
+        "/healthz",
+        Hello {
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(h2.map(|a| a.alpn), Ok(Some(b"h2".to_vec())));
+    // with TLS 1.1 client: refused (rustls speaks neither 1.0 nor 1.1; so nor do we).
+    assert_eq!(tls11_hello(&app).await, 0x15, "TLS 1.1 gets an alert");
+    app.stop().await;
+
+    // valid tls config yml (cert and key inline) and tls client
+    let app = spawn_with("web_config_noAuth_tlsInline.good.yml").await;
+    ok(tls_get(&app, "/healthz", Hello::default()).await);
+    app.stop().await;
+
+    // valid tls config yml with all ciphers (the CBC ones are warned about and left out)
+    let app = spawn_with("web_config_noAuth_allCiphers.good.yml").await;
+    ok(tls_get(&app, "/healthz", Hello::default()).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cipher_suites_as_the_toolkit_chooses_them() {
+    for file in [
+        "web_config_noAuth_someCiphers.good.yml",
+        "web_config_noAuth_someCiphers_noOrder.good.yml",
+    ] {
+        let app = spawn_with(file).await;
+        let only = |suites: Vec<CipherSuite>| Hello {
+            tls12_only: true,
+            suites: Some(suites),
+            ..Default::default()
+        };
+        let answer = ok(tls_get(
+            &app,
+            "/healthz",
+            only(vec![CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]),
+        )
+        .await);
+        assert_eq!(
+            answer.suite,
+            Some(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+        );
+        // No common cipher (the toolkit's client offers a CBC suite, which rustls lacks;
+        // CHACHA20 is as foreign to this server).
+        let refused = tls_get(
+            &app,
+            "/healthz",
+            only(vec![
+                CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]),
+        )
+        .await;
+        assert!(refused.is_err(), "{file}: {refused:?}");
+        // Multiple client ciphers: AES-128-GCM is chosen, whatever the server's order.
+        let answer = ok(tls_get(
+            &app,
+            "/healthz",
+            only(vec![
+                CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            ]),
+        )
+        .await);
+        assert_eq!(
+            answer.suite,
+            Some(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+            "{file}"
+        );
+        app.stop().await;
+    }
+
+    // Non-HTTP/2 ciphers with http2: false: served, over HTTP/1.1 only.
+    let app = spawn_with("web_config_noAuth_noHTTP2.good.yml").await;
+    let answer = ok(tls_get(
+        &app,
+        "/healthz",
+        Hello {
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            ..Default::default()
+        },
+    )
+    .await);
+    assert_eq!(answer.alpn, Some(b"http/1.1".to_vec()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn curves_as_the_toolkit_chooses_them() {
+    let app = spawn_with("web_config_noAuth_allCurves.good.yml").await;
+    ok(tls_get(&app, "/healthz", Hello::default()).await);
+    app.stop().await;
+
+    let app = spawn_with("web_config_noAuth_someCurves.good.yml").await;
+    let with = |group| Hello {
+        groups: Some(vec![group]),
+        ..Default::default()
+    };
+    ok(tls_get(&app, "/healthz", with(NamedGroup::secp521r1)).await);
+    let refused = tls_get(&app, "/healthz", with(NamedGroup::secp384r1)).await;
+    assert!(refused.is_err(), "no common curve: {refused:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificates_as_the_toolkit_checks_them() {
+    let with = |cert| Hello {
+        cert: Some(cert),
+        ..Default::default()
+    };
+    for file in [
+        "tls_config_noAuth.requireanyclientcert.good.yml",
+        "tls_config_noAuth.requireanyclientcertkeyinline.good.yml",
+    ] {
+        let app = spawn_with(file).await;
+        ok(tls_get(&app, "/healthz", with("client_selfsigned")).await);
+        let refused = tls_get(&app, "/healthz", Hello::default()).await;
+        assert!(
+            refused.is_err(),
+            "{file} without a certificate: {refused:?}"
+        );
+        app.stop().await;
+    }
+
+    // The client certificate is itself the pool, and marked as a CA: trusted, as in Go.
+    let app = spawn_with("tls_config_noAuth.requireandverifyclientcert.good.yml").await;
+    ok(tls_get(&app, "/healthz", with("client_selfsigned")).await);
+    let refused = tls_get(&app, "/healthz", with("client2_selfsigned")).await;
+    assert!(
+        refused.is_err(),
+        "a certificate not in the pool: {refused:?}"
+    );
+    let refused = tls_get(&app, "/healthz", Hello::default()).await;
+    assert!(refused.is_err(), "no certificate: {refused:?}");
+    app.stop().await;
+
+    // client_allowed_sans: test3 is the certificate's DNS SAN.
+    let app = spawn_with("web_config_auth_client_san.good.yaml").await;
+    ok(tls_get(&app, "/healthz", with("client2_selfsigned")).await);
+    app.stop().await;
+    let app = spawn_with("web_config_auth_client_san.bad.yaml").await;
+    let refused = tls_get(&app, "/healthz", with("client2_selfsigned")).await;
+    assert!(refused.is_err(), "no allowed SAN: {refused:?}");
+    app.stop().await;
+
+    // VerifyClientCertIfGiven without client_ca_file: no certificate is fine; one that the
+    // system's roots do not vouch for is not.
+    let app = spawn_with("web_config_noAuth.good.yml").await;
+    ok(tls_get(&app, "/healthz", Hello::default()).await);
+    let refused = tls_get(&app, "/healthz", with("client_selfsigned")).await;
+    assert!(refused.is_err(), "a self-signed certificate: {refused:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn headers_as_the_toolkit_sets_them() {
+    let app = spawn_with("web_config_headers.good.yml").await;
+    let response = app
+        .http
+        .get(format!("http://{}/healthz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    for (name, value) in [
+        (
+            "Strict-Transport-Security",
+            "max-age=31536000; includeSubDomains",
+        ),
+        ("X-Frame-Options", "deny"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-XSS-Protection", "1"),
+        (
+            "Content-Security-Policy",
+            "default-src 'self' *.test.example.net",
+        ),
+    ] {
+        assert_eq!(response.headers()[name], value, "{name}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_as_the_toolkit_applies_it() {
+    let app = spawn_with("web_config_rate_limiter_nonblocking.yaml").await;
+    for _ in 0..=10 {
+        assert_eq!(plain_status(&app, "/healthz").await, Ok(200));
+    }
+    app.stop().await;
+    // interval 1s, burst 0: golang.org/x/time/rate lets nothing through.
+    let app = spawn_with("web_config_rate_limiter_one_second.yaml").await;
+    let mut codes = Vec::new();
+    for _ in 0..=10 {
+        codes.push(plain_status(&app, "/healthz").await.unwrap());
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    let body = app
+        .http
+        .get(format!("http://{}/healthz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.text().await.unwrap(), "Too Many Requests\n");
+    app.stop().await;
+}
+
+/// GET /healthz over plain HTTP with basic auth, started at once: its status.
+fn login(app: &TestApp, user: &str, password: &str) -> tokio::task::JoinHandle<u16> {
+    let request = app
+        .http
+        .get(format!("http://{}/healthz", app.addr))
+        .basic_auth(user, Some(password));
+    tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+}
+
+/// The toolkit's TestUsers, TestBasicAuthWithFakepassword and TestByPassBasicAuthVuln
+/// (CVE-2022-46146).
+#[tokio::test]
+async fn users_as_the_toolkit_checks_them() {
+    let app = spawn_with("web_config_users_noTLS.good.yml").await;
+    let login = |user, password| {
+        let answer = login(&app, user, password);
+        async move { answer.await.unwrap() }
+    };
+    assert_eq!(plain_status(&app, "/healthz").await, Ok(401));
+    assert_eq!(login("dave", "dave123").await, 200);
+    assert_eq!(login("fakeuser", "fakepassword").await, 401);
+    assert_eq!(
+        login("fakeuser", "fakepassword").await,
+        401,
+        "cached or not"
+    );
+    assert_eq!(
+        login(
+            "alice$2y$12$1DpfPeqF9HzHJt.EWswy1exHluGfbhnn3yXhR7Xes6m3WJqFg0Wby",
+            "fakepassword"
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        login(
+            "alice",
+            "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSifakepassword"
+        )
+        .await,
+        401
+    );
+    app.stop().await;
+
+    let app = spawn_with("web_config_users.good.yml").await;
+    let as_user = |user, password| Hello {
+        basic_auth: Some((user, password)),
+        ..Default::default()
+    };
+    let status = |a: Result<Answer, String>| a.map(|a| a.status);
+    assert_eq!(
+        status(tls_get(&app, "/healthz", Hello::default()).await),
+        Ok(401)
+    );
+    assert_eq!(
+        status(tls_get(&app, "/healthz", as_user("dave", "dave123")).await),
+        Ok(200)
+    );
+    assert_eq!(
+        status(tls_get(&app, "/healthz", as_user("carol", "carol123")).await),
+        Ok(200)
+    );
+    assert_eq!(
+        status(tls_get(&app, "/healthz", as_user("dave", "bad")).await),
+        Ok(401)
+    );
+    assert_eq!(
+        status(tls_get(&app, "/healthz", as_user("nonexistent", "nonexistent")).await),
+        Ok(401)
+    );
+    app.stop().await;
+}
+
+/// The toolkit's TestBasicAuthCache, smaller: concurrent right and wrong passwords each get
+/// their own answer.
+#[tokio::test]
+async fn concurrent_logins_get_their_own_answers() {
+    let app = spawn_with("web_config_users_noTLS.good.yml").await;
+    let login = |password| login(&app, "dave", password);
+    assert_eq!(login("dave123").await.unwrap(), 200);
+    assert_eq!(login("dave1234").await.unwrap(), 401);
+    let logins: Vec<_> = (0..8)
+        .flat_map(|_| [(login("dave123"), 200), (login("dave1234"), 401)])
+        .collect();
+    for (login, expected) in logins {
+        assert_eq!(login.await.unwrap(), expected);
+    }
+    app.stop().await;
+}
+
+/// A TLS 1.1 ClientHello, by hand (rustls cannot send one): the first byte of the answer.
+async fn tls11_hello(app: &TestApp) -> u8 {
+    let mut hello = vec![0x03, 0x02];
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend([0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
+    hello.extend([0x01, 0x00]); // null compression
+    let mut handshake = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend(handshake);
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tcp.write_all(&record).await.unwrap();
+    let mut first = [0u8; 1];
+    match tcp.read_exact(&mut first).await {
+        Ok(_) => first[0],
+        Err(_) => 0,
+    }
+}
+
+/// A copy of the toolkit's server certificate and key next to a web config we can rewrite.
+fn rewritable(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["server.crt", "server.key", "client_selfsigned.pem"] {
+        std::fs::copy(fixture(file), dir.path().join(file)).unwrap();
+    }
+    let path = dir.path().join("web.yml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
+async fn spawn_at(path: PathBuf) -> TestApp {
+    let (graph, download) = mock_servers().await;
+    token_mock(3599).mount(&graph).await;
+    spawn_app(
+        graph,
+        download,
+        Options {
+            web_config: Some(path),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The toolkit's TestConfigReloading: a configuration that refuses the client, then one that
+/// takes it, without a restart.
+#[tokio::test]
+async fn a_changed_file_is_served_without_a_restart() {
+    let blocking = std::fs::read_to_string(fixture("web_config_noAuth.good.blocking.yml")).unwrap();
+    let good = std::fs::read_to_string(fixture("web_config_noAuth.good.yml")).unwrap();
+    let (_dir, path) = rewritable(&blocking);
+    let app = spawn_at(path.clone()).await;
+    let refused = tls_get(&app, "/healthz", Hello::default()).await;
+    assert!(
+        refused.is_err(),
+        "served without a client certificate: {refused:?}"
+    );
+    std::fs::write(&path, good).unwrap();
+    let served =
+        eventually(|| async { tls_get(&app, "/healthz", Hello::default()).await.is_ok() }).await;
+    assert!(served, "the new configuration was never served");
+    app.stop().await;
+}
+
+/// A new file that fails a reload check installs nothing: not its TLS settings either.
+#[tokio::test]
+async fn a_refused_reload_installs_nothing() {
+    let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let users =
+        "basic_auth_users:\n  dave: $2y$10$2UXri9cIDdgeKjBo4Rlpx.U3ZLDV8X1IxKmsfOvhcM5oXQt/mLmXq\n";
+    let (_dir, path) = rewritable(&format!("{tls}{users}"));
+    let app = spawn_at(path.clone()).await;
+    let dave = || Hello {
+        basic_auth: Some(("dave", "dave123")),
+        ..Default::default()
+    };
+    assert_eq!(
+        tls_get(&app, "/healthz", dave()).await.map(|a| a.status),
+        Ok(200)
+    );
+    // Client certificates required, and basic auth dropped: refused as a whole, since auth
+    // is never switched off by a reload.
+    std::fs::write(
+        &path,
+        format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client_selfsigned.pem\n"),
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        tls_get(&app, "/healthz", dave()).await.map(|a| a.status),
+        Ok(200),
+        "the new TLS settings went live although the file was refused"
+    );
+    app.stop().await;
+}
+
+/// SIGHUP reloads the web configuration and says so; SIGUSR1 and SIGUSR2 are logged and
+/// ignored; none of them stops the process.
+#[tokio::test]
+async fn sighup_reloads_and_sigusr_is_ignored() {
+    use crate::process::{demo_json, Process};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yml");
+    let frame =
+        |value: &str| format!("http_server_config:\n  headers:\n    X-Frame-Options: {value}\n");
+    std::fs::write(&path, frame("deny")).unwrap();
+    let mut process = Process::spawn(demo_json().arg("--web.config.file").arg(&path));
+    let listening = process.log_line(|l| l["message"] == "sfb-exporter listening");
+    let url = format!("http://{}/healthz", listening["address"].as_str().unwrap());
+    let header = || async {
+        let response = reqwest::get(&url).await.unwrap();
+        response.headers()["x-frame-options"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(header().await, "deny");
+
+    std::fs::write(&path, frame("sameorigin")).unwrap();
+    process.signal("HUP");
+    let reloaded = process.log_line(|l| l["message"] == "web configuration reloaded");
+    assert_eq!(reloaded["requested"], true, "{reloaded}");
+    assert_eq!(header().await, "sameorigin");
+
+    for signal in ["USR1", "USR2"] {
+        process.signal(signal);
+        let message = format!("SIG{signal} received: ignored");
+        process.log_line(|l| l["message"] == message.as_str());
+    }
+    assert_eq!(header().await, "sameorigin", "still serving");
+    process.signal("TERM");
+    assert_eq!(process.wait_exit().code(), Some(0));
+
+    // Without a web config there is nothing to reload, and it says so.
+    let mut process = Process::spawn(&mut demo_json());
+    process.log_line(|l| l["message"] == "sfb-exporter listening");
+    process.signal("HUP");
+    process.log_line(|l| {
+        l["message"] == "SIGHUP received: nothing to reload (no --web.config.file or --config.file)"
+    });
+    process.signal("TERM");
+    assert_eq!(process.wait_exit().code(), Some(0));
+}
