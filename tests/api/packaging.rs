@@ -141,13 +141,24 @@ fn dockerfile_exposes_the_default_port_as_a_numeric_non_root_user() {
 fn docker_compose_mounts_existing_files_and_scrapes_the_default_port() {
     let compose = yaml("deploy/docker-compose.yml");
     let services = &compose["services"];
-    for service in ["sfb-exporter", "prometheus", "grafana"] {
+    let named = at(&compose, &["volumes"]).as_mapping().unwrap();
+    for service in [
+        "sfb-exporter",
+        "prometheus",
+        "grafana",
+        "backfill",
+        "blocks",
+    ] {
         for volume in at(services, &[service, "volumes"])
             .as_sequence()
             .into_iter()
             .flatten()
         {
             let source = volume.as_str().unwrap().split(':').next().unwrap();
+            if !source.contains('/') {
+                assert!(named.contains_key(source), "{service}: no volume {source}");
+                continue;
+            }
             let path = Path::new(ROOT).join("deploy").join(source);
             assert!(path.exists(), "{service} mounts missing {}", path.display());
         }
@@ -398,4 +409,196 @@ fn kubernetes_workload_identity_variant_patches_the_base_and_has_no_secret() {
         let body = std::fs::read_to_string(file.unwrap().path()).unwrap();
         assert!(!body.contains("kind: Secret"));
     }
+}
+
+/// The value of `--name=value` among `args`.
+fn flag<'a>(args: &[&'a str], name: &str) -> &'a str {
+    let prefix = format!("{name}=");
+    args.iter()
+        .find_map(|a| a.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name} in {args:?}"))
+}
+
+fn strings<'a>(value: &'a Yaml, keys: &[&str]) -> Vec<&'a str> {
+    at(value, keys)
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{keys:?} is not a list"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+/// `args` (without the program name) as the binary parses them: the backfill options.
+fn backfill_args(
+    args: &[&str],
+) -> (
+    sfb_exporter::config::Args,
+    sfb_exporter::config::BackfillArgs,
+) {
+    use clap::Parser;
+    let mut parsed = sfb_exporter::config::Args::try_parse_from(
+        std::iter::once("sfb-exporter").chain(args.iter().copied()),
+    )
+    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    match parsed.command.take() {
+        Some(sfb_exporter::config::Command::Backfill(options)) => (parsed, options),
+        None => panic!("{args:?} is not a backfill"),
+    }
+}
+
+/// A container's mount of the volume `name`.
+fn mount_of<'a>(container: &'a Yaml, name: &str) -> &'a Yaml {
+    at(container, &["volumeMounts"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| text(m, &["name"]) == name)
+        .unwrap_or_else(|| panic!("volume {name} not mounted"))
+}
+
+/// Prometheus' retention, in days, from a duration such as 400d or 2y.
+fn retention_days(args: &[&str]) -> f64 {
+    let value = flag(args, "--storage.tsdb.retention.time");
+    humantime::parse_duration(value).unwrap().as_secs_f64() / 86400.0
+}
+
+#[test]
+fn docker_compose_backfills_180_days_before_prometheus_starts() {
+    let compose = yaml("deploy/docker-compose.yml");
+    let services = &compose["services"];
+    let completed = |service: &str, on: &str| {
+        assert_eq!(
+            text(services, &[service, "depends_on", on, "condition"]),
+            "service_completed_successfully",
+            "{service} must wait for {on}"
+        );
+    };
+    let mounts = |service: &str| strings(services, &[service, "volumes"]);
+    let target_of = |service: &str, volume: &str| -> String {
+        mounts(service)
+            .iter()
+            .find_map(|m| m.strip_prefix(&format!("{volume}:")))
+            .unwrap_or_else(|| panic!("{service} does not mount {volume}"))
+            .trim_end_matches(":ro")
+            .to_string()
+    };
+
+    // backfill: the demo's D180 report, into a file on a volume it shares with blocks.
+    let (args, options) = backfill_args(&strings(services, &["backfill", "command"]));
+    assert!(args.demo);
+    assert_eq!(options.period, sfb_exporter::report::Period::D180);
+    let output = options.output.unwrap();
+    let shared = target_of("backfill", "backfill");
+    assert_eq!(output.parent().unwrap(), Path::new(&shared));
+    assert_eq!(
+        text(services, &["backfill", "image"]),
+        text(services, &["sfb-exporter", "image"])
+    );
+
+    // blocks: promtool from that file into Prometheus' data volume, once backfill is done.
+    assert_eq!(
+        strings(services, &["blocks", "entrypoint"]),
+        ["/bin/promtool"]
+    );
+    let command = strings(services, &["blocks", "command"]);
+    assert_eq!(command[..3], ["tsdb", "create-blocks-from", "openmetrics"]);
+    assert_eq!(Path::new(command[3]), output);
+    assert_eq!(target_of("blocks", "backfill"), shared);
+    assert_eq!(command[4], target_of("blocks", "prometheus-data"));
+    assert_eq!(
+        text(services, &["blocks", "image"]),
+        text(services, &["prometheus", "image"])
+    );
+    completed("blocks", "backfill");
+
+    // prometheus: started after blocks, on that volume, keeping more than 180 days.
+    completed("prometheus", "blocks");
+    let prometheus = strings(services, &["prometheus", "command"]);
+    assert_eq!(
+        flag(&prometheus, "--storage.tsdb.path"),
+        target_of("prometheus", "prometheus-data")
+    );
+    let days = retention_days(&prometheus);
+    assert!(days > 180.0, "retention of {days} days deletes the history");
+}
+
+#[test]
+fn kubernetes_backfill_cronjob_feeds_prometheus_daily() {
+    let cronjob = yaml("deploy/kubernetes/backfill-cronjob.yaml");
+    assert_eq!(text(&cronjob, &["kind"]), "CronJob");
+    let schedule: Vec<&str> = text(&cronjob, &["spec", "schedule"]).split(' ').collect();
+    assert_eq!(schedule.len(), 5, "{schedule:?}");
+    assert_eq!(schedule[2..], ["*", "*", "*"], "daily");
+    assert_eq!(text(&cronjob, &["spec", "concurrencyPolicy"]), "Forbid");
+    let pod = at(
+        &cronjob,
+        &["spec", "jobTemplate", "spec", "template", "spec"],
+    );
+    assert_eq!(
+        at(pod, &["securityContext", "runAsNonRoot"]).as_bool(),
+        Some(true)
+    );
+    let volume = |name: &str| {
+        at(pod, &["volumes"])
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| text(v, &["name"]) == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    };
+
+    // The backfill runs first, as the Deployment's exporter: same image, identity and secret.
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let exporter = at(
+        &deployment,
+        &["spec", "template", "spec", "containers", "0"],
+    );
+    let backfill = at(pod, &["initContainers", "0"]);
+    assert_eq!(text(backfill, &["image"]), text(exporter, &["image"]));
+    assert_eq!(at(backfill, &["env"]), at(exporter, &["env"]));
+    let args = strings(backfill, &["args"]);
+    let (parsed, options) = backfill_args(&args);
+    assert!(!parsed.demo);
+    let deployment_args = strings(exporter, &["args"]);
+    assert_eq!(
+        flag(&args, "--azure.client-secret-file"),
+        flag(&deployment_args, "--azure.client-secret-file")
+    );
+    let secret_mount = mount_of(backfill, "azure-secret");
+    assert_eq!(
+        text(secret_mount, &["mountPath"]),
+        text(mount_of(exporter, "azure-secret"), &["mountPath"])
+    );
+    assert_eq!(
+        text(volume("azure-secret"), &["secret", "secretName"]),
+        "sfb-exporter-azure"
+    );
+
+    // Then promtool turns its output into blocks in Prometheus' data volume.
+    let output = options.output.unwrap();
+    let promtool = at(pod, &["containers", "0"]);
+    assert_eq!(strings(promtool, &["command"]), ["/bin/promtool"]);
+    let promtool_args = strings(promtool, &["args"]);
+    assert_eq!(
+        promtool_args[..3],
+        ["tsdb", "create-blocks-from", "openmetrics"]
+    );
+    assert_eq!(Path::new(promtool_args[3]), output);
+    let staged = text(mount_of(backfill, "backfill"), &["mountPath"]);
+    assert_eq!(output.parent().unwrap(), Path::new(staged));
+    assert_eq!(text(mount_of(promtool, "backfill"), &["mountPath"]), staged);
+    assert!(at(volume("backfill"), &["emptyDir"]).is_mapping());
+    assert_eq!(
+        text(mount_of(promtool, "prometheus-data"), &["mountPath"]),
+        promtool_args[4]
+    );
+    assert!(at(
+        volume("prometheus-data"),
+        &["persistentVolumeClaim", "claimName"]
+    )
+    .is_string());
+
+    // Not applied with the base: it needs the claim of the user's own Prometheus.
+    let kustomization = read("deploy/kubernetes/kustomization.yaml");
+    assert!(!kustomization.contains("backfill-cronjob.yaml"));
 }
