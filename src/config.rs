@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -763,7 +764,7 @@ fn credential(
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
             both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
                 client_id,
-                certificate: Box::new(certificate),
+                certificate: Arc::new(certificate),
                 send_chain,
             })
         }

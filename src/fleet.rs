@@ -73,8 +73,9 @@ impl Fleet {
 
     /// Makes the running tenants those of `specs`: new ones start, missing ones stop (their
     /// series vanish), changed ones restart, equal ones keep their token, schedule and values.
-    /// Nothing changes when any spec cannot be started.
-    pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Result<Changes, String> {
+    /// Specs come from a file that loaded, which checked everything, so this cannot fail half
+    /// way.
+    pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Changes {
         let mut wanted: HashMap<String, TenantSpec> = HashMap::with_capacity(specs.len());
         for spec in specs {
             wanted.insert(spec.tenant_id.to_lowercase(), spec);
@@ -90,12 +91,13 @@ impl Fleet {
             }
             !same
         });
-        // Every new or changed tenant is built before anything changes.
-        let mut ready = Vec::with_capacity(wanted.len());
-        for (key, spec) in wanted {
-            let tenant = spec.resolve()?;
-            ready.push((key, spec, tenant));
-        }
+        let ready: Vec<(String, TenantSpec, Tenant)> = wanted
+            .into_iter()
+            .map(|(key, spec)| {
+                let tenant = spec.tenant();
+                (key, spec, tenant)
+            })
+            .collect();
         let mut changes = Changes {
             unchanged: unchanged.len(),
             ..Changes::default()
@@ -119,7 +121,7 @@ impl Fleet {
         for (key, spec, tenant) in ready {
             self.launch(key, tenant, Some(spec));
         }
-        Ok(changes)
+        changes
     }
 
     /// Starts the one tenant of the environment (or demo) configuration.
@@ -230,7 +232,7 @@ pub fn serve_reloads(
     let mut last_success = Some(SystemTime::now());
     let work = async move {
         while let Some(reply) = rx.recv().await {
-            let outcome = source.load().and_then(|specs| fleet.apply(specs));
+            let outcome = source.load().map(|specs| fleet.apply(specs));
             let publisher = &fleet.shared.publisher;
             let answer = match outcome {
                 Ok(changes) => {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_norway::{Mapping, Value};
@@ -48,18 +49,36 @@ const CREDENTIAL_KEYS: [&str; 5] = [
     "managed_identity",
 ];
 
-/// How a tenant proves its identity, as the file gives it.
+/// How a tenant proves its identity, as the file gives it. Files are read when the file is
+/// loaded and compared by what they hold, so that a reload sees a secret or certificate
+/// rotated in place (a Kubernetes Secret update) and keeps a tenant whose files are unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
-    /// From `client_secret`, or the content of `client_secret_file` read at load time.
+    /// From `client_secret`, or the content of `client_secret_file`.
     ClientSecret(Secret),
     Certificate {
-        path: PathBuf,
-        password_file: Option<PathBuf>,
+        certificate: LoadedCertificate,
         send_chain: bool,
     },
+    /// Read again at every token request (the kubelet rotates it), so its path is what counts.
     FederatedTokenFile(PathBuf),
     ManagedIdentity,
+}
+
+/// A certificate as loaded, equal to another with the same chain (and so the same key).
+#[derive(Clone)]
+pub struct LoadedCertificate(pub Arc<ClientCertificate>);
+
+impl PartialEq for LoadedCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.fingerprint() == other.0.fingerprint()
+    }
+}
+
+impl std::fmt::Debug for LoadedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A secret that compares by value (so a reload sees a rotated secret) and never prints.
@@ -103,10 +122,9 @@ pub struct Tenant {
 }
 
 impl TenantSpec {
-    /// Builds the identity from the file's credential, through the same loaders as the
-    /// environment's; Err names the tenant and the key.
-    pub fn resolve(&self) -> Result<Tenant, String> {
-        let who = format!("tenant {}", self.tenant_id);
+    /// The tenant to start, its identity built from the file's credential into the same kinds
+    /// as the environment's. Cannot fail: loading the file checked everything.
+    pub fn tenant(&self) -> Tenant {
         let client_id = self.client_id.clone();
         let credential = match &self.credential {
             Credential::ClientSecret(secret) => auth::Credential::Secret {
@@ -114,33 +132,17 @@ impl TenantSpec {
                 secret: secret.0.clone(),
             },
             Credential::Certificate {
-                path,
-                password_file,
+                certificate,
                 send_chain,
-            } => {
-                let password =
-                    match password_file {
-                        Some(file) => Some(SecretString::from(read_secret(file).map_err(|e| {
-                            format!("{who}: client_certificate_password_file: {e}")
-                        })?)),
-                        None => None,
-                    };
-                let certificate = ClientCertificate::load(path, password.as_ref())
-                    .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
-                auth::Credential::Certificate {
-                    client_id,
-                    certificate: Box::new(certificate),
-                    send_chain: *send_chain,
-                }
-            }
-            Credential::FederatedTokenFile(path) => {
-                read_federated_token(path)
-                    .map_err(|e| format!("{who}: federated_token_file: {e}"))?;
-                auth::Credential::WorkloadIdentity {
-                    client_id,
-                    token_file: path.clone(),
-                }
-            }
+            } => auth::Credential::Certificate {
+                client_id,
+                certificate: Arc::clone(&certificate.0),
+                send_chain: *send_chain,
+            },
+            Credential::FederatedTokenFile(path) => auth::Credential::WorkloadIdentity {
+                client_id,
+                token_file: path.clone(),
+            },
             Credential::ManagedIdentity => auth::Credential::ManagedIdentity {
                 client_id: Some(client_id).filter(|c| !c.is_empty()),
                 endpoint: ManagedEndpoint::Imds {
@@ -148,7 +150,7 @@ impl TenantSpec {
                 },
             },
         };
-        Ok(Tenant {
+        Tenant {
             name: self.name.clone(),
             identity: Identity {
                 tenant_id: self.tenant_id.clone(),
@@ -157,7 +159,7 @@ impl TenantSpec {
             authority: self.authority.clone(),
             graph: self.graph.clone(),
             periods: self.periods.clone(),
-        })
+        }
     }
 }
 
@@ -315,13 +317,28 @@ fn tenant(
                 read_secret(&file).map_err(|e| format!("{who}: client_secret_file: {e}"))?,
             )))
         }
-        "client_certificate_path" => Credential::Certificate {
-            path: path("client_certificate_path")?.unwrap_or_default(),
-            password_file: path("client_certificate_password_file")?,
-            send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
-        },
+        "client_certificate_path" => {
+            let password = match path("client_certificate_password_file")? {
+                Some(file) => {
+                    Some(SecretString::from(read_secret(&file).map_err(|e| {
+                        format!("{who}: client_certificate_password_file: {e}")
+                    })?))
+                }
+                None => None,
+            };
+            let file = path("client_certificate_path")?.unwrap_or_default();
+            let certificate = ClientCertificate::load(&file, password.as_ref())
+                .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
+            Credential::Certificate {
+                certificate: LoadedCertificate(Arc::new(certificate)),
+                send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
+            }
+        }
         "federated_token_file" => {
-            Credential::FederatedTokenFile(path("federated_token_file")?.unwrap_or_default())
+            let file = path("federated_token_file")?.unwrap_or_default();
+            // Read now so that a missing mount fails the load; read again at every request.
+            read_federated_token(&file).map_err(|e| format!("{who}: federated_token_file: {e}"))?;
+            Credential::FederatedTokenFile(file)
         }
         _ => match fields.boolean("managed_identity")? {
             Some(true) => Credential::ManagedIdentity,
@@ -471,8 +488,7 @@ mod tests {
     periods: [d90, D7]
   - tenant_id: bbbb
     client_id: c2
-    client_certificate_path: certs/b.pem
-    send_certificate_chain: true
+    client_secret: s2
     graph_url: http://127.0.0.1:1
 ",
         );
@@ -489,16 +505,6 @@ mod tests {
         let b = &specs[1];
         assert_eq!(b.periods, defaults().periods);
         assert_eq!(b.graph.as_str(), "http://127.0.0.1:1/");
-        assert_eq!(
-            b.credential,
-            Credential::Certificate {
-                path: PathBuf::from("/etc/sfb/certs/b.pem"),
-                password_file: None,
-                send_chain: true
-            }
-        );
-        let e = b.resolve().err().unwrap();
-        assert!(e.contains("tenant bbbb: client_certificate_path"), "{e}");
         assert!(parse_ok("").is_empty());
         assert!(parse_ok("tenants: []").is_empty());
     }
@@ -539,6 +545,14 @@ mod tests {
                 &["tenant t1", "client_secret_file", "/etc/sfb/nope/missing"],
             ),
             (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_certificate_path: certs/missing.pem}\n",
+                &["tenant t1", "client_certificate_path", "/etc/sfb/certs/missing.pem"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, send_certificate_chain: true}\n",
+                &["tenant t1", "send_certificate_chain: only goes with client_certificate_path"],
+            ),
+            (
                 "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, cloud: mars}\n",
                 &["tenant t1", "cloud:", "mars"],
             ),
@@ -552,6 +566,41 @@ mod tests {
             }
             assert!(!e.contains(": s,") && !e.contains("\"s\""), "{e}");
         }
+    }
+
+    /// A certificate file (the fixture's key `key`, self-signed as `subject`) in PEM.
+    fn certificate_pem(key: &str, subject: &str) -> String {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/identity");
+        let key_pem = std::fs::read_to_string(dir.join(key)).unwrap();
+        let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, subject);
+        format!("{}{key_pem}", params.self_signed(&key).unwrap().pem())
+    }
+
+    #[test]
+    fn a_certificate_rotated_in_place_changes_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenant.pem");
+        let text =
+            "tenants:\n  - {tenant_id: t1, client_id: c, client_certificate_path: tenant.pem}\n";
+        let load = || parse(text, dir.path(), &defaults()).unwrap();
+        let first = certificate_pem("rsa-a.pkcs8.pem", "first");
+        std::fs::write(&file, &first).unwrap();
+        let before = load();
+        // The same certificate and key rewritten in another order: nothing to restart.
+        let (cert, key) = first.split_at(first.find("-----BEGIN PRIVATE KEY").unwrap());
+        std::fs::write(&file, format!("{key}{cert}")).unwrap();
+        assert_eq!(load(), before);
+        // A Kubernetes Secret update swaps the file's content under the same path.
+        std::fs::write(&file, certificate_pem("rsa-b.pkcs8.pem", "second")).unwrap();
+        assert_ne!(
+            load(),
+            before,
+            "the rotated certificate would never be used"
+        );
     }
 
     #[test]
