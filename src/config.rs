@@ -361,8 +361,10 @@ pub struct TenantDefaults {
     /// --graph.url.
     pub graph_url: Option<Url>,
     pub periods: Periods,
-    /// The instance metadata service for managed_identity tenants.
-    pub imds_host: Url,
+    /// Where managed_identity tenants get tokens: chosen from the environment as for
+    /// `--azure.credential managed-identity`. Err says why there is none, for the tenants
+    /// that need one.
+    pub managed_identity: Result<ManagedEndpoint, String>,
 }
 
 impl TenantDefaults {
@@ -626,14 +628,10 @@ fn file_source(
         Some(v) => Some(parse_base_url(&v).map_err(ConfigError::AuthorityHost)?),
         None => None,
     };
-    let imds_host = set(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
-    let imds_host =
-        parse_base_url(imds_host.as_deref().unwrap_or(IMDS_HOST)).map_err(|problem| {
-            ConfigError::Endpoint {
-                name: "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-                problem,
-            }
-        })?;
+    let managed_identity = managed_endpoint(env).map_err(|problems| {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        problems.join("; ")
+    });
     Ok(Source::File {
         path: path.to_path_buf(),
         defaults: TenantDefaults {
@@ -641,7 +639,7 @@ fn file_source(
             authority_host,
             graph_url: args.graph_url.clone(),
             periods: args.periods.clone(),
-            imds_host,
+            managed_identity,
         },
     })
 }
@@ -1024,6 +1022,54 @@ mod tests {
             problems,
             ["IDENTITY_HEADER: holds characters an HTTP header cannot carry: check how it is set"]
         );
+    }
+
+    /// The managed identity endpoint a managed_identity tenant of --config.file gets.
+    fn file_managed_endpoint(vars: &[(&str, &str)]) -> Result<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.yml");
+        std::fs::write(
+            &file,
+            "tenants:\n  - {tenant_id: t1, managed_identity: true}\n",
+        )
+        .unwrap();
+        let config = Config::check(
+            args(&["--config.file", file.to_str().unwrap()]).unwrap(),
+            env(vars),
+        )
+        .map_err(|p| p[0].to_string())?;
+        let Source::File { path, defaults } = &config.source else {
+            panic!("expected the file source")
+        };
+        let specs = crate::tenants::load(path, defaults, Shard::default())?;
+        match specs[0].tenant().identity.credential {
+            Credential::ManagedIdentity { endpoint, .. } => Ok(endpoint.describe()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_tenants_choose_the_managed_identity_endpoint_as_the_environment_does() {
+        let app_service = [
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:6/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ];
+        assert_eq!(
+            file_managed_endpoint(&app_service).unwrap(),
+            "App Service IDENTITY_ENDPOINT http://127.0.0.1:6/msi/token"
+        );
+        let pod_identity = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:5")];
+        assert_eq!(
+            file_managed_endpoint(&pod_identity).unwrap(),
+            "IMDS http://127.0.0.1:5/metadata/identity/oauth2/token"
+        );
+        // An endpoint without its header fails the tenant that needs it, naming both.
+        let e = file_managed_endpoint(&app_service[..1]).unwrap_err();
+        assert!(
+            e.contains("tenant t1: managed_identity:") && e.contains("IDENTITY_HEADER"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub enum Credential {
     },
     /// Read again at every token request (the kubelet rotates it), so its path is what counts.
     FederatedTokenFile(PathBuf),
-    ManagedIdentity,
+    /// The endpoint the environment gives, as for `--azure.credential managed-identity`.
+    ManagedIdentity(ManagedEndpoint),
 }
 
 /// A certificate as loaded, equal to another with the same chain (and so the same key).
@@ -108,8 +109,6 @@ pub struct TenantSpec {
     pub authority: Url,
     pub graph: Url,
     pub periods: Periods,
-    /// The instance metadata service, for managed_identity.
-    pub imds_host: Url,
 }
 
 /// A tenant ready to start: its identity built (certificate loaded, token file checked).
@@ -143,11 +142,9 @@ impl TenantSpec {
                 client_id,
                 token_file: path.clone(),
             },
-            Credential::ManagedIdentity => auth::Credential::ManagedIdentity {
+            Credential::ManagedIdentity(endpoint) => auth::Credential::ManagedIdentity {
                 client_id: Some(client_id).filter(|c| !c.is_empty()),
-                endpoint: ManagedEndpoint::Imds {
-                    host: self.imds_host.clone(),
-                },
+                endpoint: endpoint.clone(),
             },
         };
         Tenant {
@@ -341,7 +338,12 @@ fn tenant(
             Credential::FederatedTokenFile(file)
         }
         _ => match fields.boolean("managed_identity")? {
-            Some(true) => Credential::ManagedIdentity,
+            Some(true) => Credential::ManagedIdentity(
+                defaults
+                    .managed_identity
+                    .clone()
+                    .map_err(|e| format!("{who}: managed_identity: {e}"))?,
+            ),
             _ => {
                 return Err(format!(
                     "{who}: managed_identity: only true is meaningful; remove the key otherwise"
@@ -352,7 +354,7 @@ fn tenant(
     let client_id = match (fields.string("client_id")?, &credential) {
         (Some(id), _) => id,
         // A system-assigned managed identity needs no client ID.
-        (None, Credential::ManagedIdentity) => String::new(),
+        (None, Credential::ManagedIdentity(_)) => String::new(),
         (None, _) => return Err(format!("{who}: client_id: missing")),
     };
     let cloud = match fields.string("cloud")? {
@@ -394,7 +396,6 @@ fn tenant(
         authority,
         graph,
         periods,
-        imds_host: defaults.imds_host.clone(),
     })
 }
 
@@ -462,7 +463,9 @@ mod tests {
             authority_host: None,
             graph_url: None,
             periods: Periods::new([Period::D7, Period::D30]).unwrap(),
-            imds_host: Url::parse("http://127.0.0.1:9").unwrap(),
+            managed_identity: Ok(ManagedEndpoint::Imds {
+                host: Url::parse("http://127.0.0.1:9").unwrap(),
+            }),
         }
     }
 
@@ -606,7 +609,10 @@ mod tests {
     #[test]
     fn managed_identity_needs_no_client_id() {
         let specs = parse_ok("tenants:\n  - {tenant_id: t1, managed_identity: true}\n");
-        assert_eq!(specs[0].credential, Credential::ManagedIdentity);
+        assert!(
+            matches!(specs[0].credential, Credential::ManagedIdentity(_)),
+            "{specs:?}"
+        );
     }
 
     #[test]
