@@ -17,6 +17,7 @@ use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
 use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
+use crate::files::read_regular;
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
@@ -193,12 +194,10 @@ pub fn load(
         .collect())
 }
 
+/// A regular file only: a FIFO would block the reload task (and with it shutdown) until
+/// something writes to it.
 fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
-    use std::io::Read;
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(cap + 1).read_to_end(&mut raw))
-        .map_err(|e| e.to_string())?;
+    let raw = read_regular(path, cap).map_err(|e| e.to_string())?;
     if raw.len() as u64 > cap {
         return Err(format!("larger than {} MiB", cap / (1024 * 1024)));
     }
@@ -603,6 +602,28 @@ mod tests {
             load(),
             before,
             "the rotated certificate would never be used"
+        );
+    }
+
+    #[test]
+    fn fifos_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        crate::files::make_fifo(&fifo);
+        let config = fifo.clone();
+        let e = crate::files::without_blocking(move || {
+            load(&config, &defaults(), Shard::default()).unwrap_err()
+        });
+        assert!(
+            e.contains("--config.file") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let text = "tenants:\n  - {tenant_id: t1, client_id: c, client_secret_file: fifo}\n";
+        let dir = dir.path().to_path_buf();
+        let e = crate::files::without_blocking(move || parse(text, &dir, &defaults()).unwrap_err());
+        assert!(
+            e.contains("client_secret_file") && e.contains("not a regular file"),
+            "{e}"
         );
     }
 
