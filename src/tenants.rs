@@ -24,6 +24,15 @@ use crate::report::{Period, Periods};
 /// path such as /dev/zero from eating memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// A tenants file nests [ ] and { } three deep at most (a list of tenants, each a mapping
+/// with a list of periods). The YAML scanner pays the nesting depth on every token, so that
+/// 20,000 nested brackets take seconds and a file full of them hours: deeper files are
+/// refused before they are parsed.
+const MAX_FLOW_DEPTH: usize = 32;
+
+/// A tenant ID is a directory ID (a GUID) or a domain name, and so at most this long.
+const MAX_TENANT_ID: usize = 253;
+
 const KEYS: [&str; 14] = [
     "tenant_id",
     "client_id",
@@ -206,6 +215,11 @@ fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
 
 /// The file's text to tenants; relative paths are resolved against `dir`.
 pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<TenantSpec>, String> {
+    if flow_depth_exceeds(text, MAX_FLOW_DEPTH) {
+        return Err(format!(
+            "not a tenants file: brackets nested more than {MAX_FLOW_DEPTH} deep"
+        ));
+    }
     let root: Value =
         serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {}", one_line(&e)))?;
     let root = match root {
@@ -254,7 +268,14 @@ fn tenant(
     };
     let mut who = format!("tenant #{position}");
     let fields = Fields { map, who: &who };
-    let tenant_id = fields.string("tenant_id");
+    // Checked before it names the tenant in errors: it might hold anything, a newline
+    // included.
+    let tenant_id = fields.string("tenant_id").and_then(|id| match id {
+        Some(id) if !is_tenant_id(&id) => Err(format!(
+            "{who}: tenant_id: expected a directory ID (GUID) or a domain name (letters, digits, dots and hyphens, at most {MAX_TENANT_ID})"
+        )),
+        id => Ok(id),
+    });
     if let Ok(Some(id)) = &tenant_id {
         who = format!("tenant {id}");
     }
@@ -269,11 +290,6 @@ fn tenant(
         }
     }
     let tenant_id = tenant_id?.ok_or_else(|| format!("{who}: tenant_id: missing"))?;
-    if tenant_id.contains(['/', '?', '#', '%']) || tenant_id.contains(char::is_whitespace) {
-        return Err(format!(
-            "{who}: tenant_id: expected a directory ID (GUID) or a domain name"
-        ));
-    }
     let given: Vec<&str> = CREDENTIAL_KEYS
         .into_iter()
         .filter(|k| map.contains_key(*k))
@@ -398,6 +414,15 @@ fn tenant(
     })
 }
 
+/// What the identity platform takes as a tenant in its URL path, and what can go into a
+/// label, a log line and an error as it is.
+fn is_tenant_id(id: &str) -> bool {
+    id.len() <= MAX_TENANT_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 struct Fields<'a> {
     map: &'a Mapping,
     who: &'a str,
@@ -439,11 +464,31 @@ fn read_secret(path: &Path) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
+/// Whether `[` and `{` nest deeper than `max` anywhere in `text`. Brackets inside quoted
+/// strings count too: a secret would need dozens of unbalanced ones to be refused.
+fn flow_depth_exceeds(text: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn key_name(value: &Value) -> String {
     match value {
-        Value::String(s) => format!("{s:?}"),
+        Value::String(s) => one_line(&format!("{s:?}")),
+        // A mapping or a list as a key renders on several lines.
         other => serde_norway::to_string(other)
-            .map(|s| s.trim().to_string())
+            .map(|s| one_line(&s))
             .unwrap_or_else(|_| "?".into()),
     }
 }
@@ -625,6 +670,44 @@ mod tests {
             e.contains("client_secret_file") && e.contains("not a regular file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn hostile_files_fail_fast_on_one_line() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            let refs = vec![format!("*a{p}"); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        bomb.push_str("tenants: *a11\n");
+        // Parsed as it is, this one takes minutes.
+        let deep = format!("tenants: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let cases = [
+            (bomb.as_str(), "not valid YAML"),
+            (&deep, "nested more than 32 deep"),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_id: d, client_secret: s}\n",
+                "duplicate entry with key \"client_id\"",
+            ),
+            ("tenants: []\ntenants: []\n", "duplicate entry"),
+            (
+                "tenants:\n  - {tenant_id: \"a\\\"b\\nc\", client_id: c, client_secret: s}\n",
+                "tenant #1: tenant_id: expected a directory ID",
+            ),
+            (
+                &format!(
+                    "tenants:\n  - {{tenant_id: {}, client_secret: s}}\n",
+                    "a".repeat(254)
+                ),
+                "tenant #1: tenant_id: expected",
+            ),
+            ("tenants:\n  - {? [a, b] : 1}\n", "unknown key - a - b"),
+        ];
+        for (text, needle) in cases {
+            let e = parse_err(text);
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
     }
 
     #[test]
