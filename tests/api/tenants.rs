@@ -268,14 +268,18 @@ async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
     assert_eq!(sample(&body, &failures("hung-id", "timeout")), Some(1.0));
     assert!(!body.contains(&secret("revoked-id")), "a secret leaked");
 
-    // Without --web.enable-lifecycle the reload endpoint is refused.
-    let response = app
-        .http
-        .post(format!("http://{}/-/reload", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
+    // Without --web.enable-lifecycle the reload endpoint is refused, as Prometheus refuses
+    // it: 403 to POST and PUT, 405 to GET, with its words.
+    let url = format!("http://{}/-/reload", app.addr);
+    for (request, status, text) in [
+        (app.http.post(&url), 403, "Lifecycle API is not enabled."),
+        (app.http.put(&url), 403, "Lifecycle API is not enabled."),
+        (app.http.get(&url), 405, "Only POST or PUT requests allowed"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(response.text().await.unwrap(), text);
+    }
     app.stop().await;
 }
 
@@ -302,7 +306,7 @@ async fn reload_adds_removes_and_keeps_tenants() {
     let reload = || async {
         let response = app
             .http
-            .post(format!("http://{}/-/reload", app.addr))
+            .put(format!("http://{}/-/reload", app.addr))
             .send()
             .await
             .unwrap();
