@@ -210,6 +210,7 @@ impl Reloader {
 }
 
 /// The tenants of --config.file, and how to read it again.
+#[derive(Clone)]
 pub struct FileSource {
     pub path: PathBuf,
     pub defaults: TenantDefaults,
@@ -217,8 +218,14 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    pub fn load(&self) -> Result<Vec<TenantSpec>, String> {
-        tenants::load(&self.path, &self.defaults, self.shard)
+    /// On a blocking thread: every certificate of the file is loaded (a PKCS#12 key derivation
+    /// each), and a file on a slow network filesystem must not stall a runtime worker and the
+    /// scrapes it serves.
+    pub async fn load(&self) -> Result<Vec<TenantSpec>, String> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || tenants::load(&this.path, &this.defaults, this.shard))
+            .await
+            .unwrap_or_else(|_| Err("loading --config.file failed unexpectedly".into()))
     }
 }
 
@@ -232,7 +239,7 @@ pub fn serve_reloads(
     let mut last_success = Some(SystemTime::now());
     let work = async move {
         while let Some(reply) = rx.recv().await {
-            let outcome = source.load().map(|specs| fleet.apply(specs));
+            let outcome = source.load().await.map(|specs| fleet.apply(specs));
             let publisher = &fleet.shared.publisher;
             let answer = match outcome {
                 Ok(changes) => {

@@ -210,7 +210,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
                 defaults,
                 shard: config.shard,
             };
-            let specs = source.load().map_err(StartError::Tenants)?;
+            let specs = source.load().await.map_err(StartError::Tenants)?;
             let count = specs.len();
             fleet.apply(specs);
             publisher.set_reload(ReloadStatus {
