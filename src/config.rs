@@ -27,12 +27,13 @@ const GRAPH_REQUESTS_PER_WINDOW: u32 = 14;
 const GRAPH_WINDOW: Duration = Duration::from_secs(600);
 
 /// Identity variables that --config.file replaces.
-const IGNORED_WITH_FILE: [&str; 6] = [
+const IGNORED_WITH_FILE: [&str; 7] = [
     "AZURE_TENANT_ID",
     "AZURE_CLIENT_ID",
     "AZURE_CLIENT_SECRET",
     "AZURE_CLIENT_CERTIFICATE_PATH",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN",
     "AZURE_FEDERATED_TOKEN_FILE",
 ];
 
@@ -614,9 +615,30 @@ fn file_source(
     args: &Args,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Source, ConfigError> {
+    // The identity flags too: given with the file, they would otherwise do nothing silently.
+    let flags = [
+        (
+            "--azure.credential",
+            args.credential != CredentialKind::Auto,
+        ),
+        (
+            "--azure.client-secret-file",
+            args.client_secret_file.is_some(),
+        ),
+        (
+            "--azure.client-certificate-password-file",
+            args.client_certificate_password_file.is_some(),
+        ),
+    ];
     let ignored: Vec<&str> = IGNORED_WITH_FILE
         .into_iter()
         .filter(|name| env(name).is_some())
+        .chain(
+            flags
+                .into_iter()
+                .filter(|(_, given)| *given)
+                .map(|(flag, _)| flag),
+        )
         .collect();
     if !ignored.is_empty() {
         tracing::info!(

@@ -490,6 +490,40 @@ async fn sighup_reloads_the_file() {
 }
 
 #[test]
+fn the_environment_identity_is_ignored_with_one_info_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tenants.yml");
+    std::fs::write(&file, "tenants: []\n").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2").unwrap();
+    let process = Process::spawn(
+        exporter()
+            .env("AZURE_TENANT_ID", "t")
+            .env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "true")
+            .args([
+                "--config.file",
+                file.to_str().unwrap(),
+                "--azure.client-secret-file",
+                secret.to_str().unwrap(),
+                "--azure.credential",
+                "secret",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--log.format",
+                "json",
+            ]),
+    );
+    let line = process.log_line(|l| l["ignored"].is_string());
+    let ignored = line["ignored"].as_str().unwrap();
+    assert_eq!(
+        ignored,
+        "AZURE_TENANT_ID,AZURE_CLIENT_SEND_CERTIFICATE_CHAIN,--azure.credential,--azure.client-secret-file",
+        "{line}"
+    );
+    assert_eq!(line["level"], "INFO", "{line}");
+}
+
+#[test]
 fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
     use crate::packaging::{at, yaml};
     let set = yaml("deploy/kubernetes/sharded/statefulset.yaml");
