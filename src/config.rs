@@ -1046,54 +1046,6 @@ mod tests {
         );
     }
 
-    /// The managed identity endpoint a managed_identity tenant of --config.file gets.
-    fn file_managed_endpoint(vars: &[(&str, &str)]) -> Result<String, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("tenants.yml");
-        std::fs::write(
-            &file,
-            "tenants:\n  - {tenant_id: t1, managed_identity: true}\n",
-        )
-        .unwrap();
-        let config = Config::check(
-            args(&["--config.file", file.to_str().unwrap()]).unwrap(),
-            env(vars),
-        )
-        .map_err(|p| p[0].to_string())?;
-        let Source::File { path, defaults } = &config.source else {
-            panic!("expected the file source")
-        };
-        let specs = crate::tenants::load(path, defaults, Shard::default())?;
-        match specs[0].tenant().identity.credential {
-            Credential::ManagedIdentity { endpoint, .. } => Ok(endpoint.describe()),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn file_tenants_choose_the_managed_identity_endpoint_as_the_environment_does() {
-        let app_service = [
-            ("IDENTITY_ENDPOINT", "http://127.0.0.1:6/msi/token"),
-            ("IDENTITY_HEADER", "h"),
-        ];
-        assert_eq!(
-            file_managed_endpoint(&app_service).unwrap(),
-            "App Service IDENTITY_ENDPOINT http://127.0.0.1:6/msi/token"
-        );
-        let pod_identity = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:5")];
-        assert_eq!(
-            file_managed_endpoint(&pod_identity).unwrap(),
-            "IMDS http://127.0.0.1:5/metadata/identity/oauth2/token"
-        );
-        // An endpoint without its header fails the tenant that needs it, naming both.
-        let e = file_managed_endpoint(&app_service[..1]).unwrap_err();
-        assert!(
-            e.contains("tenant t1: managed_identity:") && e.contains("IDENTITY_HEADER"),
-            "{e}"
-        );
-        assert_eq!(e.lines().count(), 1, "{e}");
-    }
-
     #[test]
     fn certificate_inputs() {
         let password_file = tempfile::NamedTempFile::new().unwrap();
