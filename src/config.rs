@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -26,12 +27,13 @@ const GRAPH_REQUESTS_PER_WINDOW: u32 = 14;
 const GRAPH_WINDOW: Duration = Duration::from_secs(600);
 
 /// Identity variables that --config.file replaces.
-const IGNORED_WITH_FILE: [&str; 6] = [
+const IGNORED_WITH_FILE: [&str; 7] = [
     "AZURE_TENANT_ID",
     "AZURE_CLIENT_ID",
     "AZURE_CLIENT_SECRET",
     "AZURE_CLIENT_CERTIFICATE_PATH",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN",
     "AZURE_FEDERATED_TOKEN_FILE",
 ];
 
@@ -399,8 +401,10 @@ pub struct TenantDefaults {
     /// --graph.url.
     pub graph_url: Option<Url>,
     pub periods: Periods,
-    /// The instance metadata service for managed_identity tenants.
-    pub imds_host: Url,
+    /// Where managed_identity tenants get tokens: chosen from the environment as for
+    /// `--azure.credential managed-identity`. Err says why there is none, for the tenants
+    /// that need one.
+    pub managed_identity: Result<ManagedEndpoint, String>,
 }
 
 impl TenantDefaults {
@@ -655,9 +659,30 @@ fn file_source(
     args: &Args,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Source, ConfigError> {
+    // The identity flags too: given with the file, they would otherwise do nothing silently.
+    let flags = [
+        (
+            "--azure.credential",
+            args.credential != CredentialKind::Auto,
+        ),
+        (
+            "--azure.client-secret-file",
+            args.client_secret_file.is_some(),
+        ),
+        (
+            "--azure.client-certificate-password-file",
+            args.client_certificate_password_file.is_some(),
+        ),
+    ];
     let ignored: Vec<&str> = IGNORED_WITH_FILE
         .into_iter()
         .filter(|name| env(name).is_some())
+        .chain(
+            flags
+                .into_iter()
+                .filter(|(_, given)| *given)
+                .map(|(flag, _)| flag),
+        )
         .collect();
     if !ignored.is_empty() {
         tracing::info!(
@@ -669,14 +694,10 @@ fn file_source(
         Some(v) => Some(parse_base_url(&v).map_err(ConfigError::AuthorityHost)?),
         None => None,
     };
-    let imds_host = set(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
-    let imds_host =
-        parse_base_url(imds_host.as_deref().unwrap_or(IMDS_HOST)).map_err(|problem| {
-            ConfigError::Endpoint {
-                name: "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-                problem,
-            }
-        })?;
+    let managed_identity = managed_endpoint(env).map_err(|problems| {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        problems.join("; ")
+    });
     Ok(Source::File {
         path: path.to_path_buf(),
         defaults: TenantDefaults {
@@ -684,7 +705,7 @@ fn file_source(
             authority_host,
             graph_url: args.graph_url.clone(),
             periods: args.periods.clone(),
-            imds_host,
+            managed_identity,
         },
     })
 }
@@ -807,7 +828,7 @@ fn credential(
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
             both(client_id(), certificate).map(|(client_id, certificate)| Credential::Certificate {
                 client_id,
-                certificate: Box::new(certificate),
+                certificate: Arc::new(certificate),
                 send_chain,
             })
         }

@@ -73,8 +73,9 @@ impl Fleet {
 
     /// Makes the running tenants those of `specs`: new ones start, missing ones stop (their
     /// series vanish), changed ones restart, equal ones keep their token, schedule and values.
-    /// Nothing changes when any spec cannot be started.
-    pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Result<Changes, String> {
+    /// Specs come from a file that loaded, which checked everything, so this cannot fail half
+    /// way.
+    pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Changes {
         let mut wanted: HashMap<String, TenantSpec> = HashMap::with_capacity(specs.len());
         for spec in specs {
             wanted.insert(spec.tenant_id.to_lowercase(), spec);
@@ -90,12 +91,13 @@ impl Fleet {
             }
             !same
         });
-        // Every new or changed tenant is built before anything changes.
-        let mut ready = Vec::with_capacity(wanted.len());
-        for (key, spec) in wanted {
-            let tenant = spec.resolve()?;
-            ready.push((key, spec, tenant));
-        }
+        let ready: Vec<(String, TenantSpec, Tenant)> = wanted
+            .into_iter()
+            .map(|(key, spec)| {
+                let tenant = spec.tenant();
+                (key, spec, tenant)
+            })
+            .collect();
         let mut changes = Changes {
             unchanged: unchanged.len(),
             ..Changes::default()
@@ -119,7 +121,7 @@ impl Fleet {
         for (key, spec, tenant) in ready {
             self.launch(key, tenant, Some(spec));
         }
-        Ok(changes)
+        changes
     }
 
     /// Starts the one tenant of the environment (or demo) configuration.
@@ -208,6 +210,7 @@ impl Reloader {
 }
 
 /// The tenants of --config.file, and how to read it again.
+#[derive(Clone)]
 pub struct FileSource {
     pub path: PathBuf,
     pub defaults: TenantDefaults,
@@ -215,8 +218,14 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    pub fn load(&self) -> Result<Vec<TenantSpec>, String> {
-        tenants::load(&self.path, &self.defaults, self.shard)
+    /// On a blocking thread: every certificate of the file is loaded (a PKCS#12 key derivation
+    /// each), and a file on a slow network filesystem must not stall a runtime worker and the
+    /// scrapes it serves.
+    pub async fn load(&self) -> Result<Vec<TenantSpec>, String> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || tenants::load(&this.path, &this.defaults, this.shard))
+            .await
+            .unwrap_or_else(|_| Err("loading --config.file failed unexpectedly".into()))
     }
 }
 
@@ -230,7 +239,7 @@ pub fn serve_reloads(
     let mut last_success = Some(SystemTime::now());
     let work = async move {
         while let Some(reply) = rx.recv().await {
-            let outcome = source.load().and_then(|specs| fleet.apply(specs));
+            let outcome = source.load().await.map(|specs| fleet.apply(specs));
             let publisher = &fleet.shared.publisher;
             let answer = match outcome {
                 Ok(changes) => {

@@ -33,6 +33,11 @@ pub struct Publisher {
 struct Inner {
     tenants: BTreeMap<String, Entry>,
     reload: Option<ReloadStatus>,
+    /// Counts the snapshots taken of the entries, so that of two assemblies running at once
+    /// (the publishing task's and a reload's) the older cannot replace the newer.
+    taken: u64,
+    /// The number of the snapshot published last.
+    stored: u64,
 }
 
 struct Entry {
@@ -142,8 +147,16 @@ impl Publisher {
 
     /// Builds and stores a new snapshot from the current fragments.
     pub fn assemble(&self) {
-        let (tenants, fragments, reload) = {
-            let inner = self.lock();
+        if let Some((number, published)) = self.build() {
+            self.store(number, published);
+        }
+    }
+
+    /// A snapshot of the current fragments, assembled and compressed, and its number.
+    fn build(&self) -> Option<(u64, Published)> {
+        let (number, tenants, fragments, reload) = {
+            let mut inner = self.lock();
+            inner.taken += 1;
             let tenants: BTreeMap<String, TenantView> = inner
                 .tenants
                 .iter()
@@ -154,7 +167,7 @@ impl Publisher {
                 .values()
                 .map(|e| Arc::clone(&e.fragment))
                 .collect();
-            (tenants, fragments, inner.reload)
+            (inner.taken, tenants, fragments, inner.reload)
         };
         let globals = Globals {
             tenant_names: tenants
@@ -167,15 +180,23 @@ impl Publisher {
             Ok(globals) => globals,
             Err(e) => {
                 tracing::error!("cannot render metrics, keeping the previous exposition: {e}");
-                return;
+                return None;
             }
         };
         let body = assemble(std::iter::once(&globals).chain(fragments.iter().map(|f| &**f)));
-        self.published.store(Arc::new(Published::assembled(
-            tenants,
-            self.per_tenant,
-            body.into(),
-        )));
+        Some((
+            number,
+            Published::assembled(tenants, self.per_tenant, body.into()),
+        ))
+    }
+
+    /// Publishes snapshot `number` unless a newer one already is.
+    fn store(&self, number: u64, published: Published) {
+        let mut inner = self.lock();
+        if number > inner.stored {
+            inner.stored = number;
+            self.published.store(Arc::new(published));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -198,6 +219,18 @@ fn fragment(state: &State) -> Option<Arc<Fragment>> {
 mod tests {
     use super::*;
     use crate::report::Period;
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let publisher = Publisher::new(true);
+        let (older, older_snapshot) = publisher.build().unwrap();
+        publisher.insert(1, None, State::new("a", [Period::D7]));
+        let (newer, newer_snapshot) = publisher.build().unwrap();
+        publisher.store(newer, newer_snapshot);
+        // The publishing task finishes compressing its (older) snapshot only now.
+        publisher.store(older, older_snapshot);
+        assert!(publisher.published().load().tenants.contains_key("a"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn stale_generations_cannot_touch_a_restarted_tenant() {

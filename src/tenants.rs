@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_norway::{Mapping, Value};
@@ -16,11 +17,21 @@ use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
 use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
+use crate::files::read_regular;
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
 /// path such as /dev/zero from eating memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A tenants file nests [ ] and { } three deep at most (a list of tenants, each a mapping
+/// with a list of periods). The YAML scanner pays the nesting depth on every token, so that
+/// 20,000 nested brackets take seconds and a file full of them hours: deeper files are
+/// refused before they are parsed.
+const MAX_FLOW_DEPTH: usize = 32;
+
+/// A tenant ID is a directory ID (a GUID) or a domain name, and so at most this long.
+const MAX_TENANT_ID: usize = 253;
 
 const KEYS: [&str; 14] = [
     "tenant_id",
@@ -48,18 +59,37 @@ const CREDENTIAL_KEYS: [&str; 5] = [
     "managed_identity",
 ];
 
-/// How a tenant proves its identity, as the file gives it.
+/// How a tenant proves its identity, as the file gives it. Files are read when the file is
+/// loaded and compared by what they hold, so that a reload sees a secret or certificate
+/// rotated in place (a Kubernetes Secret update) and keeps a tenant whose files are unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
-    /// From `client_secret`, or the content of `client_secret_file` read at load time.
+    /// From `client_secret`, or the content of `client_secret_file`.
     ClientSecret(Secret),
     Certificate {
-        path: PathBuf,
-        password_file: Option<PathBuf>,
+        certificate: LoadedCertificate,
         send_chain: bool,
     },
+    /// Read again at every token request (the kubelet rotates it), so its path is what counts.
     FederatedTokenFile(PathBuf),
-    ManagedIdentity,
+    /// The endpoint the environment gives, as for `--azure.credential managed-identity`.
+    ManagedIdentity(ManagedEndpoint),
+}
+
+/// A certificate as loaded, equal to another with the same chain (and so the same key).
+#[derive(Clone)]
+pub struct LoadedCertificate(pub Arc<ClientCertificate>);
+
+impl PartialEq for LoadedCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.fingerprint() == other.0.fingerprint()
+    }
+}
+
+impl std::fmt::Debug for LoadedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A secret that compares by value (so a reload sees a rotated secret) and never prints.
@@ -89,8 +119,6 @@ pub struct TenantSpec {
     pub authority: Url,
     pub graph: Url,
     pub periods: Periods,
-    /// The instance metadata service, for managed_identity.
-    pub imds_host: Url,
 }
 
 /// A tenant ready to start: its identity built (certificate loaded, token file checked).
@@ -103,10 +131,9 @@ pub struct Tenant {
 }
 
 impl TenantSpec {
-    /// Builds the identity from the file's credential, through the same loaders as the
-    /// environment's; Err names the tenant and the key.
-    pub fn resolve(&self) -> Result<Tenant, String> {
-        let who = format!("tenant {}", self.tenant_id);
+    /// The tenant to start, its identity built from the file's credential into the same kinds
+    /// as the environment's. Cannot fail: loading the file checked everything.
+    pub fn tenant(&self) -> Tenant {
         let client_id = self.client_id.clone();
         let credential = match &self.credential {
             Credential::ClientSecret(secret) => auth::Credential::Secret {
@@ -114,41 +141,23 @@ impl TenantSpec {
                 secret: secret.0.clone(),
             },
             Credential::Certificate {
-                path,
-                password_file,
+                certificate,
                 send_chain,
-            } => {
-                let password =
-                    match password_file {
-                        Some(file) => Some(SecretString::from(read_secret(file).map_err(|e| {
-                            format!("{who}: client_certificate_password_file: {e}")
-                        })?)),
-                        None => None,
-                    };
-                let certificate = ClientCertificate::load(path, password.as_ref())
-                    .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
-                auth::Credential::Certificate {
-                    client_id,
-                    certificate: Box::new(certificate),
-                    send_chain: *send_chain,
-                }
-            }
-            Credential::FederatedTokenFile(path) => {
-                read_federated_token(path)
-                    .map_err(|e| format!("{who}: federated_token_file: {e}"))?;
-                auth::Credential::WorkloadIdentity {
-                    client_id,
-                    token_file: path.clone(),
-                }
-            }
-            Credential::ManagedIdentity => auth::Credential::ManagedIdentity {
+            } => auth::Credential::Certificate {
+                client_id,
+                certificate: Arc::clone(&certificate.0),
+                send_chain: *send_chain,
+            },
+            Credential::FederatedTokenFile(path) => auth::Credential::WorkloadIdentity {
+                client_id,
+                token_file: path.clone(),
+            },
+            Credential::ManagedIdentity(endpoint) => auth::Credential::ManagedIdentity {
                 client_id: Some(client_id).filter(|c| !c.is_empty()),
-                endpoint: ManagedEndpoint::Imds {
-                    host: self.imds_host.clone(),
-                },
+                endpoint: endpoint.clone(),
             },
         };
-        Ok(Tenant {
+        Tenant {
             name: self.name.clone(),
             identity: Identity {
                 tenant_id: self.tenant_id.clone(),
@@ -157,7 +166,7 @@ impl TenantSpec {
             authority: self.authority.clone(),
             graph: self.graph.clone(),
             periods: self.periods.clone(),
-        })
+        }
     }
 }
 
@@ -194,12 +203,10 @@ pub fn load(
         .collect())
 }
 
+/// A regular file only: a FIFO would block the reload task (and with it shutdown) until
+/// something writes to it.
 fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
-    use std::io::Read;
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(cap + 1).read_to_end(&mut raw))
-        .map_err(|e| e.to_string())?;
+    let raw = read_regular(path, cap).map_err(|e| e.to_string())?;
     if raw.len() as u64 > cap {
         return Err(format!("larger than {} MiB", cap / (1024 * 1024)));
     }
@@ -208,6 +215,11 @@ fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
 
 /// The file's text to tenants; relative paths are resolved against `dir`.
 pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<TenantSpec>, String> {
+    if flow_depth_exceeds(text, MAX_FLOW_DEPTH) {
+        return Err(format!(
+            "not a tenants file: brackets nested more than {MAX_FLOW_DEPTH} deep"
+        ));
+    }
     let root: Value =
         serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {}", one_line(&e)))?;
     let root = match root {
@@ -256,7 +268,14 @@ fn tenant(
     };
     let mut who = format!("tenant #{position}");
     let fields = Fields { map, who: &who };
-    let tenant_id = fields.string("tenant_id");
+    // Checked before it names the tenant in errors: it might hold anything, a newline
+    // included.
+    let tenant_id = fields.string("tenant_id").and_then(|id| match id {
+        Some(id) if !is_tenant_id(&id) => Err(format!(
+            "{who}: tenant_id: expected a directory ID (GUID) or a domain name (letters, digits, dots and hyphens, at most {MAX_TENANT_ID})"
+        )),
+        id => Ok(id),
+    });
     if let Ok(Some(id)) = &tenant_id {
         who = format!("tenant {id}");
     }
@@ -271,11 +290,6 @@ fn tenant(
         }
     }
     let tenant_id = tenant_id?.ok_or_else(|| format!("{who}: tenant_id: missing"))?;
-    if tenant_id.contains(['/', '?', '#', '%']) || tenant_id.contains(char::is_whitespace) {
-        return Err(format!(
-            "{who}: tenant_id: expected a directory ID (GUID) or a domain name"
-        ));
-    }
     let given: Vec<&str> = CREDENTIAL_KEYS
         .into_iter()
         .filter(|k| map.contains_key(*k))
@@ -315,16 +329,36 @@ fn tenant(
                 read_secret(&file).map_err(|e| format!("{who}: client_secret_file: {e}"))?,
             )))
         }
-        "client_certificate_path" => Credential::Certificate {
-            path: path("client_certificate_path")?.unwrap_or_default(),
-            password_file: path("client_certificate_password_file")?,
-            send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
-        },
+        "client_certificate_path" => {
+            let password = match path("client_certificate_password_file")? {
+                Some(file) => {
+                    Some(SecretString::from(read_secret(&file).map_err(|e| {
+                        format!("{who}: client_certificate_password_file: {e}")
+                    })?))
+                }
+                None => None,
+            };
+            let file = path("client_certificate_path")?.unwrap_or_default();
+            let certificate = ClientCertificate::load(&file, password.as_ref())
+                .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
+            Credential::Certificate {
+                certificate: LoadedCertificate(Arc::new(certificate)),
+                send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
+            }
+        }
         "federated_token_file" => {
-            Credential::FederatedTokenFile(path("federated_token_file")?.unwrap_or_default())
+            let file = path("federated_token_file")?.unwrap_or_default();
+            // Read now so that a missing mount fails the load; read again at every request.
+            read_federated_token(&file).map_err(|e| format!("{who}: federated_token_file: {e}"))?;
+            Credential::FederatedTokenFile(file)
         }
         _ => match fields.boolean("managed_identity")? {
-            Some(true) => Credential::ManagedIdentity,
+            Some(true) => Credential::ManagedIdentity(
+                defaults
+                    .managed_identity
+                    .clone()
+                    .map_err(|e| format!("{who}: managed_identity: {e}"))?,
+            ),
             _ => {
                 return Err(format!(
                     "{who}: managed_identity: only true is meaningful; remove the key otherwise"
@@ -335,7 +369,7 @@ fn tenant(
     let client_id = match (fields.string("client_id")?, &credential) {
         (Some(id), _) => id,
         // A system-assigned managed identity needs no client ID.
-        (None, Credential::ManagedIdentity) => String::new(),
+        (None, Credential::ManagedIdentity(_)) => String::new(),
         (None, _) => return Err(format!("{who}: client_id: missing")),
     };
     let cloud = match fields.string("cloud")? {
@@ -377,8 +411,16 @@ fn tenant(
         authority,
         graph,
         periods,
-        imds_host: defaults.imds_host.clone(),
     })
+}
+
+/// What the identity platform takes as a tenant in its URL path, and what can go into a
+/// label, a log line and an error as it is.
+fn is_tenant_id(id: &str) -> bool {
+    id.len() <= MAX_TENANT_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 struct Fields<'a> {
@@ -422,11 +464,31 @@ fn read_secret(path: &Path) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
+/// Whether `[` and `{` nest deeper than `max` anywhere in `text`. Brackets inside quoted
+/// strings count too: a secret would need dozens of unbalanced ones to be refused.
+fn flow_depth_exceeds(text: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn key_name(value: &Value) -> String {
     match value {
-        Value::String(s) => format!("{s:?}"),
+        Value::String(s) => one_line(&format!("{s:?}")),
+        // A mapping or a list as a key renders on several lines.
         other => serde_norway::to_string(other)
-            .map(|s| s.trim().to_string())
+            .map(|s| one_line(&s))
             .unwrap_or_else(|_| "?".into()),
     }
 }
@@ -445,7 +507,9 @@ mod tests {
             authority_host: None,
             graph_url: None,
             periods: Periods::new([Period::D7, Period::D30]).unwrap(),
-            imds_host: Url::parse("http://127.0.0.1:9").unwrap(),
+            managed_identity: Ok(ManagedEndpoint::Imds {
+                host: Url::parse("http://127.0.0.1:9").unwrap(),
+            }),
         }
     }
 
@@ -471,8 +535,7 @@ mod tests {
     periods: [d90, D7]
   - tenant_id: bbbb
     client_id: c2
-    client_certificate_path: certs/b.pem
-    send_certificate_chain: true
+    client_secret: s2
     graph_url: http://127.0.0.1:1
 ",
         );
@@ -489,16 +552,6 @@ mod tests {
         let b = &specs[1];
         assert_eq!(b.periods, defaults().periods);
         assert_eq!(b.graph.as_str(), "http://127.0.0.1:1/");
-        assert_eq!(
-            b.credential,
-            Credential::Certificate {
-                path: PathBuf::from("/etc/sfb/certs/b.pem"),
-                password_file: None,
-                send_chain: true
-            }
-        );
-        let e = b.resolve().err().unwrap();
-        assert!(e.contains("tenant bbbb: client_certificate_path"), "{e}");
         assert!(parse_ok("").is_empty());
         assert!(parse_ok("tenants: []").is_empty());
     }
@@ -539,6 +592,14 @@ mod tests {
                 &["tenant t1", "client_secret_file", "/etc/sfb/nope/missing"],
             ),
             (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_certificate_path: certs/missing.pem}\n",
+                &["tenant t1", "client_certificate_path", "/etc/sfb/certs/missing.pem"],
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, send_certificate_chain: true}\n",
+                &["tenant t1", "send_certificate_chain: only goes with client_certificate_path"],
+            ),
+            (
                 "tenants:\n  - {tenant_id: t1, client_id: c, client_secret: s, cloud: mars}\n",
                 &["tenant t1", "cloud:", "mars"],
             ),
@@ -554,10 +615,168 @@ mod tests {
         }
     }
 
+    /// A certificate file (the fixture's key `key`, self-signed as `subject`) in PEM.
+    fn certificate_pem(key: &str, subject: &str) -> String {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/identity");
+        let key_pem = std::fs::read_to_string(dir.join(key)).unwrap();
+        let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, subject);
+        format!("{}{key_pem}", params.self_signed(&key).unwrap().pem())
+    }
+
+    #[test]
+    fn a_certificate_rotated_in_place_changes_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenant.pem");
+        let text =
+            "tenants:\n  - {tenant_id: t1, client_id: c, client_certificate_path: tenant.pem}\n";
+        let load = || parse(text, dir.path(), &defaults()).unwrap();
+        let first = certificate_pem("rsa-a.pkcs8.pem", "first");
+        std::fs::write(&file, &first).unwrap();
+        let before = load();
+        // The same certificate and key rewritten in another order: nothing to restart.
+        let (cert, key) = first.split_at(first.find("-----BEGIN PRIVATE KEY").unwrap());
+        std::fs::write(&file, format!("{key}{cert}")).unwrap();
+        assert_eq!(load(), before);
+        // A Kubernetes Secret update swaps the file's content under the same path.
+        std::fs::write(&file, certificate_pem("rsa-b.pkcs8.pem", "second")).unwrap();
+        assert_ne!(
+            load(),
+            before,
+            "the rotated certificate would never be used"
+        );
+    }
+
+    #[test]
+    fn fifos_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        crate::files::make_fifo(&fifo);
+        let config = fifo.clone();
+        let e = crate::files::without_blocking(move || {
+            load(&config, &defaults(), Shard::default()).unwrap_err()
+        });
+        assert!(
+            e.contains("--config.file") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let text = "tenants:\n  - {tenant_id: t1, client_id: c, client_secret_file: fifo}\n";
+        let dir = dir.path().to_path_buf();
+        let e = crate::files::without_blocking(move || parse(text, &dir, &defaults()).unwrap_err());
+        assert!(
+            e.contains("client_secret_file") && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hostile_files_fail_fast_on_one_line() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            let refs = vec![format!("*a{p}"); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        bomb.push_str("tenants: *a11\n");
+        // Parsed as it is, this one takes minutes.
+        let deep = format!("tenants: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let cases = [
+            (bomb.as_str(), "not valid YAML"),
+            (&deep, "nested more than 32 deep"),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_id: d, client_secret: s}\n",
+                "duplicate entry with key \"client_id\"",
+            ),
+            ("tenants: []\ntenants: []\n", "duplicate entry"),
+            (
+                "tenants:\n  - {tenant_id: \"a\\\"b\\nc\", client_id: c, client_secret: s}\n",
+                "tenant #1: tenant_id: expected a directory ID",
+            ),
+            (
+                &format!(
+                    "tenants:\n  - {{tenant_id: {}, client_secret: s}}\n",
+                    "a".repeat(254)
+                ),
+                "tenant #1: tenant_id: expected",
+            ),
+            ("tenants:\n  - {? [a, b] : 1}\n", "unknown key - a - b"),
+        ];
+        for (text, needle) in cases {
+            let e = parse_err(text);
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+    }
+
+    /// The managed identity endpoint a managed_identity tenant of --config.file gets.
+    fn file_managed_endpoint(vars: &[(&str, &str)]) -> Result<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.yml");
+        std::fs::write(
+            &file,
+            "tenants:\n  - {tenant_id: t1, managed_identity: true}\n",
+        )
+        .unwrap();
+        let args = |a: &[&str]| {
+            <crate::config::Args as clap::Parser>::try_parse_from(
+                std::iter::once("sfb-exporter").chain(a.iter().copied()),
+            )
+        };
+        let env = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        };
+        let config = crate::config::Config::check(
+            args(&["--config.file", file.to_str().unwrap()]).unwrap(),
+            env(vars),
+        )
+        .map_err(|p| p[0].to_string())?;
+        let crate::config::Source::File { path, defaults } = &config.source else {
+            panic!("expected the file source")
+        };
+        let specs = load(path, defaults, Shard::default())?;
+        match specs[0].tenant().identity.credential {
+            auth::Credential::ManagedIdentity { endpoint, .. } => Ok(endpoint.describe()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_tenants_choose_the_managed_identity_endpoint_as_the_environment_does() {
+        let app_service = [
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:6/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ];
+        assert_eq!(
+            file_managed_endpoint(&app_service).unwrap(),
+            "App Service IDENTITY_ENDPOINT http://127.0.0.1:6/msi/token"
+        );
+        let pod_identity = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:5")];
+        assert_eq!(
+            file_managed_endpoint(&pod_identity).unwrap(),
+            "IMDS http://127.0.0.1:5/metadata/identity/oauth2/token"
+        );
+        // An endpoint without its header fails the tenant that needs it, naming both.
+        let e = file_managed_endpoint(&app_service[..1]).unwrap_err();
+        assert!(
+            e.contains("tenant t1: managed_identity:") && e.contains("IDENTITY_HEADER"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
     #[test]
     fn managed_identity_needs_no_client_id() {
         let specs = parse_ok("tenants:\n  - {tenant_id: t1, managed_identity: true}\n");
-        assert_eq!(specs[0].credential, Credential::ManagedIdentity);
+        assert!(
+            matches!(specs[0].credential, Credential::ManagedIdentity(_)),
+            "{specs:?}"
+        );
     }
 
     #[test]

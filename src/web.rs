@@ -43,7 +43,10 @@ pub fn app(
         .route("/", get(landing))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/-/reload", axum::routing::post(reload))
+        .route(
+            "/-/reload",
+            axum::routing::post(reload).put(reload).get(reload_by_get),
+        )
         .route(telemetry_path, get(metrics))
         .with_state(state);
     match security {
@@ -106,11 +109,11 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
     gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
-/// POST /-/reload, as Prometheus has it: 403 unless --web.enable-lifecycle, 500 with the
-/// reason when the file does not load.
+/// POST or PUT /-/reload, as Prometheus has it (its very words, for scripts that match
+/// them): 403 unless --web.enable-lifecycle, 500 with the reason when the file does not load.
 async fn reload(Extract(s): Extract<AppState>) -> Response {
     match &s.lifecycle {
-        None => (StatusCode::FORBIDDEN, "Lifecycle API is not enabled.\n").into_response(),
+        None => (StatusCode::FORBIDDEN, "Lifecycle API is not enabled.").into_response(),
         Some(None) => "nothing to reload: no --config.file\n".into_response(),
         Some(Some(reloader)) => match reloader.reload().await {
             Ok(_) => StatusCode::OK.into_response(),
@@ -121,6 +124,14 @@ async fn reload(Extract(s): Extract<AppState>) -> Response {
                 .into_response(),
         },
     }
+}
+
+async fn reload_by_get() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Only POST or PUT requests allowed",
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

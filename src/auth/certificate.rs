@@ -152,6 +152,18 @@ impl ClientCertificate {
         &self.thumbprint
     }
 
+    /// SHA-256 over the chain's DER, leaf first. The key is checked to match the leaf, so equal
+    /// fingerprints mean the same credential however the file encodes it: a reload tells a
+    /// rotated certificate from a file that was merely rewritten.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        for der in &self.chain {
+            hash.update((der.len() as u64).to_be_bytes());
+            hash.update(der);
+        }
+        hash.finalize().into()
+    }
+
     /// A warning when the certificate has expired at `now`: the identity platform will most
     /// likely refuse it, but trying costs nothing and says so in a clearer way.
     pub fn expiry_warning(&self, now: SystemTime) -> Option<String> {

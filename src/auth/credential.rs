@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
@@ -25,8 +26,9 @@ pub enum Credential {
     },
     Certificate {
         client_id: String,
-        /// Boxed: the RSA key pair is large beside the other kinds.
-        certificate: Box<ClientCertificate>,
+        /// Shared with the tenant's entry of --config.file, which compares it on reload; behind
+        /// a pointer also because the RSA key pair is large beside the other kinds.
+        certificate: Arc<ClientCertificate>,
         /// Put the chain into the assertion's `x5c` header (subject name/issuer authentication).
         send_chain: bool,
     },

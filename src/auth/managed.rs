@@ -20,6 +20,7 @@ const APP_SERVICE_API_VERSION: &str = "2019-08-01";
 /// First wait after a transient IMDS answer; doubled after each.
 const IMDS_FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
+#[derive(Clone)]
 pub enum ManagedEndpoint {
     /// IDENTITY_ENDPOINT, with IDENTITY_HEADER (a secret) in X-IDENTITY-HEADER.
     AppService { endpoint: Url, header: SecretString },
@@ -30,6 +31,23 @@ pub enum ManagedEndpoint {
 impl fmt::Debug for ManagedEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
+    }
+}
+
+/// By value, header included: a tenant of --config.file compares its endpoint on reload.
+impl PartialEq for ManagedEndpoint {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                ManagedEndpoint::AppService { endpoint, header },
+                ManagedEndpoint::AppService {
+                    endpoint: e,
+                    header: h,
+                },
+            ) => endpoint == e && header.expose_secret() == h.expose_secret(),
+            (ManagedEndpoint::Imds { host }, ManagedEndpoint::Imds { host: h }) => host == h,
+            _ => false,
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use sfb_exporter::auth::managed::ManagedEndpoint;
 use sfb_exporter::auth::{Credential, Identity};
 use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
 use sfb_exporter::graph::RetryPolicy;
@@ -99,7 +100,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
                     authority_host: Some(base.clone()),
                     graph_url: Some(base.clone()),
                     periods: Periods::new(options.periods).unwrap(),
-                    imds_host: base,
+                    managed_identity: Ok(ManagedEndpoint::Imds { host: base }),
                 },
             },
             None => Source::Azure {

@@ -275,7 +275,7 @@ fn certificate_credential(path: &Path, password: Option<&str>, send_chain: bool)
     let password = password.map(SecretString::from);
     Credential::Certificate {
         client_id: CLIENT_ID.into(),
-        certificate: Box::new(ClientCertificate::load(path, password.as_ref()).unwrap()),
+        certificate: std::sync::Arc::new(ClientCertificate::load(path, password.as_ref()).unwrap()),
         send_chain,
     }
 }

@@ -268,14 +268,18 @@ async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
     assert_eq!(sample(&body, &failures("hung-id", "timeout")), Some(1.0));
     assert!(!body.contains(&secret("revoked-id")), "a secret leaked");
 
-    // Without --web.enable-lifecycle the reload endpoint is refused.
-    let response = app
-        .http
-        .post(format!("http://{}/-/reload", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
+    // Without --web.enable-lifecycle the reload endpoint is refused, as Prometheus refuses
+    // it: 403 to POST and PUT, 405 to GET, with its words.
+    let url = format!("http://{}/-/reload", app.addr);
+    for (request, status, text) in [
+        (app.http.post(&url), 403, "Lifecycle API is not enabled."),
+        (app.http.put(&url), 403, "Lifecycle API is not enabled."),
+        (app.http.get(&url), 405, "Only POST or PUT requests allowed"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(response.text().await.unwrap(), text);
+    }
     app.stop().await;
 }
 
@@ -302,7 +306,7 @@ async fn reload_adds_removes_and_keeps_tenants() {
     let reload = || async {
         let response = app
             .http
-            .post(format!("http://{}/-/reload", app.addr))
+            .put(format!("http://{}/-/reload", app.addr))
             .send()
             .await
             .unwrap();
@@ -486,6 +490,40 @@ async fn sighup_reloads_the_file() {
 }
 
 #[test]
+fn the_environment_identity_is_ignored_with_one_info_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tenants.yml");
+    std::fs::write(&file, "tenants: []\n").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2").unwrap();
+    let process = Process::spawn(
+        exporter()
+            .env("AZURE_TENANT_ID", "t")
+            .env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "true")
+            .args([
+                "--config.file",
+                file.to_str().unwrap(),
+                "--azure.client-secret-file",
+                secret.to_str().unwrap(),
+                "--azure.credential",
+                "secret",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--log.format",
+                "json",
+            ]),
+    );
+    let line = process.log_line(|l| l["ignored"].is_string());
+    let ignored = line["ignored"].as_str().unwrap();
+    assert_eq!(
+        ignored,
+        "AZURE_TENANT_ID,AZURE_CLIENT_SEND_CERTIFICATE_CHAIN,--azure.credential,--azure.client-secret-file",
+        "{line}"
+    );
+    assert_eq!(line["level"], "INFO", "{line}");
+}
+
+#[test]
 fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
     use crate::packaging::{at, yaml};
     let set = yaml("deploy/kubernetes/sharded/statefulset.yaml");
@@ -540,7 +578,7 @@ fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
         authority_host: None,
         graph_url: None,
         periods: sfb_exporter::report::Periods::new([Period::D7]).unwrap(),
-        imds_host: url::Url::parse("http://127.0.0.1:9").unwrap(),
+        managed_identity: Err("not on Azure".into()),
     };
     let specs = sfb_exporter::tenants::parse(text, &config_dir, &defaults).unwrap();
     assert_eq!(specs.len(), 2);
