@@ -149,14 +149,9 @@ pub async fn backfill(config: Config, period: report::Period) -> anyhow::Result<
         // Every tenant of the file (of this shard, with --shard.*), labelled by tenant ID as
         // the live metrics are.
         Source::File { path, defaults } => tenants::load(&path, &defaults, config.shard)
-            .and_then(|specs| {
-                specs
-                    .iter()
-                    .map(|spec| spec.resolve())
-                    .collect::<Result<Vec<_>, _>>()
-            })
             .map_err(StartError::Tenants)?
-            .into_iter()
+            .iter()
+            .map(|spec| spec.tenant())
             .map(|tenant| backfill::Tenant {
                 label: tenant.identity.tenant_id.clone(),
                 identity: tenant.identity,
