@@ -12,6 +12,7 @@ use url::Url;
 use crate::auth::Identity;
 use crate::graph::RetryPolicy;
 use crate::report::{Period, Periods};
+use crate::server::ServerLimits;
 use crate::telemetry::{LogFormat, LogLevel};
 
 /// Port from the 9xxx range that the Prometheus default-port-allocations list leaves unused:
@@ -47,6 +48,10 @@ pub struct Args {
     /// exporter-toolkit.
     #[arg(long = "web.config.file", value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
+
+    /// Maximum number of parallel scrape requests; more get 503 at once. 0 means no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
 
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
@@ -273,6 +278,7 @@ pub struct Config {
     /// How often the web config's files are checked for changes.
     pub web_config_check_interval: Duration,
     pub telemetry_path: String,
+    pub server: ServerLimits,
     pub periods: Periods,
     pub refresh_interval: Duration,
     pub graph_timeout: Duration,
@@ -344,6 +350,10 @@ impl Config {
             web_config_file: args.web_config_file,
             web_config_check_interval: Duration::from_secs(10),
             telemetry_path: args.telemetry_path,
+            server: ServerLimits {
+                max_requests: args.max_requests,
+                ..ServerLimits::default()
+            },
             periods: args.periods,
             refresh_interval: args.refresh_interval,
             graph_timeout: args.graph_timeout,

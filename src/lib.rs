@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod refresher;
 pub mod report;
+pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod text;
@@ -35,13 +36,10 @@ use crate::config::{Config, Source};
 use crate::graph::GraphClient;
 use crate::http::Limits;
 use crate::refresher::Refresher;
+use crate::server::TlsConfig;
 use crate::state::State;
 use crate::webconfig::{Security, Sources, WebConfig};
 use arc_swap::ArcSwap;
-use axum_server::tls_rustls::RustlsConfig;
-
-/// How long open connections get to finish after shutdown begins.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -87,7 +85,6 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .await
         .map_err(|error| StartError::Bind { address, error })?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    let listener = listener.into_std().map_err(bind_error)?;
 
     let http =
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
@@ -135,10 +132,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         refresher.published(),
         &config.telemetry_path,
         security.clone(),
-    )
-    .into_make_service();
-    let handle = axum_server::Handle::new();
-    let tls = web.tls.clone().map(RustlsConfig::from_config);
+        config.server.max_requests,
+    );
+    let tls: Option<TlsConfig> = web.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {
         let reload = WebConfigReload {
             path,
@@ -152,27 +148,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             cancel.run_until_cancelled(reload.run(every)).await;
         });
     }
-    let server = match tls {
-        Some(tls) => {
-            let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
-            tokio::spawn(server.handle(handle.clone()).serve(app))
-        }
-        None => {
-            let server = axum_server::from_tcp(listener).map_err(bind_error)?;
-            tokio::spawn(server.handle(handle.clone()).serve(app))
-        }
-    };
-    let shutdown = cancel.clone();
-    tasks.spawn(async move {
-        shutdown.cancelled().await;
-        // Open connections get a moment to finish their response, then are closed.
-        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("HTTP server failed: {e}"),
-            Err(e) => tracing::error!("HTTP server task failed: {e}"),
-        }
-    });
+    tasks.spawn(server::serve(
+        listener,
+        app,
+        tls,
+        config.server.clone(),
+        cancel.clone(),
+    ));
     let mut refreshers = refresher.spawn(cancel);
     tasks.spawn(async move { while refreshers.join_next().await.is_some() {} });
 
@@ -186,7 +168,7 @@ struct WebConfigReload {
     path: std::path::PathBuf,
     sources: Sources,
     security: Arc<ArcSwap<Security>>,
-    tls: Option<RustlsConfig>,
+    tls: Option<TlsConfig>,
 }
 
 impl WebConfigReload {
@@ -208,7 +190,7 @@ impl WebConfigReload {
 
     fn apply(&mut self, web: WebConfig) {
         match (&self.tls, web.tls) {
-            (Some(current), Some(new)) => current.reload_from_config(new),
+            (Some(current), Some(new)) => current.store(new),
             (None, None) => {}
             _ => {
                 tracing::warn!(

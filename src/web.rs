@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::metrics::CONTENT_TYPE;
 use crate::report::Period;
+use crate::server::limit_in_flight;
 use crate::state::{Attempt, Published};
 use crate::webconfig::{guard, Security};
 
@@ -24,21 +25,28 @@ struct AppState {
 }
 
 /// `security` is None without a web config: then there is nothing to guard, and the scrape
-/// path stays free of the layer.
+/// path stays free of the layer. `max_requests` bounds scrapes in flight (0: no bound).
 pub fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
     security: Option<Arc<ArcSwap<Security>>>,
+    max_requests: usize,
 ) -> Router {
     let state = AppState {
         published,
         landing: landing_page(telemetry_path).into(),
     };
+    // Behind basic auth, as node_exporter limits only its metrics handler: requests that
+    // fail authentication never take a slot from the scrapes.
+    let scrape = limit_in_flight(
+        Router::new().route(telemetry_path, get(metrics)),
+        max_requests,
+    );
     let router = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(telemetry_path, get(metrics))
+        .merge(scrape)
         .with_state(state);
     match security {
         None => router,
@@ -243,7 +251,7 @@ x 1
     #[tokio::test]
     async fn routes() {
         let snapshot = published(State::new("t", [Period::D7, Period::D30]));
-        let app = app(Arc::clone(&snapshot), "/custom", None);
+        let app = app(Arc::clone(&snapshot), "/custom", None, 40);
         assert_eq!(
             get(&app, "/custom").await,
             (
@@ -263,7 +271,7 @@ x 1
     async fn readiness_follows_the_snapshot() {
         let mut state = State::new("t", [Period::D7, Period::D30]);
         let snapshot = published(state.clone());
-        let app = app(Arc::clone(&snapshot), "/metrics", None);
+        let app = app(Arc::clone(&snapshot), "/metrics", None, 40);
 
         let (status, ctype, body) = get(&app, "/readyz").await;
         assert_eq!(
@@ -312,7 +320,7 @@ mod properties {
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
             if let Ok(path) = crate::config::parse_telemetry_path(&path) {
                 let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
-                let built = std::panic::catch_unwind(|| app(published, &path, None));
+                let built = std::panic::catch_unwind(|| app(published, &path, None, 40));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);
             }
         }

@@ -8,6 +8,7 @@ use sfb_exporter::auth::Identity;
 use sfb_exporter::config::{Config, Source};
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::{Period, Periods};
+use sfb_exporter::server::ServerLimits;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use wiremock::matchers::{body_string_contains, header, method, path};
@@ -41,6 +42,7 @@ pub struct Options {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub web_config: Option<std::path::PathBuf>,
+    pub server: ServerLimits,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
                 max_retry_after: Duration::from_secs(2),
             },
             web_config: None,
+            server: ServerLimits::default(),
         }
     }
 }
@@ -74,6 +77,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         web_config_file: options.web_config,
         web_config_check_interval: Duration::from_millis(100),
         telemetry_path: "/metrics".into(),
+        server: options.server,
         periods: Periods::new(options.periods).unwrap(),
         refresh_interval: options.interval,
         graph_timeout: options.timeout,

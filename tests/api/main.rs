@@ -2,6 +2,7 @@
 
 mod e2e;
 mod faults;
+mod hardening;
 mod helpers;
 mod layout;
 mod lifecycle;
