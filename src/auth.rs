@@ -318,6 +318,7 @@ mod tests {
         let limits = Limits {
             timeout: Duration::from_secs(1),
             max_body_bytes: 1024,
+            requests: Default::default(),
         };
         let authority = Url::parse("https://login.example.test/").unwrap();
         let graph = Url::parse("https://graph.example.test/").unwrap();

@@ -53,6 +53,10 @@ pub struct Args {
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,
 
+    /// Leave out the exporter's own process_* metrics.
+    #[arg(long = "web.disable-exporter-metrics")]
+    pub disable_exporter_metrics: bool,
+
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
@@ -279,6 +283,8 @@ pub struct Config {
     pub web_config_check_interval: Duration,
     pub telemetry_path: String,
     pub server: ServerLimits,
+    /// The process_* series on /metrics (off with --web.disable-exporter-metrics).
+    pub exporter_metrics: bool,
     pub periods: Periods,
     pub refresh_interval: Duration,
     pub graph_timeout: Duration,
@@ -354,6 +360,7 @@ impl Config {
                 max_requests: args.max_requests,
                 ..ServerLimits::default()
             },
+            exporter_metrics: !args.disable_exporter_metrics,
             periods: args.periods,
             refresh_interval: args.refresh_interval,
             graph_timeout: args.graph_timeout,

@@ -7,11 +7,22 @@ use crate::report::ReportError;
 use crate::text::one_line;
 
 /// Which HTTP exchange of a refresh an error belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     Token,
     Report,
     Download,
+}
+
+impl Stage {
+    /// The `stage` label of `sfb_graph_requests_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Token => "token",
+            Stage::Report => "report",
+            Stage::Download => "download",
+        }
+    }
 }
 
 impl fmt::Display for Stage {

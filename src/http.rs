@@ -1,6 +1,9 @@
 //! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
 //! cap, or an error that says which limit was hit.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +17,26 @@ use crate::text::one_line;
 pub struct Limits {
     pub timeout: Duration,
     pub max_body_bytes: u64,
+    /// Shared by every exchange of a tenant, for `sfb_graph_requests_total`.
+    pub requests: Arc<RequestCounts>,
+}
+
+/// Exchanges by stage and HTTP status (None: no answer came back), retries included.
+#[derive(Debug, Default)]
+pub struct RequestCounts(Mutex<BTreeMap<(Stage, Option<u16>), u64>>);
+
+impl RequestCounts {
+    fn count(&self, stage: Stage, status: Option<u16>) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *counts.entry((stage, status)).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<(Stage, Option<u16>), u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub struct Answer {
@@ -81,11 +104,14 @@ pub async fn exchange(
     limits: &Limits,
 ) -> Result<Answer, Error> {
     let timeout = limits.timeout;
+    let answered = AtomicBool::new(false);
     let work = async {
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| Error::network(stage, e, timeout))?;
+        let sent = request.send().await;
+        answered.store(true, Ordering::Relaxed);
+        limits
+            .requests
+            .count(stage, sent.as_ref().ok().map(|r| r.status().as_u16()));
+        let mut response = sent.map_err(|e| Error::network(stage, e, timeout))?;
         let too_large = Error::TooLarge {
             stage,
             limit: limits.max_body_bytes,
@@ -115,9 +141,11 @@ pub async fn exchange(
             body: body.freeze(),
         })
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| Error::Timeout { stage, timeout })?
+    let outcome = tokio::time::timeout(timeout, work).await;
+    if outcome.is_err() && !answered.load(Ordering::Relaxed) {
+        limits.requests.count(stage, None);
+    }
+    outcome.map_err(|_| Error::Timeout { stage, timeout })?
 }
 
 /// The client every exchange goes through. Redirects are never followed automatically: the

@@ -15,6 +15,7 @@ pub mod error;
 pub mod graph;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod refresher;
 pub mod report;
 pub mod server;
@@ -110,9 +111,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             )
         }
     };
+    let requests = Arc::new(http::RequestCounts::default());
     let limits = || Limits {
         timeout: config.graph_timeout,
         max_body_bytes: config.max_body_bytes,
+        requests: Arc::clone(&requests),
     };
     let tokens = TokenSource::new(http.clone(), &authority, &graph, identity, limits());
     let graph = GraphClient::new(http, graph, tokens, limits(), config.retry);
@@ -133,6 +136,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         &config.telemetry_path,
         security.clone(),
         config.server.max_requests,
+        config.exporter_metrics,
     );
     let tls: Option<TlsConfig> = web.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {

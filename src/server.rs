@@ -75,20 +75,9 @@ const MAX_CONNECTIONS: usize = 1024;
 /// The connection cap below the soft RLIMIT_NOFILE: a reserve stays for the listener, the
 /// Graph client, the web config's files and /proc.
 pub fn connection_cap() -> usize {
-    let soft = open_files_limit().unwrap_or(1024);
+    let soft = crate::process::open_files_limit().unwrap_or(1024);
     let reserve = (soft / 4).clamp(16, 64);
     soft.saturating_sub(reserve).clamp(1, MAX_CONNECTIONS)
-}
-
-/// The soft limit on open file descriptors, None when unlimited or unknown.
-pub fn open_files_limit() -> Option<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given and nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as usize)
 }
 
 /// Middleware for --web.max-requests: a request beyond the limit gets 503 at once instead of

@@ -1,11 +1,11 @@
 //! The snapshot the refresher publishes and every handler reads: immutable once published.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use crate::error::Reason;
+use crate::error::{Reason, Stage};
 use crate::report::Period;
 use crate::report::Row;
 
@@ -18,6 +18,8 @@ pub struct PeriodState {
     /// The last report accepted; kept through failures so its values stay published.
     pub accepted: Option<Accepted>,
     pub failures: BTreeMap<Reason, u64>,
+    /// How long the last attempt took, retry waits included.
+    pub last_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,9 @@ pub struct Accepted {
 pub struct State {
     pub tenant: String,
     pub periods: BTreeMap<Period, PeriodState>,
+    /// HTTP exchanges with the identity platform and Graph, by stage and status (None: no
+    /// answer came back).
+    pub graph_requests: BTreeMap<(Stage, Option<u16>), u64>,
 }
 
 impl State {
@@ -48,6 +53,7 @@ impl State {
                 .into_iter()
                 .map(|p| (p, PeriodState::default()))
                 .collect(),
+            graph_requests: BTreeMap::new(),
         }
     }
 
@@ -78,7 +84,8 @@ impl Published {
     }
 }
 
-fn gzip(body: &[u8]) -> Bytes {
+/// One gzip member of `body`.
+pub fn gzip(body: &[u8]) -> Bytes {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4),

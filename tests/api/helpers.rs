@@ -43,6 +43,7 @@ pub struct Options {
     pub retry: RetryPolicy,
     pub web_config: Option<std::path::PathBuf>,
     pub server: ServerLimits,
+    pub exporter_metrics: bool,
 }
 
 impl Default for Options {
@@ -61,6 +62,7 @@ impl Default for Options {
             },
             web_config: None,
             server: ServerLimits::default(),
+            exporter_metrics: true,
         }
     }
 }
@@ -78,6 +80,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         web_config_check_interval: Duration::from_millis(100),
         telemetry_path: "/metrics".into(),
         server: options.server,
+        exporter_metrics: options.exporter_metrics,
         periods: Periods::new(options.periods).unwrap(),
         refresh_interval: options.interval,
         graph_timeout: options.timeout,

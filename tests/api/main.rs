@@ -10,4 +10,5 @@ mod packaging;
 mod process;
 mod promtool;
 mod protocol;
+mod selfmetrics;
 mod serving;
