@@ -150,26 +150,38 @@ fn renew_after(lifetime: Duration) -> Duration {
 }
 
 fn parse_token(body: &[u8]) -> Result<(SecretString, Duration), Error> {
-    let bad = |what: &str| Error::Http {
+    let bad = |detail: &str| Error::Http {
         stage: Stage::Token,
         status: Some(200),
         request_id: Default::default(),
-        detail: format!("the identity platform answered 200 without {what}"),
+        detail: format!("the identity platform answered 200 {detail}"),
     };
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("a JSON body"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| bad("without a JSON body"))?;
     let token = json
         .get("access_token")
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad("an access_token"))?;
+        .ok_or_else(|| bad("without an access_token"))?;
+    // Refused here rather than failing every report request as a network error later.
+    if reqwest::header::HeaderValue::from_str(token).is_err() {
+        return Err(Error::Auth {
+            status: 200,
+            code: None,
+            detail: "the access_token cannot be sent in an HTTP header (it holds control characters); is AZURE_AUTHORITY_HOST the identity platform?".into(),
+        });
+    }
     // Number in v2.0 answers, a string in some older ones.
     let expires_in = match json.get("expires_in") {
+        None | Some(serde_json::Value::Null) => return Err(bad("without an expires_in")),
         Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.parse().ok(),
-        _ => None,
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        Some(_) => None,
     }
-    .filter(|&s| s > 0)
-    .ok_or_else(|| bad("a positive expires_in"))?;
+    .ok_or_else(|| bad("with an expires_in that is not an integer number of seconds"))?;
+    if expires_in == 0 {
+        return Err(bad("with an expires_in of 0"));
+    }
     Ok((
         SecretString::from(token),
         Duration::from_secs(expires_in).min(MAX_LIFETIME),
@@ -259,13 +271,28 @@ mod tests {
         let (_, d) =
             parse_token(br#"{"expires_in":18446744073709551615,"access_token":"abc"}"#).unwrap();
         assert_eq!(d, MAX_LIFETIME);
-        for bad in [
-            &b"<html>"[..],
-            br#"{"expires_in":1}"#,
-            br#"{"access_token":"x"}"#,
+        for (bad, says) in [
+            (&b"<html>"[..], "without a JSON body"),
+            (br#"{"expires_in":1}"#, "without an access_token"),
+            (br#"{"access_token":"x"}"#, "without an expires_in"),
+            (
+                br#"{"access_token":"x","expires_in":"soon"}"#,
+                "not an integer",
+            ),
+            (
+                br#"{"access_token":"x","expires_in":1.5}"#,
+                "not an integer",
+            ),
+            (br#"{"access_token":"x","expires_in":-1}"#, "not an integer"),
+            (br#"{"access_token":"x","expires_in":0}"#, "expires_in of 0"),
         ] {
-            assert!(parse_token(bad).is_err());
+            let e = parse_token(bad).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
         }
+        let e = parse_token(br#"{"access_token":"a\r\nb","expires_in":60}"#).unwrap_err();
+        assert_eq!(e.reason().as_str(), "auth");
+        assert!(e.to_string().contains("control characters"), "{e}");
+        assert!(!e.to_string().contains("a\r"), "{e}");
     }
 
     #[test]

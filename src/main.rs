@@ -51,7 +51,17 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     // Installed first, so that a signal during startup is a clean stop too.
     let mut signals = Signals::install()?;
-    let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
+    // Off the runtime and raced against the signals: a secret file that blocks on open or read
+    // (a FIFO nobody writes to) must not keep SIGTERM from stopping the process.
+    let resolving =
+        tokio::task::spawn_blocking(move || Config::resolve(args, |name| std::env::var(name).ok()));
+    let config = tokio::select! {
+        resolved = resolving => resolved.context("configuration")?.context("configuration")?,
+        () = signals.recv() => {
+            tracing::info!("stopped while reading the configuration");
+            return Ok(());
+        }
+    };
     if let Some(warning) = config.throttling_warning() {
         tracing::warn!("{warning}");
     }

@@ -308,3 +308,93 @@ fn a_flood_at_a_low_fd_limit_is_refused_cleanly_and_logged_once() {
     });
     assert!(scraped, "no scrape got through after the flood");
 }
+
+/// A secret file that is a FIFO nobody writes to blocks its reader; SIGTERM and SIGINT still
+/// stop the process cleanly.
+#[test]
+fn a_secret_file_that_blocks_does_not_defeat_sigterm_or_sigint() {
+    use std::os::unix::fs::OpenOptionsExt;
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("secret");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path it is given.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let mut cmd = exporter();
+        cmd.env("AZURE_TENANT_ID", "t")
+            .env("AZURE_CLIENT_ID", "c")
+            .args(["--log.format", "json", "--azure.client-secret-file"])
+            .arg(&fifo);
+        let mut process = Process::spawn(&mut cmd);
+        // The exporter has the FIFO open once a writer can open it without blocking; the
+        // writer then stays silent, so the exporter's read blocks.
+        let writer = (0..500).find_map(|_| {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            opened.ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            })
+        });
+        assert!(writer.is_some(), "the exporter never opened the FIFO");
+        process.signal(signal);
+        let status = process.wait_exit();
+        assert_eq!(status.code(), Some(0), "SIG{signal}: {status:?}");
+        drop(writer);
+    }
+}
+
+/// An access token that cannot go into a header fails the refresh as auth, and is not kept:
+/// the next refresh asks for a new token.
+#[tokio::test]
+async fn a_token_with_control_characters_is_refused_as_auth_and_never_cached() {
+    use crate::helpers::*;
+    use sfb_exporter::report::Period;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+
+    let (graph, download) = mock_servers().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "access_token": "broken\r\ntoken",
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&graph)
+        .await;
+    token_mock(3599).mount(&graph).await;
+    mount_report(
+        &graph,
+        &download,
+        Period::D7,
+        &format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"),
+    )
+    .await;
+    let options = Options {
+        interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let app = spawn_app(graph, download, options).await;
+    let body = app
+        .metrics_when("a success after the refused token", |b| {
+            sample(b, &success(Period::D7)) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "auth")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &failures(Period::D7, "network")),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(app.requests_to(&app.graph, "/oauth2/").await.len(), 2);
+    app.stop().await;
+}
