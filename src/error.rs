@@ -283,7 +283,7 @@ mod tests {
         assert!(words(rustls::CertificateError::UnknownIssuer).contains("not signed by a trusted"));
         assert!(words(rustls::CertificateError::Expired).contains("has expired"));
         assert!(words(rustls::CertificateError::NotValidForName).contains("another host name"));
-        let other = std::io::Error::new(std::io::ErrorKind::Other, "reset");
+        let other = std::io::Error::other("reset");
         assert_eq!(certificate_words(&other), None);
     }
 
