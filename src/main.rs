@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(args.log_level, args.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -46,6 +46,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// As many workers as CPUs this process may run on (its affinity mask and cgroup quota, which
+/// available_parallelism reads); on one CPU a single-threaded runtime, so that no second
+/// worker time-slices against the first and no wakeup crosses threads.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cpus);
+        builder
+    };
+    builder.enable_all().build()
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
