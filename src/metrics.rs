@@ -166,6 +166,20 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         &["tenant", "period", "reason"],
     )?;
     registry.register(Box::new(failures.clone()))?;
+    let graph_requests = IntCounterVec::new(
+        Opts::new(
+            "sfb_graph_requests_total",
+            "HTTP exchanges with the identity platform and Graph, retries included, by stage (token, report, download) and HTTP status code (error: no answer came back).",
+        ),
+        &["tenant", "stage", "code"],
+    )?;
+    registry.register(Box::new(graph_requests.clone()))?;
+    let duration = gauge(
+        &registry,
+        "sfb_refresh_duration_seconds",
+        "How long the last refresh of the report took, retry waits included.",
+        &per_period,
+    )?;
 
     let tenant = state.tenant.as_str();
     if let Some(not_after) = state.client_certificate_not_after {
@@ -178,8 +192,17 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         .with_label_values(&[tenant])
         .set(unix_seconds(not_after));
     }
+    for ((stage, status), count) in &state.graph_requests {
+        let code = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        graph_requests
+            .with_label_values(&[tenant, stage.label(), code.as_str()])
+            .inc_by(*count);
+    }
     for (period, p) in &state.periods {
         let labels = [tenant, period.as_str()];
+        if let Some(took) = p.last_duration {
+            duration.with_label_values(&labels).set(took.as_secs_f64());
+        }
         for reason in Reason::ALL {
             let count = p.failures.get(&reason).copied().unwrap_or(0);
             failures
@@ -319,6 +342,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Stage;
     use crate::report::Period;
     use crate::report::Totals;
     use crate::state::{Accepted, PeriodState};
@@ -358,6 +382,7 @@ mod tests {
                 etag: None,
             }),
             failures: Default::default(),
+            last_duration: Some(Duration::from_millis(120)),
         };
         // D30: accepted once, then failing: last values kept, success 0.
         *state.periods.get_mut(&Period::D30).unwrap() = PeriodState {
@@ -379,6 +404,7 @@ mod tests {
             failures: [(Reason::Parse, 2), (Reason::Throttled, 1)]
                 .into_iter()
                 .collect(),
+            last_duration: Some(Duration::from_millis(2500)),
         };
         // D90: header-only report.
         *state.periods.get_mut(&Period::D90).unwrap() = PeriodState {
@@ -391,8 +417,17 @@ mod tests {
                 etag: None,
             }),
             failures: Default::default(),
+            last_duration: Some(Duration::from_millis(120)),
         };
         // D180: never refreshed.
+        state.graph_requests = [
+            ((Stage::Token, Some(200)), 1),
+            ((Stage::Report, Some(302)), 3),
+            ((Stage::Report, Some(429)), 1),
+            ((Stage::Download, None), 1),
+        ]
+        .into_iter()
+        .collect();
         state
     }
 

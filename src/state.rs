@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use crate::error::Reason;
+use crate::error::{Reason, Stage};
 use crate::report::Period;
 use crate::report::{Report, Row, Totals};
 
@@ -19,6 +19,8 @@ pub struct PeriodState {
     /// The last report accepted; kept through failures so its values stay published.
     pub accepted: Option<Accepted>,
     pub failures: BTreeMap<Reason, u64>,
+    /// How long the last attempt took, retry waits included.
+    pub last_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +57,9 @@ pub struct State {
     pub periods: BTreeMap<Period, PeriodState>,
     /// notAfter of the client certificate, when the exporter signs in with one.
     pub client_certificate_not_after: Option<SystemTime>,
+    /// HTTP exchanges with the identity platform and Graph, by stage and status (None: no
+    /// answer came back).
+    pub graph_requests: BTreeMap<(Stage, Option<u16>), u64>,
 }
 
 impl State {
@@ -66,6 +71,7 @@ impl State {
                 .map(|p| (p, PeriodState::default()))
                 .collect(),
             client_certificate_not_after: None,
+            graph_requests: BTreeMap::new(),
         }
     }
 
@@ -138,7 +144,8 @@ impl Published {
     }
 }
 
-fn gzip(body: &[u8]) -> Bytes {
+/// One gzip member of `body`.
+pub fn gzip(body: &[u8]) -> Bytes {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4),

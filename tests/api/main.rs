@@ -2,6 +2,7 @@
 
 mod e2e;
 mod faults;
+mod hardening;
 mod helpers;
 mod identity;
 mod layout;
@@ -10,6 +11,7 @@ mod packaging;
 mod process;
 mod promtool;
 mod protocol;
+mod selfmetrics;
 mod serving;
 mod tenants;
 mod webconfig;

@@ -137,7 +137,14 @@ async fn gzip_is_served_when_asked_for_and_matches_the_plain_body() {
     flate2::read::GzDecoder::new(&compressed[..])
         .read_to_string(&mut unzipped)
         .unwrap();
-    assert_eq!(unzipped, plain);
+    // The process_* readings may be a second apart.
+    let families = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter(|l| !l.starts_with("process_"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(families(&unzipped), families(&plain));
     for refused in ["identity", "gzip;q=0", "br"] {
         let r = app
             .http
