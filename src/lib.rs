@@ -15,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod fleet;
 pub mod graph;
+pub mod gzip;
 pub mod http;
 pub mod metrics;
 pub mod process;

@@ -158,22 +158,18 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         "Unix time of the last successful refresh of the report.",
         &per_period,
     )?;
-    let failures = IntCounterVec::new(
-        Opts::new(
-            "sfb_refresh_failures_total",
-            "Failed refreshes of the report, by reason: auth, forbidden, throttled, http, timeout, parse, too_large, network.",
-        ),
+    let failures = counter(
+        &registry,
+        "sfb_refresh_failures_total",
+        "Failed refreshes of the report, by reason: auth, forbidden, throttled, http, timeout, parse, too_large, network.",
         &["tenant", "period", "reason"],
     )?;
-    registry.register(Box::new(failures.clone()))?;
-    let graph_requests = IntCounterVec::new(
-        Opts::new(
-            "sfb_graph_requests_total",
-            "HTTP exchanges with the identity platform and Graph, retries included, by stage (token, report, download) and HTTP status code (error: no answer came back).",
-        ),
+    let graph_requests = counter(
+        &registry,
+        "sfb_graph_requests_total",
+        "HTTP exchanges with the identity platform and Graph, retries included, by stage (token, report, download) and HTTP status code (error: no answer came back).",
         &["tenant", "stage", "code"],
     )?;
-    registry.register(Box::new(graph_requests.clone()))?;
     let duration = gauge(
         &registry,
         "sfb_refresh_duration_seconds",
@@ -315,6 +311,17 @@ fn gauge(
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(g.clone()) as Box<dyn Collector>)?;
     Ok(g)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()) as Box<dyn Collector>)?;
+    Ok(c)
 }
 
 /// Sets the `conference_type` series of `gauge` for `[tenant, period]` to Graph's minutes

@@ -1,16 +1,19 @@
 //! The exporter's own process_* series, as client_golang and node_exporter expose them: read
 //! from /proc/self at scrape time, at most once a second, and appended to the pre-rendered
-//! body. The gzip body is compressed again with them, once a second at most (some 100 µs):
-//! appending a second gzip member would be cheaper still, but curl --compressed and zlib
-//! users read only the first member and would never see the process series.
+//! body. The gzip body is not compressed again: the series are compressed alone and joined to
+//! the publisher's deflate stream as part of its one gzip member (see [`crate::gzip`]); a
+//! second gzip member would be cheaper to build, but curl --compressed and zlib users read
+//! only the first member and would never see the process series. Each encoding is built when
+//! first asked for, at most once per snapshot and second, so that Prometheus' gzip scrapes
+//! never copy the plain body.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 
-use crate::state::{gzip, Published};
+use crate::state::Published;
 
 /// How long one reading of /proc/self is served.
 const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -26,12 +29,27 @@ pub fn open_files_limit() -> Option<usize> {
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as usize)
 }
 
-/// The bodies of one snapshot with the process series appended, for a second.
+/// One reading of the process series for one snapshot, served for a second.
 struct Served {
     at: Instant,
     published: Arc<Published>,
-    plain: Bytes,
-    gzip: Bytes,
+    text: String,
+    plain: OnceLock<Bytes>,
+    gzip: OnceLock<Bytes>,
+}
+
+impl Served {
+    fn plain(&self) -> Bytes {
+        self.plain
+            .get_or_init(|| concat(&self.published.metrics, self.text.as_bytes()))
+            .clone()
+    }
+
+    fn gzip(&self) -> Bytes {
+        self.gzip
+            .get_or_init(|| self.published.metrics_gzip.append(self.text.as_bytes()))
+            .clone()
+    }
 }
 
 pub struct ProcessMetrics {
@@ -66,24 +84,31 @@ impl ProcessMetrics {
         }
     }
 
-    /// `published`'s plain and gzip bodies with the process series appended.
-    pub fn bodies(&self, published: &Arc<Published>) -> (Bytes, Bytes) {
-        if let Some(served) = self.served.load().as_ref() {
+    /// `published`'s body with the process series appended: gzip-compressed, or plain.
+    pub fn body(&self, published: &Arc<Published>, gzip: bool) -> Bytes {
+        let served = self.served(published);
+        if gzip {
+            served.gzip()
+        } else {
+            served.plain()
+        }
+    }
+
+    fn served(&self, published: &Arc<Published>) -> Arc<Served> {
+        if let Some(served) = self.served.load_full() {
             if served.at.elapsed() < FRESH_FOR && Arc::ptr_eq(&served.published, published) {
-                return (served.plain.clone(), served.gzip.clone());
+                return served;
             }
         }
-        let text = self.render();
-        let plain = concat(&published.metrics, text.as_bytes());
-        let served = Served {
+        let served = Arc::new(Served {
             at: Instant::now(),
             published: Arc::clone(published),
-            gzip: gzip(&plain),
-            plain,
-        };
-        let bodies = (served.plain.clone(), served.gzip.clone());
-        self.served.store(Some(Arc::new(served)));
-        bodies
+            text: self.render(),
+            plain: OnceLock::new(),
+            gzip: OnceLock::new(),
+        });
+        self.served.store(Some(Arc::clone(&served)));
+        served
     }
 
     /// The process_* families in the text format; a value that cannot be read is left out.
@@ -222,7 +247,9 @@ mod tests {
         let process = ProcessMetrics::new();
         let published = Arc::new(Published::new(State::new("t", []), "x 1\n".into()));
         let asked = Instant::now();
-        let (plain, gzip) = process.bodies(&published);
+        // One reading, both encodings of it.
+        let served = process.served(&published);
+        let (gzip, plain) = (served.gzip(), served.plain());
         let plain = String::from_utf8(plain.to_vec()).unwrap();
         assert!(
             plain.starts_with("x 1\n# HELP process_cpu_seconds_total"),
@@ -233,11 +260,11 @@ mod tests {
             .read_to_string(&mut unzipped)
             .unwrap();
         assert_eq!(unzipped, plain, "one gzip member, the whole body");
-        let (again, _) = process.bodies(&published);
+        let again = process.body(&published, false);
         if asked.elapsed() < FRESH_FOR / 2 {
             assert_eq!(again, plain.as_bytes(), "the same reading within a second");
         }
         let newer = Arc::new(Published::new(State::new("t", []), "x 2\n".into()));
-        assert!(process.bodies(&newer).0.starts_with(b"x 2\n"));
+        assert!(process.body(&newer, false).starts_with(b"x 2\n"));
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::error::{Reason, Stage};
+use crate::gzip::Gzip;
 use crate::report::Period;
 use crate::report::{Report, Row, Totals};
 
@@ -98,8 +99,8 @@ pub struct Published {
     /// periods, and /readyz lists tenants.
     pub per_tenant: bool,
     pub metrics: Bytes,
-    /// `metrics`, gzip-compressed.
-    pub metrics_gzip: Bytes,
+    /// `metrics`, gzip-compressed, open to appending (the process_* series at scrape time).
+    pub metrics_gzip: Gzip,
 }
 
 impl Published {
@@ -122,7 +123,7 @@ impl Published {
         per_tenant: bool,
         metrics: Bytes,
     ) -> Published {
-        let metrics_gzip = gzip(&metrics);
+        let metrics_gzip = Gzip::new(&metrics);
         Published {
             tenants,
             per_tenant,
@@ -142,16 +143,4 @@ impl Published {
             states.all(|s| s.ready())
         }
     }
-}
-
-/// One gzip member of `body`.
-pub fn gzip(body: &[u8]) -> Bytes {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::default(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    encoder.finish().unwrap_or_default().into()
 }

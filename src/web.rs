@@ -71,12 +71,13 @@ pub fn app(
 
 async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response {
     let published = s.published.load_full();
-    let (plain, gzip) = match &s.process {
-        Some(process) => process.bodies(&published),
-        None => (published.metrics.clone(), published.metrics_gzip.clone()),
+    let body = |gzip: bool| match (&s.process, gzip) {
+        (Some(process), gzip) => process.body(&published, gzip),
+        (None, true) => published.metrics_gzip.bytes().clone(),
+        (None, false) => published.metrics.clone(),
     };
     if accepts_gzip(&headers) {
-        let body = gzip;
+        let body = body(true);
         return (
             [
                 (header::CONTENT_TYPE, CONTENT_TYPE),
@@ -87,7 +88,7 @@ async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response 
         )
             .into_response();
     }
-    let body = plain;
+    let body = body(false);
     (
         [
             (header::CONTENT_TYPE, CONTENT_TYPE),

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::H2;
-use crate::process::{exporter, Process};
+use crate::process::{demo_json, exporter, Process};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: exporter\r\n\r\n";
 
@@ -348,14 +348,7 @@ async fn requests_beyond_max_requests_get_503_at_once() {
 #[test]
 fn a_flood_at_a_low_fd_limit_is_refused_cleanly_and_logged_once() {
     use std::os::unix::process::CommandExt;
-    let mut cmd = exporter();
-    cmd.args([
-        "--demo",
-        "--web.listen-address",
-        "127.0.0.1:0",
-        "--log.format",
-        "json",
-    ]);
+    let mut cmd = demo_json();
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         cmd.pre_exec(|| {

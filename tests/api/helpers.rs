@@ -148,6 +148,25 @@ impl TestApp {
             .expect("exporter answers")
     }
 
+    /// GET /metrics asking for gzip, as Prometheus does.
+    pub async fn get_metrics_gzip(&self) -> reqwest::Response {
+        self.http
+            .get(format!("http://{}/metrics", self.addr))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .expect("exporter answers")
+    }
+
+    /// POST /-/reload (--web.enable-lifecycle).
+    pub async fn post_reload(&self) -> reqwest::Response {
+        self.http
+            .post(format!("http://{}/-/reload", self.addr))
+            .send()
+            .await
+            .expect("exporter answers")
+    }
+
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.text().await.unwrap()
     }

@@ -47,13 +47,7 @@ async fn process_series_are_on_plain_and_gzip_scrapes_and_pass_promtool() {
     assert!(sample(&plain, "process_open_fds").unwrap() >= 3.0);
     promtool_check(&plain);
 
-    let zipped = app
-        .http
-        .get(format!("http://{}/metrics", app.addr))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
+    let zipped = app.get_metrics_gzip().await;
     assert_eq!(zipped.headers()["content-encoding"], "gzip");
     let bytes = zipped.bytes().await.unwrap();
     let mut unzipped = String::new();

@@ -267,15 +267,33 @@ async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
     assert_eq!(sample(&body, &failures("revoked-id", "auth")), Some(1.0));
     assert_eq!(sample(&body, &failures("hung-id", "timeout")), Some(1.0));
     assert!(!body.contains(&secret("revoked-id")), "a secret leaked");
+    // Each tenant's exchanges and refresh durations under its own label, from its own counts.
+    let requests = |id: &str, stage: &str, code: &str| {
+        format!(r#"sfb_graph_requests_total{{code="{code}",stage="{stage}",tenant="{id}"}}"#)
+    };
+    for id in ["contoso-id", "fabrikam-id"] {
+        assert_eq!(
+            sample(&body, &requests(id, "token", "200")),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(sample(&body, &requests(id, "report", "302")), Some(2.0));
+        assert_eq!(sample(&body, &requests(id, "download", "200")), Some(2.0));
+        for p in periods {
+            let took = sample(&body, &series("sfb_refresh_duration_seconds", id, p));
+            assert!(took.is_some_and(|s| s >= 0.0), "{id} {p}: {took:?}");
+        }
+    }
+    assert!(sample(&body, &requests("revoked-id", "token", "401")) >= Some(1.0));
+    assert_eq!(
+        sample(&body, &requests("revoked-id", "report", "302")),
+        None
+    );
+    assert!(sample(&body, &requests("hung-id", "token", "error")) >= Some(1.0));
+    assert_eq!(sample(&body, &requests("hung-id", "token", "200")), None);
 
     // Without --web.enable-lifecycle the reload endpoint is refused.
-    let response = app
-        .http
-        .post(format!("http://{}/-/reload", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
+    assert_eq!(app.post_reload().await.status(), 403);
     app.stop().await;
 }
 
@@ -300,12 +318,7 @@ async fn reload_adds_removes_and_keeps_tenants() {
         .await;
     app.after_first_attempts(2).await;
     let reload = || async {
-        let response = app
-            .http
-            .post(format!("http://{}/-/reload", app.addr))
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_reload().await;
         (response.status().as_u16(), response.text().await.unwrap())
     };
     let body = app.metrics().await;
