@@ -47,6 +47,8 @@ impl Settings {
             max_body_bytes: self.max_body_bytes,
             // One tenant after the other: nothing to bound.
             in_flight: None,
+            // Counted for nobody: backfill publishes no metrics.
+            requests: Default::default(),
         }
     }
 }

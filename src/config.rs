@@ -16,6 +16,7 @@ use crate::auth::managed::{ManagedEndpoint, IMDS_HOST};
 use crate::auth::{Credential, Identity};
 use crate::graph::RetryPolicy;
 use crate::report::{Period, Periods};
+use crate::server::ServerLimits;
 use crate::telemetry::{LogFormat, LogLevel};
 
 /// Port from the 9xxx range that the Prometheus default-port-allocations list leaves unused:
@@ -71,6 +72,14 @@ pub struct Args {
     /// exporter-toolkit.
     #[arg(long = "web.config.file", value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
+
+    /// Maximum number of parallel scrape requests; more get 503 at once. 0 means no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+
+    /// Leave out the exporter's own process_* metrics.
+    #[arg(long = "web.disable-exporter-metrics")]
+    pub disable_exporter_metrics: bool,
 
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
@@ -450,6 +459,9 @@ pub struct Config {
     /// How often the web config's files are checked for changes.
     pub web_config_check_interval: Duration,
     pub telemetry_path: String,
+    pub server: ServerLimits,
+    /// The process_* series on /metrics (off with --web.disable-exporter-metrics).
+    pub exporter_metrics: bool,
     pub periods: Periods,
     pub refresh_interval: Duration,
     pub graph_timeout: Duration,
@@ -538,6 +550,11 @@ impl Config {
             web_config_file: args.web_config_file,
             web_config_check_interval: Duration::from_secs(10),
             telemetry_path: args.telemetry_path,
+            server: ServerLimits {
+                max_requests: args.max_requests,
+                ..ServerLimits::default()
+            },
+            exporter_metrics: !args.disable_exporter_metrics,
             periods: args.periods,
             refresh_interval: args.refresh_interval,
             graph_timeout: args.graph_timeout,

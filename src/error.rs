@@ -7,11 +7,22 @@ use crate::report::ReportError;
 use crate::text::one_line;
 
 /// Which HTTP exchange of a refresh an error belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     Token,
     Report,
     Download,
+}
+
+impl Stage {
+    /// The `stage` label of `sfb_graph_requests_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Token => "token",
+            Stage::Report => "report",
+            Stage::Download => "download",
+        }
+    }
 }
 
 impl fmt::Display for Stage {
@@ -126,27 +137,65 @@ impl Error {
     }
 
     /// Builds a network error from reqwest's, keeping its cause chain but never its URL, whose
-    /// query is a credential for downloads.
+    /// query is a credential for downloads. A failed name lookup is a network error even when
+    /// the resolver gave up by timing out; a refused certificate is said in plain words.
     pub fn network(stage: Stage, err: reqwest::Error, timeout: Duration) -> Error {
         let err = err.without_url();
-        if err.is_timeout() {
-            return Error::Timeout { stage, timeout };
-        }
         let mut detail = err.to_string();
+        let mut dns = false;
         let mut source = std::error::Error::source(&err);
         while let Some(cause) = source {
             let text = cause.to_string();
+            dns |= text.starts_with("dns error");
+            if let Some(words) = certificate_words(cause) {
+                return Error::Network {
+                    stage,
+                    detail: format!("TLS: {words}"),
+                };
+            }
             if !detail.contains(&text) {
                 detail.push_str(": ");
                 detail.push_str(&text);
             }
             source = cause.source();
         }
+        if err.is_timeout() && !dns {
+            return Error::Timeout { stage, timeout };
+        }
+        if dns {
+            detail = format!("cannot resolve the host name ({detail})");
+        }
         Error::Network {
             stage,
             detail: one_line(&detail, 300),
         }
     }
+}
+
+/// A refused server certificate in plain words, when `cause` is one (io::Error hides the
+/// rustls error it wraps from `source()`, so it is looked into as well).
+fn certificate_words(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::CertificateError as C;
+    let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+        cause
+            .downcast_ref::<std::io::Error>()?
+            .get_ref()?
+            .downcast_ref::<rustls::Error>()
+    })?;
+    let rustls::Error::InvalidCertificate(problem) = tls else {
+        return None;
+    };
+    let what = match problem {
+        C::UnknownIssuer => "is not signed by a trusted certificate authority (a TLS-inspecting proxy? its CA must be trusted)",
+        C::Expired | C::ExpiredContext { .. } => "has expired (or this host's clock is wrong)",
+        C::NotValidYet | C::NotValidYetContext { .. } => "is not valid yet (or this host's clock is wrong)",
+        C::NotValidForName | C::NotValidForNameContext { .. } => "was issued for another host name",
+        C::Revoked => "has been revoked",
+        C::BadSignature => "has a signature that does not verify",
+        C::BadEncoding => "is malformed",
+        _ => return Some(format!("the server's certificate was refused: {problem:?}")),
+    };
+    Some(format!("the server's certificate {what}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,6 +245,50 @@ impl fmt::Display for Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resolver that fails as a DNS server that never answers does.
+    struct Unanswered;
+
+    impl reqwest::dns::Resolve for Unanswered {
+        fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            Box::pin(async {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from DNS").into())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dns_failure_is_a_network_error_even_when_it_timed_out() {
+        let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(Unanswered))
+            .build()
+            .unwrap();
+        let err = client
+            .get("http://graph.example.invalid/")
+            .send()
+            .await
+            .unwrap_err();
+        let e = Error::network(Stage::Token, err, Duration::from_secs(30));
+        assert_eq!(e.reason(), Reason::Network, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("cannot resolve the host name"), "{text}");
+    }
+
+    #[test]
+    fn certificate_problems_in_plain_words() {
+        let wrapped = |problem| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(problem),
+            )
+        };
+        let words = |problem| certificate_words(&wrapped(problem)).unwrap();
+        assert!(words(rustls::CertificateError::UnknownIssuer).contains("not signed by a trusted"));
+        assert!(words(rustls::CertificateError::Expired).contains("has expired"));
+        assert!(words(rustls::CertificateError::NotValidForName).contains("another host name"));
+        let other = std::io::Error::other("reset");
+        assert_eq!(certificate_words(&other), None);
+    }
 
     #[test]
     fn reasons_are_the_documented_label_values() {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::TokenSource;
 use crate::config::{Shard, TenantDefaults};
 use crate::graph::{GraphClient, RetryPolicy};
-use crate::http::Limits;
+use crate::http::{Limits, RequestCounts};
 use crate::metrics::ReloadStatus;
 use crate::publisher::Publisher;
 use crate::refresher::Refresher;
@@ -142,10 +142,13 @@ impl Fleet {
 
     fn launch(&mut self, key: String, tenant: Tenant, spec: Option<TenantSpec>) {
         let s = &self.shared;
+        // One count per tenant, its token and report exchanges together.
+        let requests = Arc::new(RequestCounts::default());
         let limits = || Limits {
             timeout: s.timeout,
             max_body_bytes: s.max_body_bytes,
             in_flight: Some(Arc::clone(&s.in_flight)),
+            requests: Arc::clone(&requests),
         };
         let tenant_id = tenant.identity.tenant_id.clone();
         let mut state = State::new(tenant_id.clone(), tenant.periods.iter());

@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::auth::TokenSource;
 use crate::error::{Error, RequestId, Stage};
-use crate::http::{exchange, Answer, Limits};
+use crate::http::{exchange, Answer, Limits, RequestCounts};
 use crate::report::Period;
 
 pub struct GraphClient {
@@ -116,6 +116,11 @@ impl GraphClient {
             limits,
             retry,
         }
+    }
+
+    /// Every exchange made so far, token requests included.
+    pub fn requests(&self) -> &RequestCounts {
+        &self.limits.requests
     }
 
     pub fn report_url(&self, period: Period) -> Url {

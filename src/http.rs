@@ -1,7 +1,9 @@
 //! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
 //! cap, or an error that says which limit was hit.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +20,26 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Shared by every tenant: bounds the exchanges in flight (--graph.max-concurrency).
     pub in_flight: Option<Arc<Semaphore>>,
+    /// Shared by every exchange of a tenant, for `sfb_graph_requests_total`.
+    pub requests: Arc<RequestCounts>,
+}
+
+/// Exchanges by stage and HTTP status (None: no answer came back), retries included.
+#[derive(Debug, Default)]
+pub struct RequestCounts(Mutex<BTreeMap<(Stage, Option<u16>), u64>>);
+
+impl RequestCounts {
+    fn count(&self, stage: Stage, status: Option<u16>) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *counts.entry((stage, status)).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<(Stage, Option<u16>), u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub struct Answer {
@@ -90,11 +112,14 @@ pub async fn exchange(
         Some(slots) => Some(Arc::clone(slots).acquire_owned().await),
         None => None,
     };
+    let answered = AtomicBool::new(false);
     let work = async {
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| Error::network(stage, e, timeout))?;
+        let sent = request.send().await;
+        answered.store(true, Ordering::Relaxed);
+        limits
+            .requests
+            .count(stage, sent.as_ref().ok().map(|r| r.status().as_u16()));
+        let mut response = sent.map_err(|e| Error::network(stage, e, timeout))?;
         let too_large = Error::TooLarge {
             stage,
             limit: limits.max_body_bytes,
@@ -124,9 +149,11 @@ pub async fn exchange(
             body: body.freeze(),
         })
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| Error::Timeout { stage, timeout })?
+    let outcome = tokio::time::timeout(timeout, work).await;
+    if outcome.is_err() && !answered.load(Ordering::Relaxed) {
+        limits.requests.count(stage, None);
+    }
+    outcome.map_err(|_| Error::Timeout { stage, timeout })?
 }
 
 /// The client every exchange goes through. Redirects are never followed automatically: the
@@ -164,6 +191,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_body_bytes: 1024,
             in_flight: Some(Arc::clone(&slots)),
+            requests: Default::default(),
         };
         let client = reqwest::Client::new();
         let request = || client.get("http://127.0.0.1:9/");

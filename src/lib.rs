@@ -16,11 +16,14 @@ pub mod error;
 pub mod files;
 pub mod fleet;
 pub mod graph;
+pub mod gzip;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod publisher;
 pub mod refresher;
 pub mod report;
+pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tenants;
@@ -39,13 +42,10 @@ use crate::config::{Config, Source};
 use crate::fleet::{FileSource, Fleet, Reloader};
 use crate::metrics::ReloadStatus;
 use crate::publisher::Publisher;
+use crate::server::TlsConfig;
 use crate::tenants::Tenant;
 use crate::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
 use arc_swap::ArcSwap;
-use axum_server::tls_rustls::RustlsConfig;
-
-/// How long open connections get to finish after shutdown begins.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -213,7 +213,6 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .await
         .map_err(|error| StartError::Bind { address, error })?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    let listener = listener.into_std().map_err(bind_error)?;
 
     let http =
         http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
@@ -302,10 +301,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         &config.telemetry_path,
         security.clone(),
         lifecycle,
-    )
-    .into_make_service();
-    let handle = axum_server::Handle::new();
-    let tls = web.tls.clone().map(RustlsConfig::from_config);
+        config.server.max_requests,
+        config.exporter_metrics,
+    );
+    // Connections accepted after a reload use the configuration it stored.
+    let tls: Option<TlsConfig> = web.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     let mut web_config = None;
     if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {
         let reload = WebConfigReload::new(path, &web, security, tls.clone());
@@ -316,30 +316,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             cancel.run_until_cancelled(reload.run(every)).await;
         });
     }
-    let server = match tls {
-        Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_error)?;
-            if !web.http2 {
-                server = server.http1_only();
-            }
-            tokio::spawn(server.handle(handle.clone()).serve(app))
-        }
-        None => {
-            let server = axum_server::from_tcp(listener).map_err(bind_error)?;
-            tokio::spawn(server.handle(handle.clone()).serve(app))
-        }
-    };
-    let shutdown = cancel.clone();
-    tasks.spawn(async move {
-        shutdown.cancelled().await;
-        // Open connections get a moment to finish their response, then are closed.
-        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("HTTP server failed: {e}"),
-            Err(e) => tracing::error!("HTTP server task failed: {e}"),
-        }
-    });
+    tasks.spawn(server::serve(
+        listener,
+        app,
+        tls,
+        config.server.clone(),
+        cancel.clone(),
+    ));
 
     Ok(Running {
         local_addr,

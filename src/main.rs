@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         return config_check(args);
     }
     telemetry::init(args.log_level, args.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -70,10 +70,35 @@ fn config_check(args: Args) -> ExitCode {
     }
 }
 
+/// As many workers as CPUs this process may run on (its affinity mask and cgroup quota, which
+/// available_parallelism reads); on one CPU a single-threaded runtime, so that no second
+/// worker time-slices against the first and no wakeup crosses threads.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cpus);
+        builder
+    };
+    builder.enable_all().build()
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     // Installed first, so that a signal during startup is a clean stop too.
     let mut signals = Signals::install()?;
-    let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
+    // Off the runtime and raced against the signals: a secret file that blocks on open or read
+    // (a FIFO nobody writes to) must not keep SIGTERM from stopping the process.
+    let resolving =
+        tokio::task::spawn_blocking(move || Config::resolve(args, |name| std::env::var(name).ok()));
+    let config = tokio::select! {
+        resolved = resolving => resolved.context("configuration")?.context("configuration")?,
+        () = signals.until_stop(|| tracing::info!("SIGHUP received while reading the configuration: it is being read now")) => {
+            tracing::info!("stopped while reading the configuration");
+            return Ok(());
+        }
+    };
     for warning in config.warnings(std::time::SystemTime::now()) {
         tracing::warn!("{warning}");
     }

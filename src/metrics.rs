@@ -162,14 +162,24 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         "Unix time of the last successful refresh of the report.",
         &per_period,
     )?;
-    let failures = IntCounterVec::new(
-        Opts::new(
-            "sfb_refresh_failures_total",
-            "Failed refreshes of the report, by reason: auth, forbidden, throttled, http, timeout, parse, too_large, network.",
-        ),
+    let failures = counter(
+        &registry,
+        "sfb_refresh_failures_total",
+        "Failed refreshes of the report, by reason: auth, forbidden, throttled, http, timeout, parse, too_large, network.",
         &["tenant", "period", "reason"],
     )?;
-    registry.register(Box::new(failures.clone()))?;
+    let graph_requests = counter(
+        &registry,
+        "sfb_graph_requests_total",
+        "HTTP exchanges with the identity platform and Graph, retries included, by stage (token, report, download) and HTTP status code (error: no answer came back).",
+        &["tenant", "stage", "code"],
+    )?;
+    let duration = gauge(
+        &registry,
+        "sfb_refresh_duration_seconds",
+        "How long the last refresh of the report took, retry waits included.",
+        &per_period,
+    )?;
 
     let tenant = state.tenant.as_str();
     if let Some(not_after) = state.client_certificate_not_after {
@@ -182,8 +192,17 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         .with_label_values(&[tenant])
         .set(unix_seconds(not_after));
     }
+    for ((stage, status), count) in &state.graph_requests {
+        let code = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        graph_requests
+            .with_label_values(&[tenant, stage.label(), code.as_str()])
+            .inc_by(*count);
+    }
     for (period, p) in &state.periods {
         let labels = [tenant, period.as_str()];
+        if let Some(took) = p.last_duration {
+            duration.with_label_values(&labels).set(took.as_secs_f64());
+        }
         for reason in Reason::ALL {
             let count = p.failures.get(&reason).copied().unwrap_or(0);
             failures
@@ -298,6 +317,17 @@ fn gauge(
     Ok(g)
 }
 
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()) as Box<dyn Collector>)?;
+    Ok(c)
+}
+
 /// Sets the `conference_type` series of `gauge` for `[tenant, period]` to Graph's minutes
 /// (Audio/Video, Dial-in Microsoft, Dial-out Microsoft) in seconds.
 fn set_seconds(gauge: &GaugeVec, [tenant, period]: &[&str; 2], minutes: [f64; 3]) {
@@ -322,6 +352,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Stage;
     use crate::report::Period;
     use crate::report::Totals;
     use crate::state::{Accepted, PeriodState};
@@ -361,6 +392,7 @@ mod tests {
                 etag: None,
             }),
             failures: Default::default(),
+            last_duration: Some(Duration::from_millis(120)),
         };
         // D30: accepted once, then failing: last values kept, success 0.
         *state.periods.get_mut(&Period::D30).unwrap() = PeriodState {
@@ -382,6 +414,7 @@ mod tests {
             failures: [(Reason::Parse, 2), (Reason::Throttled, 1)]
                 .into_iter()
                 .collect(),
+            last_duration: Some(Duration::from_millis(2500)),
         };
         // D90: header-only report.
         *state.periods.get_mut(&Period::D90).unwrap() = PeriodState {
@@ -394,8 +427,17 @@ mod tests {
                 etag: None,
             }),
             failures: Default::default(),
+            last_duration: Some(Duration::from_millis(120)),
         };
         // D180: never refreshed.
+        state.graph_requests = [
+            ((Stage::Token, Some(200)), 1),
+            ((Stage::Report, Some(302)), 3),
+            ((Stage::Report, Some(429)), 1),
+            ((Stage::Download, None), 1),
+        ]
+        .into_iter()
+        .collect();
         state
     }
 

@@ -68,7 +68,7 @@ impl Refresher {
             // the next, never by a burst of missed ones that Graph would throttle.
             let started = Instant::now();
             let outcome = self.refresh(period).await;
-            self.record(period, outcome);
+            self.record(period, outcome, started.elapsed());
             match started.checked_add(self.interval) {
                 Some(next) => tokio::time::sleep_until(next).await,
                 // An interval beyond the clock's range: refresh once.
@@ -104,12 +104,14 @@ impl Refresher {
         }
     }
 
-    fn record(&self, period: Period, outcome: Result<Option<Accepted>, Error>) {
+    fn record(&self, period: Period, outcome: Result<Option<Accepted>, Error>, took: Duration) {
         let mut state = self.lock();
         let tenant = state.tenant.clone();
+        state.graph_requests = self.graph.requests().snapshot();
         let Some(p) = state.periods.get_mut(&period) else {
             return;
         };
+        p.last_duration = Some(took);
         match outcome {
             Ok(accepted) => {
                 match &accepted {

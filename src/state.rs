@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use crate::error::Reason;
+use crate::error::{Reason, Stage};
+use crate::gzip::Gzip;
 use crate::report::Period;
 use crate::report::{Report, Row, Totals};
 
@@ -19,6 +20,8 @@ pub struct PeriodState {
     /// The last report accepted; kept through failures so its values stay published.
     pub accepted: Option<Accepted>,
     pub failures: BTreeMap<Reason, u64>,
+    /// How long the last attempt took, retry waits included.
+    pub last_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +58,9 @@ pub struct State {
     pub periods: BTreeMap<Period, PeriodState>,
     /// notAfter of the client certificate, when the exporter signs in with one.
     pub client_certificate_not_after: Option<SystemTime>,
+    /// HTTP exchanges with the identity platform and Graph, by stage and status (None: no
+    /// answer came back).
+    pub graph_requests: BTreeMap<(Stage, Option<u16>), u64>,
 }
 
 impl State {
@@ -66,6 +72,7 @@ impl State {
                 .map(|p| (p, PeriodState::default()))
                 .collect(),
             client_certificate_not_after: None,
+            graph_requests: BTreeMap::new(),
         }
     }
 
@@ -92,8 +99,8 @@ pub struct Published {
     /// periods, and /readyz lists tenants.
     pub per_tenant: bool,
     pub metrics: Bytes,
-    /// `metrics`, gzip-compressed.
-    pub metrics_gzip: Bytes,
+    /// `metrics`, gzip-compressed, open to appending (the process_* series at scrape time).
+    pub metrics_gzip: Gzip,
 }
 
 impl Published {
@@ -116,7 +123,7 @@ impl Published {
         per_tenant: bool,
         metrics: Bytes,
     ) -> Published {
-        let metrics_gzip = gzip(&metrics);
+        let metrics_gzip = Gzip::new(&metrics);
         Published {
             tenants,
             per_tenant,
@@ -136,15 +143,4 @@ impl Published {
             states.all(|s| s.ready())
         }
     }
-}
-
-fn gzip(body: &[u8]) -> Bytes {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::default(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    encoder.finish().unwrap_or_default().into()
 }

@@ -14,13 +14,17 @@ use serde::Serialize;
 
 use crate::fleet::Reloader;
 use crate::metrics::CONTENT_TYPE;
+use crate::process::ProcessMetrics;
 use crate::report::Period;
+use crate::server::limit_in_flight;
 use crate::state::{Attempt, Published, State};
 use crate::webconfig::{guard, Security};
 
 #[derive(Clone)]
 struct AppState {
     published: Arc<ArcSwap<Published>>,
+    /// None with --web.disable-exporter-metrics.
+    process: Option<Arc<ProcessMetrics>>,
     landing: Bytes,
     lifecycle: Option<Option<Reloader>>,
 }
@@ -28,17 +32,28 @@ struct AppState {
 /// `security` is None without a web config: then there is nothing to guard, and the scrape
 /// path stays free of the layer. `lifecycle` is None without --web.enable-lifecycle, and holds
 /// None without --config.file (nothing to reload).
+/// `max_requests` bounds scrapes in flight (0: no bound); `exporter_metrics` appends the
+/// process_* series to every scrape.
 pub fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
     security: Option<Arc<ArcSwap<Security>>>,
     lifecycle: Option<Option<Reloader>>,
+    max_requests: usize,
+    exporter_metrics: bool,
 ) -> Router {
     let state = AppState {
         published,
+        process: exporter_metrics.then(|| Arc::new(ProcessMetrics::new())),
         landing: landing_page(telemetry_path).into(),
         lifecycle,
     };
+    // Behind basic auth, as node_exporter limits only its metrics handler: requests that
+    // fail authentication never take a slot from the scrapes.
+    let scrape = limit_in_flight(
+        Router::new().route(telemetry_path, get(metrics)),
+        max_requests,
+    );
     let router = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(healthz))
@@ -47,7 +62,7 @@ pub fn app(
             "/-/reload",
             axum::routing::post(reload).put(reload).get(reload_by_get),
         )
-        .route(telemetry_path, get(metrics))
+        .merge(scrape)
         .with_state(state);
     match security {
         None => router,
@@ -58,9 +73,14 @@ pub fn app(
 }
 
 async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response {
-    let published = s.published.load();
+    let published = s.published.load_full();
+    let body = |gzip: bool| match (&s.process, gzip) {
+        (Some(process), gzip) => process.body(&published, gzip),
+        (None, true) => published.metrics_gzip.bytes().clone(),
+        (None, false) => published.metrics.clone(),
+    };
     if accepts_gzip(&headers) {
-        let body = published.metrics_gzip.clone();
+        let body = body(true);
         return (
             [
                 (header::CONTENT_TYPE, CONTENT_TYPE),
@@ -71,7 +91,7 @@ async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response 
         )
             .into_response();
     }
-    let body = published.metrics.clone();
+    let body = body(false);
     (
         [
             (header::CONTENT_TYPE, CONTENT_TYPE),
@@ -319,7 +339,7 @@ x 1
     #[tokio::test]
     async fn routes() {
         let snapshot = published(State::new("t", [Period::D7, Period::D30]));
-        let app = app(Arc::clone(&snapshot), "/custom", None, None);
+        let app = app(Arc::clone(&snapshot), "/custom", None, None, 40, false);
         assert_eq!(
             get(&app, "/custom").await,
             (
@@ -339,7 +359,7 @@ x 1
     async fn readiness_follows_the_snapshot() {
         let mut state = State::new("t", [Period::D7, Period::D30]);
         let snapshot = published(state.clone());
-        let app = app(Arc::clone(&snapshot), "/metrics", None, None);
+        let app = app(Arc::clone(&snapshot), "/metrics", None, None, 40, false);
 
         let (status, ctype, body) = get(&app, "/readyz").await;
         assert_eq!(
@@ -387,7 +407,7 @@ mod properties {
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
             if let Ok(path) = crate::config::parse_telemetry_path(&path) {
                 let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
-                let built = std::panic::catch_unwind(|| app(published, &path, None, None));
+                let built = std::panic::catch_unwind(|| app(published, &path, None, None, 40, true));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);
             }
         }

@@ -3,6 +3,7 @@
 //! sets and AKS nodes answer on the instance metadata service (IMDS).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -112,6 +113,7 @@ impl ManagedEndpoint {
                 timeout: remaining,
                 max_body_bytes: limits.max_body_bytes,
                 in_flight: limits.in_flight.clone(),
+                requests: Arc::clone(&limits.requests),
             };
             let answer = exchange(Stage::Token, request, &attempt)
                 .await
@@ -167,6 +169,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_body_bytes: 1024,
             in_flight: None,
+            requests: Default::default(),
         };
         let answer = endpoint
             .request(

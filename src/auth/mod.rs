@@ -192,37 +192,52 @@ fn renew_after(lifetime: Duration) -> Duration {
 /// The access token and its lifetime. Managed identity endpoints send `expires_in` and
 /// `expires_on` as strings of seconds; `now` turns `expires_on` into a lifetime.
 fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration), Error> {
-    let bad = |what: &str| Error::Http {
+    let bad = |detail: &str| Error::Http {
         stage: Stage::Token,
         status: Some(200),
         request_id: Default::default(),
-        detail: format!("the identity platform answered 200 without {what}"),
+        detail: format!("the identity platform answered 200 {detail}"),
     };
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("a JSON body"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| bad("without a JSON body"))?;
     let token = json
         .get("access_token")
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad("an access_token"))?;
+        .ok_or_else(|| bad("without an access_token"))?;
     // It goes into an Authorization header: anything else would fail every report request
-    // for as long as the token stayed cached, and as an unclear error.
+    // for as long as the token stayed cached, and as an unclear network error. Refused as
+    // auth, and so never cached.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad(
-            "a usable access_token (it holds spaces or control characters)",
-        ));
+        return Err(Error::Auth {
+            status: 200,
+            code: None,
+            detail: "the access_token cannot be sent in an HTTP header (it holds spaces or control characters); is AZURE_AUTHORITY_HOST the identity platform?".into(),
+        });
     }
-    // Number in v2.0 answers, a string in some older ones and from managed identity.
+    // Number in v2.0 answers, a string in some older ones and from managed identity. None:
+    // absent; Some(None): present but not an integer number of seconds.
     let seconds = |name: &str| match json.get(name) {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(n.as_u64()),
+        Some(serde_json::Value::String(s)) => Some(s.trim().parse().ok()),
+        Some(_) => Some(None),
     };
-    let lifetime = match seconds("expires_in").filter(|&s| s > 0) {
-        Some(expires_in) => Duration::from_secs(expires_in),
-        None => {
-            let on = seconds("expires_on").ok_or_else(|| bad("expires_in or expires_on"))?;
-            lifetime_until(on, now)
+    let lifetime = match (seconds("expires_in"), seconds("expires_on")) {
+        (Some(None), _) => {
+            return Err(bad(
+                "with an expires_in that is not an integer number of seconds",
+            ))
         }
+        (Some(Some(expires_in)), _) if expires_in > 0 => Duration::from_secs(expires_in),
+        (_, Some(Some(on))) => lifetime_until(on, now),
+        (_, Some(None)) => {
+            return Err(bad(
+                "with an expires_on that is not an integer Unix time in seconds",
+            ))
+        }
+        (Some(Some(_)), None) => return Err(bad("with an expires_in of 0")),
+        (None, None) => return Err(bad("without an expires_in or expires_on")),
     };
     Ok((SecretString::from(token), lifetime.min(MAX_LIFETIME)))
 }
@@ -337,15 +352,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, MAX_LIFETIME);
+        for (bad, says) in [
+            (&b"<html>"[..], "without a JSON body"),
+            (br#"{"expires_in":1}"#, "without an access_token"),
+            (br#"{"access_token":"x"}"#, "without an expires_in"),
+            (
+                br#"{"access_token":"x","expires_in":"soon"}"#,
+                "not an integer",
+            ),
+            (
+                br#"{"access_token":"x","expires_in":1.5}"#,
+                "not an integer",
+            ),
+            (br#"{"access_token":"x","expires_in":-1}"#, "not an integer"),
+            (br#"{"access_token":"x","expires_in":0}"#, "expires_in of 0"),
+        ] {
+            let e = parse_token(bad, SystemTime::now()).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // Refused as auth (so never cached), in one line, without the token.
         for bad in [
-            &b"<html>"[..],
-            br#"{"expires_in":1}"#,
-            br#"{"access_token":"x"}"#,
-            br#"{"expires_in":60,"access_token":"abc\r\nX-Injected: 1"}"#,
+            &br#"{"expires_in":60,"access_token":"abc\r\nX-Injected: 1"}"#[..],
             br#"{"expires_in":60,"access_token":"abc def"}"#,
             br#"{"expires_in":60,"access_token":"abc\u00e9"}"#,
         ] {
-            let error = parse_token(bad, SystemTime::now()).unwrap_err().to_string();
+            let e = parse_token(bad, SystemTime::now()).unwrap_err();
+            assert_eq!(e.reason().as_str(), "auth");
+            let error = e.to_string();
+            assert!(error.contains("control characters"), "{error}");
             assert!(
                 !error.contains("abc") && error.lines().count() == 1,
                 "{error}"
@@ -371,7 +405,11 @@ mod tests {
             );
         }
         let body = br#"{"access_token":"mi","expires_on":"-1"}"#;
-        assert!(parse_token(body, now).is_err());
+        let e = parse_token(body, now).unwrap_err();
+        assert!(
+            e.to_string().contains("expires_on that is not an integer"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -446,6 +484,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_body_bytes: 1024,
             in_flight: None,
+            requests: Default::default(),
         }
     }
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::Notify;
 
 use super::{Security, Sources, WebConfig};
+use crate::server::TlsConfig;
 
 /// Asks a running reload loop to read the configuration now.
 #[derive(Clone, Default)]
@@ -26,7 +26,7 @@ pub struct WebConfigReload {
     path: PathBuf,
     sources: Sources,
     security: Arc<ArcSwap<Security>>,
-    tls: Option<RustlsConfig>,
+    tls: Option<TlsConfig>,
     /// What ALPN offered at startup: as in Go, HTTP/2 is decided once, at startup.
     alpn: Vec<Vec<u8>>,
     trigger: ReloadTrigger,
@@ -38,7 +38,7 @@ impl WebConfigReload {
         path: PathBuf,
         web: &WebConfig,
         security: Arc<ArcSwap<Security>>,
-        tls: Option<RustlsConfig>,
+        tls: Option<TlsConfig>,
     ) -> WebConfigReload {
         WebConfigReload {
             path,
@@ -104,7 +104,8 @@ impl WebConfigReload {
             );
         }
         if let Some((current, new)) = tls {
-            current.reload_from_config(new);
+            // Connections accepted from now on handshake with it.
+            current.store(new);
         }
         self.security.store(web.security);
         self.sources = web.sources;

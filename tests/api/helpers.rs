@@ -9,6 +9,7 @@ use sfb_exporter::auth::{Credential, Identity};
 use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::{Period, Periods};
+use sfb_exporter::server::ServerLimits;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use wiremock::matchers::{body_string_contains, header, method, path};
@@ -49,6 +50,8 @@ pub struct Options {
     pub enable_lifecycle: bool,
     pub max_concurrency: usize,
     pub shard: Shard,
+    pub server: ServerLimits,
+    pub exporter_metrics: bool,
 }
 
 impl Default for Options {
@@ -71,6 +74,8 @@ impl Default for Options {
             enable_lifecycle: false,
             max_concurrency: 8,
             shard: Shard::default(),
+            server: ServerLimits::default(),
+            exporter_metrics: true,
         }
     }
 }
@@ -87,6 +92,8 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         web_config_file: options.web_config,
         web_config_check_interval: Duration::from_millis(100),
         telemetry_path: "/metrics".into(),
+        server: options.server,
+        exporter_metrics: options.exporter_metrics,
         periods: Periods::new(options.periods.clone()).unwrap(),
         refresh_interval: options.interval,
         graph_timeout: options.timeout,
@@ -137,6 +144,16 @@ impl TestApp {
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .expect("exporter answers")
+    }
+
+    /// GET /metrics asking for gzip, as Prometheus does.
+    pub async fn get_metrics_gzip(&self) -> reqwest::Response {
+        self.http
+            .get(format!("http://{}/metrics", self.addr))
+            .header("accept-encoding", "gzip")
             .send()
             .await
             .expect("exporter answers")
@@ -514,4 +531,57 @@ impl Scenario {
 #[track_caller]
 pub fn assert_sample(body: &str, series: &str, expected: Option<f64>) {
     assert_eq!(sample(body, series), expected, "{series} in:\n{body}");
+}
+
+/// An HTTP/2 client connection over a stream that negotiated `h2` (ALPN): requests, and
+/// whether the server has closed the connection.
+pub struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    connection: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl H2 {
+    pub async fn handshake<S>(io: S) -> Result<H2, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(H2 {
+            sender,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// GET `path`: the status and the head as `name: value` lines.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), String> {
+        let mut request = hyper::Request::get(format!("https://localhost{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Empty::new()).unwrap();
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = format!("HTTP/2 {}\r\n", response.status());
+        for (name, value) in response.headers() {
+            head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("?")));
+        }
+        Ok((response.status().as_u16(), head))
+    }
+
+    /// Whether the server has ended the connection.
+    pub fn closed(&self) -> bool {
+        self.connection.is_finished()
+    }
 }

@@ -3,6 +3,7 @@
 mod backfill;
 mod e2e;
 mod faults;
+mod hardening;
 mod helpers;
 mod identity;
 mod layout;
@@ -11,6 +12,7 @@ mod packaging;
 mod process;
 mod promtool;
 mod protocol;
+mod selfmetrics;
 mod serving;
 mod tenants;
 mod webconfig;

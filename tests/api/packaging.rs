@@ -44,6 +44,9 @@ fn exposed_metrics() -> Vec<String> {
     d7.accepted = Some(Accepted::new(&report, None));
     d7.last_attempt = Some(Attempt::Succeeded);
     d7.last_success = Some(std::time::SystemTime::now());
+    d7.last_duration = Some(std::time::Duration::from_secs(1));
+    let token = (sfb_exporter::error::Stage::Token, Some(200));
+    state.graph_requests.insert(token, 1);
     let body =
         sfb_exporter::metrics::render(&state, &sfb_exporter::metrics::BuildInfo::CURRENT).unwrap();
     body.lines()

@@ -267,6 +267,30 @@ async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
     assert_eq!(sample(&body, &failures("revoked-id", "auth")), Some(1.0));
     assert_eq!(sample(&body, &failures("hung-id", "timeout")), Some(1.0));
     assert!(!body.contains(&secret("revoked-id")), "a secret leaked");
+    // Each tenant's exchanges and refresh durations under its own label, from its own counts.
+    let requests = |id: &str, stage: &str, code: &str| {
+        format!(r#"sfb_graph_requests_total{{code="{code}",stage="{stage}",tenant="{id}"}}"#)
+    };
+    for id in ["contoso-id", "fabrikam-id"] {
+        assert_eq!(
+            sample(&body, &requests(id, "token", "200")),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(sample(&body, &requests(id, "report", "302")), Some(2.0));
+        assert_eq!(sample(&body, &requests(id, "download", "200")), Some(2.0));
+        for p in periods {
+            let took = sample(&body, &series("sfb_refresh_duration_seconds", id, p));
+            assert!(took.is_some_and(|s| s >= 0.0), "{id} {p}: {took:?}");
+        }
+    }
+    assert!(sample(&body, &requests("revoked-id", "token", "401")) >= Some(1.0));
+    assert_eq!(
+        sample(&body, &requests("revoked-id", "report", "302")),
+        None
+    );
+    assert!(sample(&body, &requests("hung-id", "token", "error")) >= Some(1.0));
+    assert_eq!(sample(&body, &requests("hung-id", "token", "200")), None);
 
     // Without --web.enable-lifecycle the reload endpoint is refused, as Prometheus refuses
     // it: 403 to POST and PUT, 405 to GET, with its words.

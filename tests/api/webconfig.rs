@@ -241,11 +241,25 @@ async fn tls_get(app: &TestApp, path: &str, hello: Hello) -> Result<Answer, Stri
     let (_, session) = tls.get_ref();
     let suite = session.negotiated_cipher_suite().map(|s| s.suite());
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let auth = hello.basic_auth.map_or(String::new(), |(user, password)| {
+    let auth = hello.basic_auth.map(|(user, password)| {
         use base64::Engine;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        format!("Authorization: Basic {token}\r\n")
+        format!("Basic {token}")
     });
+    if alpn.as_deref() == Some(b"h2") {
+        // HTTP/2 as ALPN agreed: a client that negotiated h2 speaks nothing else.
+        let mut h2 = H2::handshake(tls).await?;
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let (status, head) = h2.get(path, &headers).await?;
+        return Ok(Answer {
+            status,
+            head,
+            suite,
+            alpn,
+        });
+    }
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
     tls.write_all(request.as_bytes())
