@@ -492,20 +492,13 @@ pub enum ConfigError {
     AuthorityHost(String),
     #[error("{name}: {problem}")]
     Endpoint { name: &'static str, problem: String },
-    #[error("cannot read {flag} {path:?}: {error}")]
+    #[error("{flag} {path:?} {error}: it should hold the {what}")]
     SecretFile {
         flag: &'static str,
         path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{flag} {path:?} is empty: write the {what} into it")]
-    EmptySecretFile {
-        flag: &'static str,
-        path: PathBuf,
         what: &'static str,
+        error: crate::files::SecretFileError,
     },
-    #[error("{flag} {path:?} is larger than 64 KiB: is it the right file?")]
-    SecretFileTooLarge { flag: &'static str, path: PathBuf },
     #[error(transparent)]
     Certificate(#[from] CertificateError),
     #[error("{0}")]
@@ -925,40 +918,15 @@ fn managed_endpoint(
 
 fn read_secret_file(
     flag: &'static str,
-    path: &PathBuf,
+    path: &Path,
     what: &'static str,
 ) -> Result<String, ConfigError> {
-    use std::io::Read;
-    // A client secret is some 40 characters; the cap keeps a wrong path such as /dev/zero from
-    // eating memory.
-    const MAX_SECRET_FILE: u64 = 64 * 1024;
-    let io = |error| ConfigError::SecretFile {
+    crate::files::read_secret(path).map_err(|error| ConfigError::SecretFile {
         flag,
-        path: path.clone(),
+        path: path.to_path_buf(),
+        what,
         error,
-    };
-    let mut raw = String::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_SECRET_FILE + 1)
-        .read_to_string(&mut raw)
-        .map_err(io)?;
-    if raw.len() as u64 > MAX_SECRET_FILE {
-        return Err(ConfigError::SecretFileTooLarge {
-            flag,
-            path: path.clone(),
-        });
-    }
-    // Kubernetes and Docker secrets usually end with a newline the secret does not contain.
-    let secret = raw.trim_end_matches(['\r', '\n']);
-    if secret.trim().is_empty() {
-        return Err(ConfigError::EmptySecretFile {
-            flag,
-            path: path.clone(),
-            what,
-        });
-    }
-    Ok(secret.to_string())
+    })
 }
 
 #[cfg(test)]

@@ -3,29 +3,62 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-/// At most `max + 1` bytes of the regular file at `path`: one more than allowed, so that the
-/// caller can tell a file that is too large. Anything but a regular file is refused before it
-/// is read: opening a FIFO for reading would block until a writer appears, out of reach of
-/// SIGTERM, and a device may never end.
-pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+/// At most `max + 1` bytes of the file at `path`: one more than allowed, so that the caller can
+/// tell a file that is too large. A FIFO, socket or directory is refused before it is read:
+/// opening a FIFO for reading would block until a writer appears, out of reach of SIGTERM.
+/// Character devices are read as files are (exporter-toolkit's own test data names
+/// /dev/null as a CA file): opened without blocking and capped, even /dev/zero ends.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     // O_NONBLOCK lets the open of a FIFO return at once (regular files ignore the flag); the
     // type is then checked on the open file, so the path cannot be swapped in between.
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_char_device()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "not a regular file (a FIFO, socket, device or directory)",
+            "not a regular file (a FIFO, socket or directory)",
         ));
     }
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Secret files (client secrets, PKCS#12 passwords) are tens of bytes; the cap keeps a wrong
+/// path from eating memory.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("cannot be read: {0}")]
+    Io(#[from] io::Error),
+    #[error("is larger than 64 KiB: is it the right file?")]
+    TooLarge,
+    #[error("is empty")]
+    Empty,
+    #[error("is not UTF-8 text")]
+    NotText,
+}
+
+/// A secret kept in a file, as Docker and Kubernetes mount them: read as [`read_bounded`] reads,
+/// without the line ending such files usually carry and the secret does not contain.
+pub fn read_secret(path: &Path) -> Result<String, SecretFileError> {
+    let raw = read_bounded(path, MAX_SECRET_FILE)?;
+    if raw.len() as u64 > MAX_SECRET_FILE {
+        return Err(SecretFileError::TooLarge);
+    }
+    let raw = String::from_utf8(raw).map_err(|_| SecretFileError::NotText)?;
+    let secret = raw.trim_end_matches(['\r', '\n']);
+    if secret.trim().is_empty() {
+        return Err(SecretFileError::Empty);
+    }
+    Ok(secret.to_string())
 }
 
 /// Test support: a FIFO at `path`, which blocks any reader that waits for a writer.
@@ -57,19 +90,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, "abcdef").unwrap();
-        assert_eq!(read_regular(&path, 100).unwrap(), b"abcdef");
-        assert_eq!(read_regular(&path, 3).unwrap(), b"abcd");
+        assert_eq!(read_bounded(&path, 100).unwrap(), b"abcdef");
+        assert_eq!(read_bounded(&path, 3).unwrap(), b"abcd");
     }
 
     #[test]
-    fn fifos_devices_and_directories_are_refused_without_blocking() {
+    fn fifos_and_directories_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         make_fifo(&fifo);
-        for path in [fifo, "/dev/zero".into(), dir.path().to_path_buf()] {
-            let error = without_blocking(move || read_regular(&path, 10)).unwrap_err();
+        for path in [fifo, dir.path().to_path_buf()] {
+            let error = without_blocking(move || read_bounded(&path, 10)).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
             assert!(error.to_string().contains("not a regular file"));
         }
+    }
+
+    #[test]
+    fn character_devices_are_read_and_capped() {
+        assert_eq!(read_bounded(Path::new("/dev/null"), 10).unwrap(), b"");
+        let zeros = without_blocking(|| read_bounded(Path::new("/dev/zero"), 10)).unwrap();
+        assert_eq!(zeros.len(), 11);
     }
 }

@@ -296,7 +296,6 @@ async fn drive<S>(
                     return tracing::debug!("closing a connection: {what}");
                 }
             }
-            () = clock.sooner.notified() => {}
             () = cancel.cancelled(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now() + SHUTDOWN_GRACE);
@@ -310,8 +309,6 @@ struct Clock {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     state: Mutex<ClockState>,
-    /// Wakes the watchdog when the deadline moves closer (a head begins on an idle connection).
-    sooner: tokio::sync::Notify,
 }
 
 struct ClockState {
@@ -346,7 +343,6 @@ impl Clock {
                 read_while_busy: false,
                 multiplexed: false,
             }),
-            sooner: tokio::sync::Notify::new(),
         }
     }
 
@@ -354,12 +350,17 @@ impl Clock {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// When the connection's time is up, or (while busy) when to look again.
+    /// When the connection's time is up, or when to look again. An idle connection is looked
+    /// at at least once per header read timeout: a head that began since then is caught by
+    /// that look, which then sleeps until the head's own deadline. So a request costs the
+    /// watchdog nothing (no wake-up, no timer reset), and the head deadline stays exact.
     fn deadline(&self) -> Instant {
         let state = self.lock();
         match state.phase {
             Phase::Head => state.since + self.header_read_timeout,
-            Phase::Idle => state.since + self.idle_timeout,
+            Phase::Idle => {
+                (state.since + self.idle_timeout).min(Instant::now() + self.header_read_timeout)
+            }
             Phase::Busy => Instant::now() + self.header_read_timeout,
         }
     }
@@ -379,7 +380,6 @@ impl Clock {
             Phase::Idle if !state.multiplexed => {
                 state.phase = Phase::Head;
                 state.since = Instant::now();
-                self.sooner.notify_one();
             }
             Phase::Busy => state.read_while_busy = true,
             _ => {}

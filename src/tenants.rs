@@ -17,7 +17,7 @@ use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
 use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
-use crate::files::read_regular;
+use crate::files::{read_bounded, read_secret};
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
@@ -206,7 +206,7 @@ pub fn load(
 /// A regular file only: a FIFO would block the reload task (and with it shutdown) until
 /// something writes to it.
 fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
-    let raw = read_regular(path, cap).map_err(|e| e.to_string())?;
+    let raw = read_bounded(path, cap).map_err(|e| e.to_string())?;
     if raw.len() as u64 > cap {
         return Err(format!("larger than {} MiB", cap / (1024 * 1024)));
     }
@@ -326,16 +326,18 @@ fn tenant(
         "client_secret_file" => {
             let file = path("client_secret_file")?.unwrap_or_default();
             Credential::ClientSecret(Secret(SecretString::from(
-                read_secret(&file).map_err(|e| format!("{who}: client_secret_file: {e}"))?,
+                read_secret(&file)
+                    .map_err(|e| format!("{who}: client_secret_file: {} {e}", file.display()))?,
             )))
         }
         "client_certificate_path" => {
             let password = match path("client_certificate_password_file")? {
-                Some(file) => {
-                    Some(SecretString::from(read_secret(&file).map_err(|e| {
-                        format!("{who}: client_certificate_password_file: {e}")
-                    })?))
-                }
+                Some(file) => Some(SecretString::from(read_secret(&file).map_err(|e| {
+                    format!(
+                        "{who}: client_certificate_password_file: {} {e}",
+                        file.display()
+                    )
+                })?)),
                 None => None,
             };
             let file = path("client_certificate_path")?.unwrap_or_default();
@@ -451,17 +453,6 @@ impl Fields<'_> {
             Some(_) => Err(format!("{}: {key}: expected true or false", self.who)),
         }
     }
-}
-
-fn read_secret(path: &Path) -> Result<String, String> {
-    let raw =
-        read_capped(path, 64 * 1024).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    // Kubernetes and Docker secrets usually end with a newline the secret does not contain.
-    let secret = raw.trim_end_matches(['\r', '\n']);
-    if secret.trim().is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(secret.to_string())
 }
 
 /// Whether `[` and `{` nest deeper than `max` anywhere in `text`. Brackets inside quoted

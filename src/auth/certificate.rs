@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::files::read_regular;
+use crate::files::read_bounded;
 
 /// Entra ID accepts assertions valid for at most 10 minutes.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
@@ -66,7 +66,7 @@ impl ClientCertificate {
             problem,
         };
         let bytes =
-            read_regular(path, MAX_FILE).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+            read_bounded(path, MAX_FILE).map_err(|e| fail(format!("cannot read the file: {e}")))?;
         if bytes.len() as u64 > MAX_FILE {
             return Err(fail("larger than 1 MiB: is it the right file?".into()));
         }

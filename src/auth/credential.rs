@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use super::certificate::ClientCertificate;
 use super::managed::ManagedEndpoint;
 use crate::error::Error;
-use crate::files::read_regular;
+use crate::files::read_bounded;
 
 /// The `client_assertion_type` of certificate and federated (workload identity) assertions.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -150,7 +150,7 @@ pub fn read_federated_token(path: &Path) -> Result<SecretString, String> {
             path.display()
         )
     };
-    let raw = read_regular(path, MAX_TOKEN_FILE).map_err(fail)?;
+    let raw = read_bounded(path, MAX_TOKEN_FILE).map_err(fail)?;
     if raw.len() as u64 > MAX_TOKEN_FILE {
         return Err(format!(
             "AZURE_FEDERATED_TOKEN_FILE {} is larger than 64 KiB: is it the right file?",

@@ -18,7 +18,7 @@ use rustls::{
     ProtocolVersion, RootCertStore, ServerConfig, SignatureScheme, SupportedCipherSuite,
 };
 
-use super::file::TlsFile;
+use super::file::{TlsFile, MAX_FILE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientAuth {
@@ -129,9 +129,14 @@ pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Serve
         (Some(text), None) => Ok(Some(text.into_bytes())),
         (None, Some(file)) => {
             let file = dir.join(file);
-            std::fs::read(&file)
-                .map(Some)
-                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))
+            let bytes = crate::files::read_bounded(&file, MAX_FILE)
+                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))?;
+            if bytes.len() as u64 > MAX_FILE {
+                return Err(format!(
+                    "tls_server_config.{what}_file {file:?}: larger than 1 MiB: is it the right file?"
+                ));
+            }
+            Ok(Some(bytes))
         }
         (None, None) => Ok(None),
     };

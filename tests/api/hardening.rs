@@ -369,10 +369,13 @@ fn a_flood_at_a_low_fd_limit_is_refused_cleanly_and_logged_once() {
     let flood: Vec<std::net::TcpStream> = (0..150)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
+    // The cap (72 here) is meant to come first, but the demo's own sockets share the 24 fds
+    // held back, so at this tiny limit accept may run out of fds first: either way the flood
+    // must be refused and logged.
     let refused = process.log_line(|l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("too many open connections"))
+        l["message"].as_str().is_some_and(|m| {
+            m.contains("too many open connections") || m.contains("cannot accept a connection")
+        })
     });
     assert_eq!(refused["level"], "WARN", "{refused}");
     drop(flood);
@@ -394,40 +397,44 @@ fn a_flood_at_a_low_fd_limit_is_refused_cleanly_and_logged_once() {
     assert!(scraped, "no scrape got through after the flood");
 }
 
-/// A secret file that is a FIFO nobody writes to blocks its reader; SIGTERM and SIGINT still
-/// stop the process cleanly.
+/// A file the operator names that is a FIFO (a mistake, or a trap) would block its reader
+/// until a writer came, out of reach of SIGTERM: the secret file, the web config and the web
+/// config's certificate are each refused at once, in one line naming the file.
 #[test]
-fn a_secret_file_that_blocks_does_not_defeat_sigterm_or_sigint() {
-    use std::os::unix::fs::OpenOptionsExt;
-    for signal in ["TERM", "INT"] {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("secret");
-        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo reads the NUL-terminated path it is given.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+fn a_fifo_given_as_a_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path it is given.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let web_config = dir.path().join("web.yml");
+    std::fs::write(
+        &web_config,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            fifo.display(),
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let fifo_arg = fifo.to_str().unwrap();
+    let web_arg = web_config.to_str().unwrap();
+    for args in [
+        vec!["--azure.client-secret-file", fifo_arg],
+        vec!["--demo", "--web.config.file", fifo_arg],
+        vec!["--demo", "--web.config.file", web_arg],
+    ] {
         let mut cmd = exporter();
         cmd.env("AZURE_TENANT_ID", "t")
             .env("AZURE_CLIENT_ID", "c")
-            .args(["--log.format", "json", "--azure.client-secret-file"])
-            .arg(&fifo);
+            .args(["--web.listen-address", "127.0.0.1:0"])
+            .args(&args);
+        // wait_exit bounds the wait: a reader blocked on the FIFO fails the test, not CI.
         let mut process = Process::spawn(&mut cmd);
-        // The exporter has the FIFO open once a writer can open it without blocking; the
-        // writer then stays silent, so the exporter's read blocks.
-        let writer = (0..500).find_map(|_| {
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&fifo);
-            opened.ok().or_else(|| {
-                std::thread::sleep(Duration::from_millis(20));
-                None
-            })
-        });
-        assert!(writer.is_some(), "the exporter never opened the FIFO");
-        process.signal(signal);
         let status = process.wait_exit();
-        assert_eq!(status.code(), Some(0), "SIG{signal}: {status:?}");
-        drop(writer);
+        assert_eq!(status.code(), Some(1), "{args:?}: {status:?}");
+        let stderr = process.rest_of_log().join("\n");
+        crate::process::assert_one_line(&stderr, &["not a regular file", "fifo"]);
     }
 }
 

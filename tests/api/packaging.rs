@@ -248,12 +248,7 @@ fn kubernetes_manifests_agree_with_the_exporter_and_each_other() {
         "--azure.client-secret-file={}/{key}",
         text(mount, &["mountPath"])
     );
-    let args: Vec<&str> = at(container, &["args"])
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args: Vec<&str> = strings(container, &["args"]);
     assert!(
         args.contains(&expected.as_str()),
         "{args:?} lacks {expected}"
@@ -376,12 +371,7 @@ fn kubernetes_workload_identity_variant_patches_the_base_and_has_no_secret() {
         text(&account, &["metadata", "name"])
     );
     let args = op("replace", "/spec/template/spec/containers/0/args");
-    let args: Vec<&str> = at(args, &["value"])
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args: Vec<&str> = strings(args, &["value"]);
     let parsed = sfb_exporter::config::Args::try_parse_from(
         std::iter::once("sfb-exporter").chain(args.iter().copied()),
     )
@@ -422,7 +412,8 @@ fn flag<'a>(args: &[&'a str], name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {args:?}"))
 }
 
-fn strings<'a>(value: &'a Yaml, keys: &[&str]) -> Vec<&'a str> {
+/// The list of strings at `keys`, such as a container's args.
+pub fn strings<'a>(value: &'a Yaml, keys: &[&str]) -> Vec<&'a str> {
     at(value, keys)
         .as_sequence()
         .unwrap_or_else(|| panic!("{keys:?} is not a list"))

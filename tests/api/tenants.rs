@@ -549,15 +549,10 @@ fn the_environment_identity_is_ignored_with_one_info_line() {
 
 #[test]
 fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
-    use crate::packaging::{at, yaml};
+    use crate::packaging::{at, strings, yaml};
     let set = yaml("deploy/kubernetes/sharded/statefulset.yaml");
     let container = at(&set, &["spec", "template", "spec", "containers", "0"]);
-    let args: Vec<&str> = at(container, &["args"])
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args: Vec<&str> = strings(container, &["args"]);
     let replicas = at(&set, &["spec", "replicas"]).as_u64().unwrap();
     assert!(
         args.contains(&format!("--shard.count={replicas}").as_str()),
