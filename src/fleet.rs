@@ -59,6 +59,8 @@ pub struct Changes {
     pub added: usize,
     pub removed: usize,
     pub restarted: usize,
+    /// Kept running under a new name.
+    pub renamed: usize,
     pub unchanged: usize,
 }
 
@@ -72,7 +74,8 @@ impl Fleet {
     }
 
     /// Makes the running tenants those of `specs`: new ones start, missing ones stop (their
-    /// series vanish), changed ones restart, equal ones keep their token, schedule and values.
+    /// series vanish), changed ones restart, equal ones keep their token, schedule and values,
+    /// and so do ones whose name alone changed (their sfb_tenant_info series follows).
     /// Specs come from a file that loaded, which checked everything, so this cannot fail half
     /// way.
     pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Changes {
@@ -81,15 +84,23 @@ impl Fleet {
             wanted.insert(spec.tenant_id.to_lowercase(), spec);
         }
         let mut unchanged: HashSet<String> = HashSet::new();
+        let mut renamed = 0;
+        let publisher = &self.shared.publisher;
         wanted.retain(|key, spec| {
-            let same = self
-                .members
-                .get(key)
-                .is_some_and(|m| m.spec.as_ref() == Some(spec));
-            if same {
-                unchanged.insert(key.clone());
+            let Some(member) = self.members.get_mut(key) else {
+                return true;
+            };
+            let Some(running) = member.spec.as_mut().filter(|r| r.same_but_name(spec)) else {
+                return true;
+            };
+            // A new name alone keeps the token, the schedule and the values.
+            if running.name != spec.name {
+                running.name = spec.name.clone();
+                publisher.rename(&member.tenant_id, member.generation, spec.name.clone());
+                renamed += 1;
             }
-            !same
+            unchanged.insert(key.clone());
+            false
         });
         let ready: Vec<(String, TenantSpec, Tenant)> = wanted
             .into_iter()
@@ -99,7 +110,8 @@ impl Fleet {
             })
             .collect();
         let mut changes = Changes {
-            unchanged: unchanged.len(),
+            renamed,
+            unchanged: unchanged.len() - renamed,
             ..Changes::default()
         };
         let starting: HashSet<String> = ready.iter().map(|(key, _, _)| key.clone()).collect();
@@ -252,6 +264,7 @@ pub fn serve_reloads(
                         added = changes.added,
                         removed = changes.removed,
                         restarted = changes.restarted,
+                        renamed = changes.renamed,
                         unchanged = changes.unchanged,
                         "tenants reloaded"
                     );

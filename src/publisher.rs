@@ -109,6 +109,22 @@ impl Publisher {
         self.stale.notify_one();
     }
 
+    /// Gives a tenant a new name (its sfb_tenant_info series), if `generation` still owns it;
+    /// its values stay as they are.
+    pub fn rename(&self, tenant: &str, generation: u64, name: Option<String>) {
+        let mut inner = self.lock();
+        let Some(entry) = inner
+            .tenants
+            .get_mut(tenant)
+            .filter(|e| e.generation == generation)
+        else {
+            return;
+        };
+        entry.view.name = name;
+        drop(inner);
+        self.stale.notify_one();
+    }
+
     /// Drops a tenant and its series, if `generation` still owns it.
     pub fn remove(&self, tenant: &str, generation: u64) {
         let mut inner = self.lock();

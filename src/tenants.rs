@@ -131,6 +131,27 @@ pub struct Tenant {
 }
 
 impl TenantSpec {
+    /// Whether `other` is this tenant with at most another name: the name only labels
+    /// sfb_tenant_info, so a rename need not restart the tenant.
+    pub fn same_but_name(&self, other: &TenantSpec) -> bool {
+        // Destructured so that a new field cannot be forgotten here.
+        let TenantSpec {
+            tenant_id,
+            client_id,
+            name: _,
+            credential,
+            authority,
+            graph,
+            periods,
+        } = self;
+        *tenant_id == other.tenant_id
+            && *client_id == other.client_id
+            && *credential == other.credential
+            && *authority == other.authority
+            && *graph == other.graph
+            && *periods == other.periods
+    }
+
     /// The tenant to start, its identity built from the file's credential into the same kinds
     /// as the environment's. Cannot fail: loading the file checked everything.
     pub fn tenant(&self) -> Tenant {

@@ -181,6 +181,17 @@ async fn token_requests(app: &TestApp, id: &str) -> usize {
         .len()
 }
 
+/// PUT /-/reload: its status and text.
+async fn reload(app: &TestApp) -> (u16, String) {
+    let response = app
+        .http
+        .put(format!("http://{}/-/reload", app.addr))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
 #[tokio::test]
 async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
     let periods = [Period::D7, Period::D30];
@@ -327,15 +338,7 @@ async fn reload_adds_removes_and_keeps_tenants() {
         })
         .await;
     app.after_first_attempts(2).await;
-    let reload = || async {
-        let response = app
-            .http
-            .put(format!("http://{}/-/reload", app.addr))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    };
+    let reload = || reload(&app);
     let body = app.metrics().await;
     assert_eq!(
         sample(&body, "sfb_config_last_reload_successful"),
@@ -387,6 +390,54 @@ async fn reload_adds_removes_and_keeps_tenants() {
     for id in ["kept-id", "added-id"] {
         assert!(sample(&body, &activity(id, Period::D7)).is_some(), "{id}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_renamed_tenant_keeps_its_token_schedule_and_values() {
+    let periods = [Period::D7];
+    let fleet = Fleet::new().await;
+    let mut renamed = tenant("renamed-id", Behaviour::Healthy);
+    renamed.name = Some("Old name");
+    fleet.mount(&renamed, &periods).await;
+    let file = fleet.write(&[&renamed]);
+    let (app, _dir) = fleet
+        .start(Options {
+            enable_lifecycle: true,
+            ..options(&file, &periods)
+        })
+        .await;
+    app.after_first_attempts(1).await;
+    let info = |name: &str| format!(r#"sfb_tenant_info{{name="{name}",tenant="renamed-id"}}"#);
+    assert_eq!(sample(&app.metrics().await, &info("Old name")), Some(1.0));
+
+    renamed.name = Some("New name");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("Old", "New"),
+    )
+    .unwrap();
+    let (status, text) = reload(&app).await;
+    assert_eq!(status, 200, "{text}");
+    // Published before the reload answers: no wait, and no moment without values.
+    let body = app.metrics().await;
+    assert_eq!(sample(&body, &info("New name")), Some(1.0), "{body}");
+    assert_eq!(body.matches("sfb_tenant_info{").count(), 1, "{body}");
+    assert_eq!(
+        sample(&body, &activity("renamed-id", Period::D7)),
+        Some(minutes("renamed-id") as f64 * 60.0)
+    );
+    let (status, json) = app.readyz().await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["tenants"]["renamed-id"]["name"], "New name");
+    assert_eq!(token_requests(&app, "renamed-id").await, 1, "a new token");
+    assert_eq!(
+        app.requests_to(&app.download, "/renamed-id/").await.len(),
+        1,
+        "refreshed again"
+    );
     app.stop().await;
 }
 
