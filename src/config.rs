@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::auth::certificate::{CertificateError, ClientCertificate};
+use crate::auth::certificate::{self, CertificateError, ClientCertificate};
 use crate::auth::credential::read_federated_token;
 use crate::auth::managed::{ManagedEndpoint, IMDS_HOST};
 use crate::auth::{Credential, Identity};
@@ -832,6 +832,7 @@ fn credential(
                 Ok(ClientCertificate::load(
                     Path::new(&path),
                     password.as_ref(),
+                    certificate::Settings::ENVIRONMENT,
                 )?)
             });
             let send_chain = set(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
@@ -843,17 +844,19 @@ fn credential(
             })
         }
         CredentialKind::WorkloadIdentity => {
-            let token_file = input("AZURE_FEDERATED_TOKEN_FILE").and_then(|file| {
+            const TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+            let token_file = input(TOKEN_FILE).and_then(|file| {
                 // Read once now so that a missing mount fails at startup, not at the first
                 // refresh; it is read again at every token request.
                 let file = PathBuf::from(file);
-                read_federated_token(&file).map_err(ConfigError::FederatedToken)?;
+                read_federated_token(&file, TOKEN_FILE).map_err(ConfigError::FederatedToken)?;
                 Ok(file)
             });
             both(client_id(), token_file).map(|(client_id, token_file)| {
                 Credential::WorkloadIdentity {
                     client_id,
                     token_file,
+                    token_file_setting: TOKEN_FILE,
                 }
             })
         }

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_norway::{Mapping, Value};
 use url::Url;
 
-use crate::auth::certificate::ClientCertificate;
+use crate::auth::certificate::{self, ClientCertificate};
 use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
@@ -49,6 +49,8 @@ const KEYS: [&str; 14] = [
     "graph_url",
     "periods",
 ];
+
+const FEDERATED_TOKEN_FILE: &str = "federated_token_file";
 
 /// The keys that each name a credential; a tenant has exactly one of them.
 const CREDENTIAL_KEYS: [&str; 5] = [
@@ -172,6 +174,7 @@ impl TenantSpec {
             Credential::FederatedTokenFile(path) => auth::Credential::WorkloadIdentity {
                 client_id,
                 token_file: path.clone(),
+                token_file_setting: FEDERATED_TOKEN_FILE,
             },
             Credential::ManagedIdentity(endpoint) => auth::Credential::ManagedIdentity {
                 client_id: Some(client_id).filter(|c| !c.is_empty()),
@@ -362,8 +365,13 @@ fn tenant(
                 None => None,
             };
             let file = path("client_certificate_path")?.unwrap_or_default();
-            let certificate = ClientCertificate::load(&file, password.as_ref())
-                .map_err(|e| format!("{who}: client_certificate_path: {e}"))?;
+            // The error names the key and the file.
+            let certificate = ClientCertificate::load(
+                &file,
+                password.as_ref(),
+                certificate::Settings::CONFIG_FILE,
+            )
+            .map_err(|e| format!("{who}: {e}"))?;
             Credential::Certificate {
                 certificate: LoadedCertificate(Arc::new(certificate)),
                 send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
@@ -372,7 +380,7 @@ fn tenant(
         "federated_token_file" => {
             let file = path("federated_token_file")?.unwrap_or_default();
             // Read now so that a missing mount fails the load; read again at every request.
-            read_federated_token(&file).map_err(|e| format!("{who}: federated_token_file: {e}"))?;
+            read_federated_token(&file, FEDERATED_TOKEN_FILE).map_err(|e| format!("{who}: {e}"))?;
             Credential::FederatedTokenFile(file)
         }
         _ => match fields.boolean("managed_identity")? {
@@ -625,6 +633,35 @@ mod tests {
             }
             assert!(!e.contains(": s,") && !e.contains("\"s\""), "{e}");
         }
+    }
+
+    #[test]
+    fn credential_file_errors_name_the_key_and_path_not_the_environment() {
+        let cases = [
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, client_certificate_path: certs/missing.pem}\n",
+                "tenant t1: client_certificate_path /etc/sfb/certs/missing.pem: cannot read the file: ",
+            ),
+            (
+                "tenants:\n  - {tenant_id: t1, client_id: c, federated_token_file: token/missing}\n",
+                "tenant t1: cannot read federated_token_file /etc/sfb/token/missing: ",
+            ),
+        ];
+        for (text, start) in cases {
+            let e = parse_err(text);
+            assert!(e.starts_with(start), "{e}");
+            assert!(!e.contains("AZURE_"), "{e}");
+        }
+        // A PKCS#12 file without its password points at the file's key for it.
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/identity");
+        std::fs::copy(fixtures.join("aes.p12"), dir.path().join("c.p12")).unwrap();
+        let text = "tenants:\n  - {tenant_id: t1, client_id: c, client_certificate_path: c.p12}\n";
+        let e = parse(text, dir.path(), &defaults()).unwrap_err();
+        assert!(
+            e.ends_with("needs a password: set client_certificate_password_file"),
+            "{e}"
+        );
     }
 
     /// A certificate file (the fixture's key `key`, self-signed as `subject`) in PEM.

@@ -46,10 +46,30 @@ impl fmt::Debug for ClientCertificate {
     }
 }
 
-/// A certificate that cannot be used, naming the file and never the password.
+/// What errors call the certificate's settings: the environment's variables, or the keys of
+/// --config.file, so that the operator is sent to the place that gave them.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub path: &'static str,
+    pub password: &'static str,
+}
+
+impl Settings {
+    pub const ENVIRONMENT: Settings = Settings {
+        path: "AZURE_CLIENT_CERTIFICATE_PATH",
+        password: "AZURE_CLIENT_CERTIFICATE_PASSWORD or --azure.client-certificate-password-file",
+    };
+    pub const CONFIG_FILE: Settings = Settings {
+        path: "client_certificate_path",
+        password: "client_certificate_password_file",
+    };
+}
+
+/// A certificate that cannot be used, naming the setting and the file and never the password.
 #[derive(Debug, thiserror::Error)]
-#[error("AZURE_CLIENT_CERTIFICATE_PATH {}: {problem}", .path.display())]
+#[error("{setting} {}: {problem}", .path.display())]
 pub struct CertificateError {
+    setting: &'static str,
     path: PathBuf,
     problem: String,
 }
@@ -60,8 +80,10 @@ impl ClientCertificate {
     pub fn load(
         path: &Path,
         password: Option<&SecretString>,
+        settings: Settings,
     ) -> Result<ClientCertificate, CertificateError> {
         let fail = |problem: String| CertificateError {
+            setting: settings.path,
             path: path.to_path_buf(),
             problem,
         };
@@ -71,9 +93,9 @@ impl ClientCertificate {
             return Err(fail("larger than 1 MiB: is it the right file?".into()));
         }
         let (certs, key) = if is_pem(&bytes) {
-            pem_parts(&bytes)
+            pem_parts(&bytes, settings)
         } else {
-            pkcs12_parts(&bytes, password)
+            pkcs12_parts(&bytes, password, settings)
         }
         .map_err(fail)?;
         Self::from_parts(path, certs, key).map_err(fail)
@@ -245,10 +267,10 @@ fn is_pem(bytes: &[u8]) -> bool {
     bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
-fn pem_parts(bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Key), String> {
+fn pem_parts(bytes: &[u8], settings: Settings) -> Result<(Vec<Vec<u8>>, Key), String> {
     let text = String::from_utf8_lossy(bytes);
     if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err("the private key is encrypted: store it unencrypted (openssl pkey -in key.pem -out plain.pem), or use PKCS#12 with AZURE_CLIENT_CERTIFICATE_PASSWORD".into());
+        return Err(format!("the private key is encrypted: store it unencrypted (openssl pkey -in key.pem -out plain.pem), or use PKCS#12 with {}", settings.password));
     }
     let certs = CertificateDer::pem_slice_iter(bytes)
         .map(|c| c.map(|c| c.to_vec()))
@@ -267,27 +289,32 @@ fn pem_parts(bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Key), String> {
 fn pkcs12_parts(
     bytes: &[u8],
     password: Option<&SecretString>,
+    settings: Settings,
 ) -> Result<(Vec<Vec<u8>>, Key), String> {
     use p12_keystore::error::Error as P12;
-    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(
-        bytes,
-        password.map_or("", |p| p.expose_secret()),
-    )
-    .map_err(|e| match e {
+    let archive =
+        p12_keystore::Pkcs12Archive::from_pkcs12(bytes, password.map_or("", |p| p.expose_secret()))
+            .map_err(|e| {
+                match e {
         P12::DerError(_) | P12::InvalidVersion | P12::UnsupportedContentType => {
-            "not a certificate: expected PEM (certificate and private key) or PKCS#12 (.pfx/.p12)".to_string()
+            "not a certificate: expected PEM (certificate and private key) or PKCS#12 (.pfx/.p12)"
+                .to_string()
         }
         // Without a MAC a wrong password shows up as undecryptable bags.
         P12::MacError(_) | P12::UnpadError | P12::Pkcs5Error(_) | P12::InvalidData
             if password.is_none() =>
         {
-            "the PKCS#12 file needs a password: set AZURE_CLIENT_CERTIFICATE_PASSWORD or --azure.client-certificate-password-file".to_string()
+            format!(
+                "the PKCS#12 file needs a password: set {}",
+                settings.password
+            )
         }
         P12::MacError(_) | P12::UnpadError | P12::Pkcs5Error(_) | P12::InvalidData => {
             "wrong PKCS#12 password".to_string()
         }
         other => format!("cannot read the PKCS#12 file ({other})"),
-    })?;
+    }
+            })?;
     let certs = archive
         .certs
         .iter()
@@ -360,7 +387,7 @@ mod tests {
         )
         .unwrap();
         let password = password.map(SecretString::from);
-        let loaded = ClientCertificate::load(&path, password.as_ref());
+        let loaded = ClientCertificate::load(&path, password.as_ref(), Settings::ENVIRONMENT);
         (dir, loaded)
     }
 
@@ -423,7 +450,7 @@ mod tests {
         let fifo = dir.path().join("cert.pem");
         crate::files::make_fifo(&fifo);
         let message = crate::files::without_blocking(move || {
-            ClientCertificate::load(&fifo, None)
+            ClientCertificate::load(&fifo, None, Settings::ENVIRONMENT)
                 .unwrap_err()
                 .to_string()
         });
@@ -431,9 +458,41 @@ mod tests {
             message.contains("cert.pem: cannot read the file: not a regular file"),
             "{message}"
         );
-        let message = ClientCertificate::load(Path::new("/nonexistent/cert.pem"), None)
+        let missing = Path::new("/nonexistent/cert.pem");
+        let message = ClientCertificate::load(missing, None, Settings::ENVIRONMENT)
             .unwrap_err()
             .to_string();
-        assert!(message.contains("/nonexistent/cert.pem") && message.contains("cannot read"));
+        assert!(
+            message.starts_with("AZURE_CLIENT_CERTIFICATE_PATH /nonexistent/cert.pem: cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_setting_the_caller_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credential.p12");
+        std::fs::write(&path, fixture("aes.p12")).unwrap();
+        let message = |settings| {
+            ClientCertificate::load(&path, None, settings)
+                .unwrap_err()
+                .to_string()
+        };
+        let file = message(Settings::CONFIG_FILE);
+        assert_eq!(
+            file,
+            format!(
+                "client_certificate_path {}: the PKCS#12 file needs a password: set client_certificate_password_file",
+                path.display()
+            )
+        );
+        let environment = message(Settings::ENVIRONMENT);
+        assert!(
+            environment.starts_with("AZURE_CLIENT_CERTIFICATE_PATH ")
+                && environment.ends_with(
+                    "set AZURE_CLIENT_CERTIFICATE_PASSWORD or --azure.client-certificate-password-file"
+                ),
+            "{environment}"
+        );
     }
 }

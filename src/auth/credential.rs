@@ -35,6 +35,9 @@ pub enum Credential {
     WorkloadIdentity {
         client_id: String,
         token_file: PathBuf,
+        /// What errors call the file: AZURE_FEDERATED_TOKEN_FILE, or the key of
+        /// --config.file that gave it.
+        token_file_setting: &'static str,
     },
     ManagedIdentity {
         /// Selects a user-assigned identity; None for the system-assigned one.
@@ -107,9 +110,11 @@ impl Credential {
                 certificate,
                 send_chain,
             } => certificate.assertion(client_id, token_url, *send_chain, SystemTime::now())?,
-            Credential::WorkloadIdentity { token_file, .. } => {
-                read_federated_token_within(token_file, timeout).await?
-            }
+            Credential::WorkloadIdentity {
+                token_file,
+                token_file_setting,
+                ..
+            } => read_federated_token_within(token_file, token_file_setting, timeout).await?,
             Credential::ManagedIdentity { .. } => return Ok(Vec::new()),
         };
         Ok(vec![
@@ -123,18 +128,19 @@ impl Credential {
 /// hung network filesystem must stall neither a runtime worker nor the refresh.
 async fn read_federated_token_within(
     path: &Path,
+    setting: &'static str,
     timeout: Duration,
 ) -> Result<SecretString, Error> {
     let owned = path.to_path_buf();
-    let read = tokio::task::spawn_blocking(move || read_federated_token(&owned));
+    let read = tokio::task::spawn_blocking(move || read_federated_token(&owned, setting));
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(token)) => token.map_err(Error::Credential),
         Ok(Err(_)) => Err(Error::Credential(format!(
-            "reading AZURE_FEDERATED_TOKEN_FILE {} failed",
+            "reading {setting} {} failed",
             path.display()
         ))),
         Err(_) => Err(Error::Credential(format!(
-            "AZURE_FEDERATED_TOKEN_FILE {} could not be read within {}: is its filesystem hung?",
+            "{setting} {} could not be read within {}: is its filesystem hung?",
             path.display(),
             humantime::format_duration(timeout)
         ))),
@@ -142,31 +148,27 @@ async fn read_federated_token_within(
 }
 
 /// The federated token the kubelet (or another issuer) wrote to `path`. Read at every token
-/// request, because the file is rotated while the exporter runs.
-pub fn read_federated_token(path: &Path) -> Result<SecretString, String> {
-    let fail = |e: std::io::Error| {
-        format!(
-            "cannot read AZURE_FEDERATED_TOKEN_FILE {}: {e}",
-            path.display()
-        )
-    };
+/// request, because the file is rotated while the exporter runs. Errors call the file
+/// `setting`: the variable or the key that gave it.
+pub fn read_federated_token(path: &Path, setting: &str) -> Result<SecretString, String> {
+    let fail = |e: std::io::Error| format!("cannot read {setting} {}: {e}", path.display());
     let raw = read_bounded(path, MAX_TOKEN_FILE).map_err(fail)?;
     if raw.len() as u64 > MAX_TOKEN_FILE {
         return Err(format!(
-            "AZURE_FEDERATED_TOKEN_FILE {} is larger than 64 KiB: is it the right file?",
+            "{setting} {} is larger than 64 KiB: is it the right file?",
             path.display()
         ));
     }
     let raw = String::from_utf8(raw).map_err(|_| {
         format!(
-            "AZURE_FEDERATED_TOKEN_FILE {} is not text: is it the right file?",
+            "{setting} {} is not text: is it the right file?",
             path.display()
         )
     })?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!(
-            "AZURE_FEDERATED_TOKEN_FILE {} is empty: is the projected service account token mounted?",
+            "{setting} {} is empty: is the projected service account token mounted?",
             path.display()
         ));
     }
@@ -178,6 +180,8 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    const ENV: &str = "AZURE_FEDERATED_TOKEN_FILE";
+
     #[tokio::test]
     async fn federated_token_file_is_read_fresh_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
@@ -186,6 +190,7 @@ mod tests {
         let credential = Credential::WorkloadIdentity {
             client_id: "c".into(),
             token_file: path.clone(),
+            token_file_setting: ENV,
         };
         async fn proof(c: &Credential) -> Vec<String> {
             c.client_proof(
@@ -210,15 +215,30 @@ mod tests {
         assert!(!format!("{credential:?}").contains("second"));
 
         std::fs::write(&path, " \n").unwrap();
-        let err = read_federated_token(&path).unwrap_err();
-        assert!(err.contains("is empty") && err.contains("token"), "{err}");
-        let err = read_federated_token(&dir.path().join("missing")).unwrap_err();
-        assert!(err.contains("missing"), "{err}");
+        let err = read_federated_token(&path, ENV).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "AZURE_FEDERATED_TOKEN_FILE {} is empty: is the projected service account token mounted?",
+                path.display()
+            )
+        );
+        let missing = dir.path().join("missing");
+        let err = read_federated_token(&missing, "federated_token_file").unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "cannot read federated_token_file {}: ",
+                missing.display()
+            )) && !err.contains("AZURE_"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
 
         // A FIFO would block the reader until something writes to it: refused at once.
         let fifo = dir.path().join("fifo");
         crate::files::make_fifo(&fifo);
-        let err = crate::files::without_blocking(move || read_federated_token(&fifo).unwrap_err());
+        let err =
+            crate::files::without_blocking(move || read_federated_token(&fifo, ENV).unwrap_err());
         assert!(err.contains("fifo: not a regular file"), "{err}");
     }
 

@@ -12,7 +12,7 @@ use base64::Engine;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
-use sfb_exporter::auth::certificate::ClientCertificate;
+use sfb_exporter::auth::certificate::{ClientCertificate, Settings};
 use sfb_exporter::auth::managed::ManagedEndpoint;
 use sfb_exporter::auth::Credential;
 use sfb_exporter::graph::RetryPolicy;
@@ -275,7 +275,9 @@ fn certificate_credential(path: &Path, password: Option<&str>, send_chain: bool)
     let password = password.map(SecretString::from);
     Credential::Certificate {
         client_id: CLIENT_ID.into(),
-        certificate: std::sync::Arc::new(ClientCertificate::load(path, password.as_ref()).unwrap()),
+        certificate: std::sync::Arc::new(
+            ClientCertificate::load(path, password.as_ref(), Settings::ENVIRONMENT).unwrap(),
+        ),
         send_chain,
     }
 }
@@ -395,6 +397,7 @@ async fn workload_identity_reads_the_rotated_token_file_at_every_request() {
     let credential = Credential::WorkloadIdentity {
         client_id: CLIENT_ID.into(),
         token_file: file.clone(),
+        token_file_setting: "AZURE_FEDERATED_TOKEN_FILE",
     };
     let app = spawn_with(credential, graph, download).await;
     accepted_at_least(&entra, 1).await;
