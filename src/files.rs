@@ -6,8 +6,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-/// At most `max + 1` bytes of the file at `path`: one more than allowed, so that the caller can
-/// tell a file that is too large. A FIFO, socket or directory is refused before it is read:
+/// The file at `path`, refused when it holds more than `max` bytes (only `max + 1` are ever
+/// read, so a wrong path cannot eat memory). A FIFO, socket or directory is refused before it
+/// is read:
 /// opening a FIFO for reading would block until a writer appears, out of reach of SIGTERM.
 /// Character devices are read as files are (exporter-toolkit's own test data names
 /// /dev/null as a CA file): opened without blocking and capped, even /dev/zero ends.
@@ -27,7 +28,28 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     }
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {}: is it the right file?", size(max)),
+        ));
+    }
     Ok(bytes)
+}
+
+/// [`read_bounded`], as UTF-8 text.
+pub fn read_text(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_bounded(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// `max` as the limits are written: 64 KiB, 1 MiB.
+fn size(max: u64) -> String {
+    match max {
+        m if m >= 1 << 20 && m % (1 << 20) == 0 => format!("{} MiB", m >> 20),
+        m if m >= 1 << 10 && m % (1 << 10) == 0 => format!("{} KiB", m >> 10),
+        m => format!("{m} bytes"),
+    }
 }
 
 /// Secret files (client secrets, PKCS#12 passwords) are tens of bytes; the cap keeps a wrong
@@ -38,22 +60,14 @@ pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 pub enum SecretFileError {
     #[error("cannot be read: {0}")]
     Io(#[from] io::Error),
-    #[error("is larger than 64 KiB: is it the right file?")]
-    TooLarge,
     #[error("is empty")]
     Empty,
-    #[error("is not UTF-8 text")]
-    NotText,
 }
 
 /// A secret kept in a file, as Docker and Kubernetes mount them: read as [`read_bounded`] reads,
 /// without the line ending such files usually carry and the secret does not contain.
 pub fn read_secret(path: &Path) -> Result<String, SecretFileError> {
-    let raw = read_bounded(path, MAX_SECRET_FILE)?;
-    if raw.len() as u64 > MAX_SECRET_FILE {
-        return Err(SecretFileError::TooLarge);
-    }
-    let raw = String::from_utf8(raw).map_err(|_| SecretFileError::NotText)?;
+    let raw = read_text(path, MAX_SECRET_FILE)?;
     let secret = raw.trim_end_matches(['\r', '\n']);
     if secret.trim().is_empty() {
         return Err(SecretFileError::Empty);
@@ -86,12 +100,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn regular_files_are_read_up_to_one_byte_past_the_limit() {
+    fn files_over_the_limit_are_refused_in_words() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, "abcdef").unwrap();
-        assert_eq!(read_bounded(&path, 100).unwrap(), b"abcdef");
-        assert_eq!(read_bounded(&path, 3).unwrap(), b"abcd");
+        assert_eq!(read_bounded(&path, 6).unwrap(), b"abcdef");
+        let error = read_bounded(&path, 5).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "larger than 5 bytes: is it the right file?"
+        );
+        std::fs::write(&path, vec![b'x'; 2048]).unwrap();
+        let error = read_bounded(&path, 1024).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "larger than 1 KiB: is it the right file?"
+        );
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            read_text(&path, 10).unwrap_err().to_string(),
+            "not UTF-8 text"
+        );
     }
 
     #[test]
@@ -109,7 +138,10 @@ mod tests {
     #[test]
     fn character_devices_are_read_and_capped() {
         assert_eq!(read_bounded(Path::new("/dev/null"), 10).unwrap(), b"");
-        let zeros = without_blocking(|| read_bounded(Path::new("/dev/zero"), 10)).unwrap();
-        assert_eq!(zeros.len(), 11);
+        let zeros = without_blocking(|| read_bounded(Path::new("/dev/zero"), 10)).unwrap_err();
+        assert!(
+            zeros.to_string().starts_with("larger than 10 bytes"),
+            "{zeros}"
+        );
     }
 }

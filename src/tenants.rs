@@ -17,7 +17,7 @@ use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
 use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
-use crate::files::{read_bounded, read_secret};
+use crate::files::{read_secret, read_text};
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
@@ -216,7 +216,7 @@ pub fn load(
     defaults: &TenantDefaults,
     shard: Shard,
 ) -> Result<Vec<TenantSpec>, String> {
-    let text = read_capped(path, MAX_FILE_BYTES)
+    let text = read_text(path, MAX_FILE_BYTES)
         .map_err(|e| format!("cannot read --config.file {}: {e}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let specs = parse(&text, dir, defaults)
@@ -225,16 +225,6 @@ pub fn load(
         .into_iter()
         .filter(|s| shard_of(&s.tenant_id, shard.count) == shard.index)
         .collect())
-}
-
-/// A regular file only: a FIFO would block the reload task (and with it shutdown) until
-/// something writes to it.
-fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
-    let raw = read_bounded(path, cap).map_err(|e| e.to_string())?;
-    if raw.len() as u64 > cap {
-        return Err(format!("larger than {} MiB", cap / (1024 * 1024)));
-    }
-    String::from_utf8(raw).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// The file's text to tenants; relative paths are resolved against `dir`.

@@ -89,9 +89,6 @@ impl ClientCertificate {
         };
         let bytes =
             read_bounded(path, MAX_FILE).map_err(|e| fail(format!("cannot read the file: {e}")))?;
-        if bytes.len() as u64 > MAX_FILE {
-            return Err(fail("larger than 1 MiB: is it the right file?".into()));
-        }
         let (certs, key) = if is_pem(&bytes) {
             pem_parts(&bytes, settings)
         } else {

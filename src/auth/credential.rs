@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use super::certificate::ClientCertificate;
 use super::managed::ManagedEndpoint;
 use crate::error::Error;
-use crate::files::read_bounded;
+use crate::files::read_text;
 
 /// The `client_assertion_type` of certificate and federated (workload identity) assertions.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -151,20 +151,8 @@ async fn read_federated_token_within(
 /// request, because the file is rotated while the exporter runs. Errors call the file
 /// `setting`: the variable or the key that gave it.
 pub fn read_federated_token(path: &Path, setting: &str) -> Result<SecretString, String> {
-    let fail = |e: std::io::Error| format!("cannot read {setting} {}: {e}", path.display());
-    let raw = read_bounded(path, MAX_TOKEN_FILE).map_err(fail)?;
-    if raw.len() as u64 > MAX_TOKEN_FILE {
-        return Err(format!(
-            "{setting} {} is larger than 64 KiB: is it the right file?",
-            path.display()
-        ));
-    }
-    let raw = String::from_utf8(raw).map_err(|_| {
-        format!(
-            "{setting} {} is not text: is it the right file?",
-            path.display()
-        )
-    })?;
+    let raw = read_text(path, MAX_TOKEN_FILE)
+        .map_err(|e| format!("cannot read {setting} {}: {e}", path.display()))?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!(

@@ -121,12 +121,8 @@ pub(super) const MAX_FILE: u64 = 1024 * 1024;
 
 /// Reads and parses the file; an empty file is a valid, empty configuration.
 pub(super) fn read(path: &Path) -> Result<File, String> {
-    let raw =
-        crate::files::read_bounded(path, MAX_FILE).map_err(|e| format!("cannot read it: {e}"))?;
-    if raw.len() as u64 > MAX_FILE {
-        return Err("larger than 1 MiB: is it the right file?".into());
-    }
-    let text = String::from_utf8(raw).map_err(|_| "not UTF-8 text".to_string())?;
+    let text =
+        crate::files::read_text(path, MAX_FILE).map_err(|e| format!("cannot read it: {e}"))?;
     if text.trim().is_empty() {
         return Ok(File::default());
     }

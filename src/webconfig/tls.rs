@@ -129,14 +129,9 @@ pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Serve
         (Some(text), None) => Ok(Some(text.into_bytes())),
         (None, Some(file)) => {
             let file = dir.join(file);
-            let bytes = crate::files::read_bounded(&file, MAX_FILE)
-                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))?;
-            if bytes.len() as u64 > MAX_FILE {
-                return Err(format!(
-                    "tls_server_config.{what}_file {file:?}: larger than 1 MiB: is it the right file?"
-                ));
-            }
-            Ok(Some(bytes))
+            crate::files::read_bounded(&file, MAX_FILE)
+                .map(Some)
+                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))
         }
         (None, None) => Ok(None),
     };
