@@ -43,6 +43,49 @@ pub fn read_text(path: &Path, max: u64) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
+/// How deep `[` and `{` may nest in a YAML file read here. The tenants file and the web config
+/// nest them three deep at most. The YAML scanner pays the nesting depth on every token, so
+/// that 20,000 nested brackets take seconds and a file full of them hours: deeper files are
+/// refused before they are parsed. (Block nesting costs it nothing of the kind, and the
+/// parser's own recursion limit stops it.)
+pub const MAX_YAML_FLOW_DEPTH: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum YamlError {
+    #[error("brackets nested more than {MAX_YAML_FLOW_DEPTH} deep")]
+    TooDeep,
+    #[error(transparent)]
+    Invalid(#[from] serde_norway::Error),
+}
+
+/// The YAML reader of the operator's files (--config.file, --web.config.file), after
+/// [`read_text`] has bounded their size: nesting too deep to parse quickly is refused first.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    if flow_depth_exceeds(text, MAX_YAML_FLOW_DEPTH) {
+        return Err(YamlError::TooDeep);
+    }
+    Ok(serde_norway::from_str(text)?)
+}
+
+/// Whether `[` and `{` nest deeper than `max` anywhere in `text`. Brackets inside quoted
+/// strings count too: a secret would need dozens of unbalanced ones to be refused.
+fn flow_depth_exceeds(text: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// `max` as the limits are written: 64 KiB, 1 MiB.
 fn size(max: u64) -> String {
     match max {
@@ -133,6 +176,27 @@ mod tests {
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
             assert!(error.to_string().contains("not a regular file"));
         }
+    }
+
+    #[test]
+    fn yaml_nested_too_deep_is_refused_before_parsing() {
+        let ok: serde_norway::Value = parse_yaml("a: [[{b: [1]}]]\n").unwrap();
+        assert!(ok.get("a").is_some());
+        let deep = format!("a: {}{}", "[".repeat(33), "]".repeat(33));
+        assert!(matches!(
+            parse_yaml::<serde_norway::Value>(&deep),
+            Err(YamlError::TooDeep)
+        ));
+        let at_limit = format!("a: {}{}", "[".repeat(32), "]".repeat(32));
+        assert!(parse_yaml::<serde_norway::Value>(&at_limit).is_ok());
+        // Parsed as it is, this one takes minutes; refused, it takes a scan.
+        let huge = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_yaml::<serde_norway::Value>(&huge).unwrap_err();
+        assert_eq!(e.to_string(), "brackets nested more than 32 deep");
+        assert!(matches!(
+            parse_yaml::<serde_norway::Value>("a: [\n"),
+            Err(YamlError::Invalid(_))
+        ));
     }
 
     #[test]

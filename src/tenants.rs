@@ -17,18 +17,12 @@ use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
 use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
-use crate::files::{read_secret, read_text};
+use crate::files::{parse_yaml, read_secret, read_text, YamlError};
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
 /// path such as /dev/zero from eating memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// A tenants file nests [ ] and { } three deep at most (a list of tenants, each a mapping
-/// with a list of periods). The YAML scanner pays the nesting depth on every token, so that
-/// 20,000 nested brackets take seconds and a file full of them hours: deeper files are
-/// refused before they are parsed.
-const MAX_FLOW_DEPTH: usize = 32;
 
 /// A tenant ID is a directory ID (a GUID) or a domain name, and so at most this long.
 const MAX_TENANT_ID: usize = 253;
@@ -229,13 +223,12 @@ pub fn load(
 
 /// The file's text to tenants; relative paths are resolved against `dir`.
 pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<TenantSpec>, String> {
-    if flow_depth_exceeds(text, MAX_FLOW_DEPTH) {
-        return Err(format!(
-            "not a tenants file: brackets nested more than {MAX_FLOW_DEPTH} deep"
-        ));
-    }
-    let root: Value =
-        serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {}", one_line(&e)))?;
+    // A tenants file nests [ ] and { } three deep at most (a list of tenants, each a mapping
+    // with a list of periods).
+    let root: Value = parse_yaml(text).map_err(|e| match e {
+        YamlError::TooDeep => format!("not a tenants file: {e}"),
+        YamlError::Invalid(e) => format!("not valid YAML: {}", one_line(&e)),
+    })?;
     let root = match root {
         Value::Mapping(m) => m,
         Value::Null => Mapping::new(),
@@ -472,25 +465,6 @@ impl Fields<'_> {
             Some(_) => Err(format!("{}: {key}: expected true or false", self.who)),
         }
     }
-}
-
-/// Whether `[` and `{` nest deeper than `max` anywhere in `text`. Brackets inside quoted
-/// strings count too: a secret would need dozens of unbalanced ones to be refused.
-fn flow_depth_exceeds(text: &str, max: usize) -> bool {
-    let mut depth = 0usize;
-    for b in text.bytes() {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
 }
 
 fn key_name(value: &Value) -> String {

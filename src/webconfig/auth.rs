@@ -23,14 +23,18 @@ const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV
 /// Successful logins remembered, so a scraper pays bcrypt once, not on every scrape.
 const SUCCESS_CACHE: usize = 256;
 
+/// The costs bcrypt (Go's and the bcrypt crate's) can check a password against.
+const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
+
 /// Basic auth, rate limit and response headers, applied to every route.
 pub struct Security {
     users: Option<Users>,
     headers: Vec<(HeaderName, HeaderValue)>,
     limiter: Option<RateLimiter>,
     /// bcrypt runs at once, on blocking threads: a flood of wrong passwords queues here
-    /// instead of taking every core, while logins found in the cache never wait on it.
-    bcrypt_slots: Semaphore,
+    /// instead of taking every core, while logins found in the cache never wait on it. Kept
+    /// across reloads, so that a reload during a flood does not let more run at once.
+    bcrypt_slots: Arc<Semaphore>,
 }
 
 pub(super) struct Users {
@@ -42,9 +46,18 @@ pub(super) struct Users {
 impl Users {
     pub(super) fn new(hashes: BTreeMap<String, String>) -> Result<Users, String> {
         for (user, hash) in &hashes {
-            hash.parse::<bcrypt::HashParts>().map_err(|_| {
+            let parts = hash.parse::<bcrypt::HashParts>().map_err(|_| {
                 format!("basic_auth_users: the password of {user:?} is not a bcrypt hash (hashedSecret too short to be a bcrypted password)")
             })?;
+            // bcrypt refuses to check against any other cost, which would lock the user out.
+            let cost = parts.get_cost();
+            if !BCRYPT_COSTS.contains(&cost) {
+                return Err(format!(
+                    "basic_auth_users: the password of {user:?} is a bcrypt hash of cost {cost}, outside the allowed inclusive range {}..{}; hash it again, e.g. htpasswd -nBC 10 {user}",
+                    BCRYPT_COSTS.start(),
+                    BCRYPT_COSTS.end()
+                ));
+            }
         }
         Ok(Users {
             hashes: hashes.into_iter().collect(),
@@ -128,8 +141,16 @@ impl Security {
             users,
             headers,
             limiter,
-            bcrypt_slots: Semaphore::new(cores.clamp(2, 4)),
+            bcrypt_slots: Arc::new(Semaphore::new(cores.clamp(2, 4))),
         }
+    }
+
+    /// `new`, with the bcrypt slots of `previous`, whose queued logins still count.
+    pub(super) fn keeping_slots_of(mut new: Arc<Security>, previous: &Security) -> Arc<Security> {
+        if let Some(fresh) = Arc::get_mut(&mut new) {
+            fresh.bcrypt_slots = Arc::clone(&previous.bcrypt_slots);
+        }
+        new
     }
 
     pub fn requires_auth(&self) -> bool {
@@ -149,7 +170,7 @@ pub async fn guard(
         return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
     }
     let mut response = match &security.users {
-        Some(_) if !authorized(&security, request.headers()).await => (
+        Some(_) if !authorized(&current, request.headers()).await => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"sfb-exporter\"")],
             "Unauthorized\n",
@@ -163,7 +184,8 @@ pub async fn guard(
     response
 }
 
-async fn authorized(security: &Arc<Security>, headers: &HeaderMap) -> bool {
+async fn authorized(current: &ArcSwap<Security>, headers: &HeaderMap) -> bool {
+    let security = current.load_full();
     let (Some(users), Some((user, password))) = (&security.users, basic_credentials(headers))
     else {
         return false;
@@ -172,14 +194,19 @@ async fn authorized(security: &Arc<Security>, headers: &HeaderMap) -> bool {
     if users.cached(&user, &digest) {
         return true;
     }
-    let Ok(_slot) = security.bcrypt_slots.acquire().await else {
+    let Ok(_slot) = Arc::clone(&security.bcrypt_slots).acquire_owned().await else {
+        return false;
+    };
+    // A reload may have replaced the users while this login waited: it is checked against
+    // the list of now, not the one it arrived under.
+    let security = current.load_full();
+    let Some(users) = &security.users else {
         return false;
     };
     // The same login may have been checked while this one waited.
     if users.cached(&user, &digest) {
         return true;
     }
-    let security = Arc::clone(security);
     // bcrypt is deliberately slow: keep it off the threads that serve other requests.
     tokio::task::spawn_blocking(move || {
         security
@@ -235,6 +262,11 @@ mod tests {
         ))
     }
 
+    /// What the guard reads: the current configuration, which a reload replaces.
+    fn current(users: &[(&str, &str)]) -> ArcSwap<Security> {
+        ArcSwap::new(security(users))
+    }
+
     #[test]
     fn the_dummy_is_the_toolkits_cost_10_hash() {
         let dummy: bcrypt::HashParts = DUMMY_HASH.parse().unwrap();
@@ -250,11 +282,12 @@ mod tests {
 
     #[tokio::test]
     async fn checks_and_caches_only_successes() {
-        let s = security(&[("alice", "s3cret")]);
+        let s = current(&[("alice", "s3cret")]);
         assert!(!authorized(&s, &basic("alice", "wrong")).await);
         assert!(!authorized(&s, &basic("bob", "s3cret")).await);
         assert!(authorized(&s, &basic("alice", "s3cret")).await);
-        let users = s.users.as_ref().unwrap();
+        let security = s.load();
+        let users = security.users.as_ref().unwrap();
         assert_eq!(
             users.successes.lock().unwrap().len(),
             1,
@@ -285,13 +318,14 @@ mod tests {
     /// login succeeded before: it is answered without waiting for a slot.
     #[tokio::test]
     async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
-        let s = security(&[("prometheus", "pw")]);
+        let s = Arc::new(current(&[("prometheus", "pw")]));
         assert!(authorized(&s, &basic("prometheus", "pw")).await);
-        let slots = s.bcrypt_slots.available_permits();
+        let bcrypt_slots = Arc::clone(&s.load().bcrypt_slots);
+        let slots = bcrypt_slots.available_permits();
         assert!(slots >= 2, "several bcrypt checks at once");
 
         // The flood: every slot busy, more unknown users queued behind them.
-        let held = s.bcrypt_slots.acquire_many(slots as u32).await.unwrap();
+        let held = bcrypt_slots.acquire_many(slots as u32).await.unwrap();
         let mut flood = tokio::task::JoinSet::new();
         for i in 0..50 {
             let s = Arc::clone(&s);
@@ -316,6 +350,64 @@ mod tests {
         // Not run to the end: each would cost a cost-10 bcrypt.
         flood.abort_all();
         drop(held);
+    }
+
+    #[test]
+    fn hashes_of_a_cost_bcrypt_cannot_check_are_refused_naming_the_user() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let with_cost = |cost: &str| format!("$2y${cost}{}", &hash[6..]);
+        let load = |cost: &str| Users::new([("alice".to_string(), with_cost(cost))].into());
+        for cost in ["04", "10", "31"] {
+            assert!(load(cost).is_ok(), "cost {cost}");
+        }
+        for (cost, shown) in [("00", "0"), ("03", "3"), ("32", "32"), ("99", "99")] {
+            let Err(e) = load(cost) else {
+                panic!("cost {cost} accepted")
+            };
+            assert!(
+                e.contains("the password of \"alice\" is a bcrypt hash of cost ")
+                    && e.contains(&format!(
+                        "cost {shown}, outside the allowed inclusive range 4..31"
+                    )),
+                "{e}"
+            );
+            assert!(!e.contains(&hash[7..]), "the hash is not shown: {e}");
+        }
+    }
+
+    /// A login queued behind a flood is checked, once a bcrypt slot frees, against the users
+    /// of then: a reload that replaced a password in the meantime is not bypassed.
+    #[tokio::test]
+    async fn a_queued_login_meets_the_users_of_now() {
+        let s = current(&[("alice", "old")]);
+        let slots = Arc::clone(&s.load().bcrypt_slots);
+        let held = slots
+            .acquire_many(slots.available_permits() as u32)
+            .await
+            .unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let (old, new) = (basic("alice", "old"), basic("alice", "new"));
+        let mut with_old = pin!(authorized(&s, &old));
+        let mut with_new = pin!(authorized(&s, &new));
+        assert!(with_old.as_mut().poll(&mut cx).is_pending(), "queued");
+        assert!(with_new.as_mut().poll(&mut cx).is_pending(), "queued");
+
+        // The reload: alice's password replaced, the bcrypt slots kept.
+        s.store(Security::keeping_slots_of(
+            security(&[("alice", "new")]),
+            &s.load(),
+        ));
+        let after = basic("alice", "new");
+        let mut arrived_after = pin!(authorized(&s, &after));
+        assert!(
+            arrived_after.as_mut().poll(&mut cx).is_pending(),
+            "the flood still holds the slots after the reload"
+        );
+
+        drop(held);
+        assert!(!with_old.await, "the replaced password is refused");
+        assert!(with_new.await, "the new one is taken");
+        assert!(arrived_after.await);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::files::YamlError;
 
 /// Unknown keys are errors, as there. No Debug: it may hold an inline private key.
 #[derive(Default, Deserialize)]
@@ -18,7 +20,8 @@ pub(super) struct File {
     pub basic_auth_users: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Default, Deserialize)]
+/// Serialize: only into the digest that tells one TLS configuration from another.
+#[derive(Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TlsFile {
     pub cert_file: Option<PathBuf>,
@@ -34,6 +37,7 @@ pub(super) struct TlsFile {
     pub curve_preferences: Option<Vec<String>>,
     /// Ignored by Go since 1.18 as well.
     #[allow(dead_code)]
+    #[serde(skip_serializing)]
     pub prefer_server_cipher_suites: Option<bool>,
     pub client_allowed_sans: Option<Vec<String>>,
 }
@@ -126,8 +130,10 @@ pub(super) fn read(path: &Path) -> Result<File, String> {
     if text.trim().is_empty() {
         return Ok(File::default());
     }
-    serde_norway::from_str(&text)
-        .map_err(|e| format!("invalid YAML: {}", without_quoted(&e.to_string())))
+    crate::files::parse_yaml(&text).map_err(|e| match e {
+        YamlError::TooDeep => format!("not a web config: {e}"),
+        YamlError::Invalid(e) => format!("invalid YAML: {}", without_quoted(&e.to_string())),
+    })
 }
 
 /// The YAML parser quotes offending values, which may be passwords or keys: keep the message,

@@ -33,33 +33,45 @@ pub struct WebConfig {
     pub security: Arc<Security>,
     /// The files this configuration was read from, as they were then.
     pub sources: Sources,
+    /// What `tls` was built from, digested: a reload stores a new TLS configuration only when
+    /// this differs.
+    tls_fingerprint: Option<[u8; 32]>,
+    client_certs: tls::ClientCertPolicy,
 }
 
-/// Size and modification time of every file a configuration was read from, to tell when it
-/// must be read again (certificates get rotated; Kubernetes swaps mounted secrets by symlink,
-/// which the metadata, following links, sees).
+/// The content (SHA-256) of every file a configuration was read from, None where it could
+/// not be read, to tell when it must be read again: certificates get rotated, Kubernetes
+/// swaps mounted secrets by symlink, and a file copied with `cp -p` keeps its size and
+/// modification time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sources(Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)>);
+pub struct Sources(Vec<(PathBuf, Option<[u8; 32]>)>);
 
 impl Sources {
+    /// Reads every file: call it off the async runtime.
     fn of(paths: Vec<PathBuf>) -> Sources {
         Sources(
             paths
                 .into_iter()
                 .map(|path| {
-                    let meta = std::fs::metadata(&path)
+                    let digest = crate::files::read_bounded(&path, file::MAX_FILE)
                         .ok()
-                        .and_then(|m| Some((m.modified().ok()?, m.len())));
-                    (path, meta)
+                        .map(|bytes| sha256(&bytes));
+                    (path, digest)
                 })
                 .collect(),
         )
     }
 
-    /// The same files as they are now.
+    /// The same files as they are now; reads them, so call it off the async runtime.
     pub fn now(&self) -> Sources {
         Sources::of(self.0.iter().map(|(path, _)| path.clone()).collect())
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
+    digest
 }
 
 impl WebConfig {
@@ -70,10 +82,14 @@ impl WebConfig {
             http2: false,
             security: Security::none(),
             sources: Sources(Vec::new()),
+            tls_fingerprint: None,
+            client_certs: tls::ClientCertPolicy::default(),
         }
     }
 
     /// Reads and checks the whole file, and every file it names, before returning anything.
+    /// It reads files and may load the system's roots: while serving, call it off the async
+    /// runtime.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let fail = |message: String| WebConfigError {
             path: path.to_path_buf(),
@@ -107,7 +123,7 @@ impl WebConfig {
         // certificate is then an error, never a silent fall-back to plain HTTP.
         let tls = tls_file
             .filter(file::TlsFile::is_enabled)
-            .map(|t| tls::server_config(t, dir, http2).map(Arc::new))
+            .map(|t| tls::server_config(t, dir, http2))
             .transpose()
             .map_err(fail)?;
         let limiter = match file.rate_limit {
@@ -125,7 +141,12 @@ impl WebConfig {
         };
         Ok(WebConfig {
             http2: http2 && tls.is_some(),
-            tls,
+            tls_fingerprint: tls.as_ref().map(|t| t.fingerprint),
+            client_certs: tls
+                .as_ref()
+                .map(|t| t.client_certs.clone())
+                .unwrap_or_default(),
+            tls: tls.map(|t| Arc::new(t.config)),
             security: Arc::new(Security::new(users, headers, limiter)),
             sources,
         })
@@ -229,6 +250,122 @@ tls_server_config:
             assert!(!err.contains('\n'), "{err:?}");
             assert!(!err.contains("hunter2secret"), "{err:?}");
         }
+    }
+
+    /// A directory holding exporter-toolkit's server certificate and key and a client CA, and
+    /// the path of a web config in it.
+    fn with_certs() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webconfig");
+        for file in [
+            "server.crt",
+            "server.key",
+            "client_selfsigned.pem",
+            "client2_selfsigned.pem",
+        ] {
+            std::fs::copy(fixtures.join(file), dir.path().join(file)).unwrap();
+        }
+        let path = dir.path().join("web.yml");
+        (dir, path)
+    }
+
+    const TLS: &str = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+
+    #[test]
+    fn client_allowed_sans_needs_a_certificate_every_client_must_show() {
+        let (_dir, path) = with_certs();
+        for auth in [
+            "",
+            "  client_auth_type: NoClientCert\n",
+            "  client_auth_type: RequestClientCert\n",
+            "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: client_selfsigned.pem\n",
+        ] {
+            std::fs::write(&path, format!("{TLS}{auth}  client_allowed_sans: [one]\n")).unwrap();
+            let err = WebConfig::load(&path).err().unwrap_or_else(|| panic!("{auth:?} accepted")).to_string();
+            assert!(
+                err.contains("client_allowed_sans requires client_auth_type to be one of RequireAnyClientCert or RequireAndVerifyClientCert"),
+                "{auth:?}: {err}"
+            );
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+        for auth in [
+            "  client_auth_type: RequireAnyClientCert\n",
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client_selfsigned.pem\n",
+        ] {
+            std::fs::write(&path, format!("{TLS}{auth}  client_allowed_sans: [one]\n")).unwrap();
+            assert!(WebConfig::load(&path).is_ok(), "{auth:?}");
+        }
+    }
+
+    #[test]
+    fn the_tls_fingerprint_changes_with_tls_settings_and_files_only() {
+        let (dir, path) = with_certs();
+        let fingerprint = |yaml: &str| {
+            std::fs::write(&path, yaml).unwrap();
+            WebConfig::load(&path).unwrap().tls_fingerprint.unwrap()
+        };
+        let users = "basic_auth_users:\n  u: $2y$04$0bxMa9LVrBAk6tB7xjU8sOUAEM1SHLnuDtzZN4sgq9GVmOVTNPLCS\n";
+        let first = fingerprint(TLS);
+        assert_eq!(
+            fingerprint(TLS),
+            first,
+            "the same files, the same fingerprint"
+        );
+        assert_eq!(
+            fingerprint(&format!("{TLS}{users}")),
+            first,
+            "users are not TLS"
+        );
+        assert_ne!(fingerprint(&format!("{TLS}  min_version: TLS13\n")), first);
+        let client_auth = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client_selfsigned.pem\n";
+        let with_ca = fingerprint(&format!("{TLS}{client_auth}"));
+        assert_ne!(with_ca, first);
+        // The client CA's content, not its name.
+        std::fs::copy(
+            dir.path().join("client2_selfsigned.pem"),
+            dir.path().join("client_selfsigned.pem"),
+        )
+        .unwrap();
+        assert_ne!(fingerprint(&format!("{TLS}{client_auth}")), with_ca);
+    }
+
+    #[test]
+    fn a_file_swapped_with_the_same_size_and_time_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "aaaa").unwrap();
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let before = Sources::of(vec![path.clone()]);
+        assert_eq!(before.now(), before);
+        std::fs::write(&path, "bbbb").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+        assert_ne!(before.now(), before, "as cp -p leaves it");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(before.now().0[0].1, None, "gone");
+    }
+
+    #[test]
+    fn a_deeply_nested_file_is_refused_on_one_line() {
+        let deep = format!(
+            "tls_server_config: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = load(&deep).err().unwrap();
+        assert!(
+            err.contains("not a web config: brackets nested more than 32 deep"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
     }
 
     #[test]

@@ -20,13 +20,92 @@ use rustls::{
 
 use super::file::{TlsFile, MAX_FILE};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum ClientAuth {
+    #[default]
     NoClientCert,
     RequestClientCert,
     RequireAnyClientCert,
     VerifyClientCertIfGiven,
     RequireAndVerifyClientCert,
+}
+
+impl ClientAuth {
+    fn name(self) -> &'static str {
+        match self {
+            ClientAuth::NoClientCert => "NoClientCert",
+            ClientAuth::RequestClientCert => "RequestClientCert",
+            ClientAuth::RequireAnyClientCert => "RequireAnyClientCert",
+            ClientAuth::VerifyClientCertIfGiven => "VerifyClientCertIfGiven",
+            ClientAuth::RequireAndVerifyClientCert => "RequireAndVerifyClientCert",
+        }
+    }
+
+    /// A client without a certificate is refused.
+    fn mandatory(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::RequireAnyClientCert | ClientAuth::RequireAndVerifyClientCert
+        )
+    }
+
+    /// A certificate given is verified against the client CA (or the system's roots).
+    fn verifies(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
+        )
+    }
+}
+
+/// How a configuration checks client certificates, to tell a reload that loosens the checks
+/// (which takes a restart) from one that tightens them (applied at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct ClientCertPolicy {
+    auth: ClientAuth,
+    /// Verified against client_ca_file or client_ca, not the system's roots.
+    own_ca: bool,
+    allowed_sans: Option<BTreeSet<String>>,
+}
+
+impl ClientCertPolicy {
+    /// Why `new` checks client certificates less than `self` does, if it does. A new client
+    /// CA is not counted as loosening: CAs get rotated, and a file cut short holds fewer.
+    pub(super) fn loosened_by(&self, new: &ClientCertPolicy) -> Option<String> {
+        let (old_auth, new_auth) = (self.auth.name(), new.auth.name());
+        if self.auth.mandatory() && !new.auth.mandatory() {
+            return Some(format!(
+                "sets client_auth_type {new_auth}, which does not require a client certificate as {old_auth} did"
+            ));
+        }
+        if self.auth.verifies() && !new.auth.verifies() {
+            return Some(format!(
+                "sets client_auth_type {new_auth}, which does not verify client certificates as {old_auth} did"
+            ));
+        }
+        if self.auth.verifies() && self.own_ca && !new.own_ca {
+            return Some(
+                "has no client_ca_file or client_ca, so client certificates would be verified against the system's roots".into(),
+            );
+        }
+        match (&self.allowed_sans, &new.allowed_sans) {
+            (Some(_), None) => Some("has no client_allowed_sans".into()),
+            (Some(old), Some(new)) if !new.is_subset(old) => {
+                let added: Vec<&str> = new.difference(old).map(String::as_str).collect();
+                Some(format!("adds {added:?} to client_allowed_sans"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A TLS configuration and what it was made of.
+pub(super) struct Built {
+    pub config: ServerConfig,
+    /// SHA-256 of every setting of tls_server_config and of the content of every file it
+    /// names: equal for two loads exactly when they build the same TLS configuration.
+    pub fingerprint: [u8; 32],
+    pub client_certs: ClientCertPolicy,
 }
 
 /// Go's tls.CipherSuites() names, and the rustls suite for each where rustls has one (it has
@@ -108,7 +187,12 @@ const GO_CURVES: [(&str, NamedGroup); 4] = [
 
 /// Builds the server's TLS configuration. `t` has been through `without_empty` and asks for
 /// TLS. The checks come in the toolkit's order, so the same file gets the same first error.
-pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<ServerConfig, String> {
+pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Built, String> {
+    let mut fingerprint = ::aws_lc_rs::digest::Context::new(&::aws_lc_rs::digest::SHA256);
+    // Fed into the digest only; the settings hold inline keys. Not `http2`: ALPN is settled
+    // at startup, and a reload keeps it.
+    let settings = serde_json::to_vec(&t).map_err(|e| format!("tls_server_config: {e}"))?;
+    fingerprint.update(&settings);
     if t.cert.is_none() && t.cert_file.is_none() {
         return Err("tls_server_config: missing one of cert or cert_file".into());
     }
@@ -122,16 +206,20 @@ pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Serve
         &versions,
         http2,
     )?;
-    let read = |what: &str, inline: Option<String>, file: Option<PathBuf>| match (inline, file) {
+    let mut read = |what: &str, inline: Option<String>, file: Option<PathBuf>| match (inline, file)
+    {
         (Some(_), Some(_)) => Err(format!(
             "tls_server_config: give {what} or {what}_file, not both"
         )),
         (Some(text), None) => Ok(Some(text.into_bytes())),
         (None, Some(file)) => {
             let file = dir.join(file);
-            crate::files::read_bounded(&file, MAX_FILE)
-                .map(Some)
-                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))
+            let bytes = crate::files::read_bounded(&file, MAX_FILE)
+                .map_err(|e| format!("tls_server_config.{what}_file {file:?}: {e}"))?;
+            // Length first, so that no two sets of files feed the digest the same bytes.
+            fingerprint.update(&(bytes.len() as u64).to_be_bytes());
+            fingerprint.update(&bytes);
+            Ok(Some(bytes))
         }
         (None, None) => Ok(None),
     };
@@ -163,6 +251,29 @@ pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Serve
     if client_ca.is_some() && auth == ClientAuth::NoClientCert {
         return Err("tls_server_config: client CA's have been configured without a Client Auth Policy: set client_auth_type".into());
     }
+    // As exporter-toolkit since its PR #436: where a client may send no certificate, or is
+    // never asked for one, there is nothing to match the SANs against, and the client would
+    // be let in unchecked.
+    if t.client_allowed_sans.is_some() {
+        match auth {
+            ClientAuth::RequireAndVerifyClientCert => {}
+            ClientAuth::RequireAnyClientCert => warn_once(
+                "tls_server_config: client_allowed_sans with client_auth_type RequireAnyClientCert is matched on a client certificate nobody verified, so any client can make one that passes; use RequireAndVerifyClientCert".into(),
+            ),
+            _ => return Err(format!(
+                "tls_server_config: client_allowed_sans requires client_auth_type to be one of RequireAnyClientCert or RequireAndVerifyClientCert, not {}",
+                auth.name()
+            )),
+        }
+    }
+    let client_certs = ClientCertPolicy {
+        auth,
+        own_ca: client_ca.is_some(),
+        allowed_sans: t
+            .client_allowed_sans
+            .as_ref()
+            .map(|sans| sans.iter().cloned().collect()),
+    };
 
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&versions)
@@ -181,7 +292,13 @@ pub(super) fn server_config(t: TlsFile, dir: &Path, http2: bool) -> Result<Serve
         .map_err(|e| format!("tls_server_config: certificate and key: {e}"))?;
     config.alpn_protocols = alpn(http2);
     config.ignore_client_order = true;
-    Ok(config)
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(fingerprint.finish().as_ref());
+    Ok(Built {
+        config,
+        fingerprint: digest,
+        client_certs,
+    })
 }
 
 /// What the server offers in ALPN.
@@ -418,15 +535,8 @@ impl ClientCerts {
         allowed_sans: Option<Vec<String>>,
         provider: Arc<CryptoProvider>,
     ) -> Result<ClientCerts, String> {
-        let mandatory = matches!(
-            auth,
-            ClientAuth::RequireAnyClientCert | ClientAuth::RequireAndVerifyClientCert
-        );
-        let verifies = matches!(
-            auth,
-            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
-        );
-        let verify = if verifies {
+        let mandatory = auth.mandatory();
+        let verify = if auth.verifies() {
             let (pool, roots) = match client_ca {
                 Some(pem) => {
                     let pool: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
@@ -622,6 +732,84 @@ impl ClientCertVerifier for ClientCerts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy(auth: ClientAuth, own_ca: bool, sans: Option<&[&str]>) -> ClientCertPolicy {
+        ClientCertPolicy {
+            auth,
+            own_ca,
+            allowed_sans: sans.map(|s| s.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn loosening_client_certificate_checks_is_told_from_tightening() {
+        use ClientAuth::*;
+        let strict = policy(RequireAndVerifyClientCert, true, Some(&["a", "b"]));
+        let loosened = [
+            (
+                policy(RequireAnyClientCert, true, Some(&["a", "b"])),
+                "does not verify client certificates as RequireAndVerifyClientCert did",
+            ),
+            (
+                policy(VerifyClientCertIfGiven, true, None),
+                "does not require a client certificate",
+            ),
+            (
+                policy(NoClientCert, false, None),
+                "sets client_auth_type NoClientCert",
+            ),
+            (
+                policy(RequireAndVerifyClientCert, false, Some(&["a", "b"])),
+                "has no client_ca_file or client_ca",
+            ),
+            (
+                policy(RequireAndVerifyClientCert, true, None),
+                "has no client_allowed_sans",
+            ),
+            (
+                policy(RequireAndVerifyClientCert, true, Some(&["a", "c"])),
+                "adds [\"c\"] to client_allowed_sans",
+            ),
+        ];
+        for (new, needle) in loosened {
+            let why = strict
+                .loosened_by(&new)
+                .unwrap_or_else(|| panic!("{new:?} not loosening"));
+            assert!(why.contains(needle), "{new:?}: {why}");
+        }
+        for new in [
+            strict.clone(),
+            policy(RequireAndVerifyClientCert, true, Some(&["a"])),
+            policy(RequireAndVerifyClientCert, true, Some(&[])),
+        ] {
+            assert_eq!(strict.loosened_by(&new), None, "{new:?}");
+        }
+        // Tightening from none at all, step by step.
+        let steps = [
+            policy(NoClientCert, false, None),
+            policy(RequestClientCert, false, None),
+            policy(VerifyClientCertIfGiven, false, None),
+            policy(VerifyClientCertIfGiven, true, None),
+            policy(RequireAndVerifyClientCert, true, None),
+            strict.clone(),
+        ];
+        for pair in steps.windows(2) {
+            assert_eq!(pair[0].loosened_by(&pair[1]), None, "{pair:?}");
+        }
+        // And each step back loosens, but the first: RequestClientCert checks nothing that
+        // NoClientCert does not.
+        assert_eq!(steps[1].loosened_by(&steps[0]), None);
+        for pair in steps[1..].windows(2) {
+            assert!(pair[1].loosened_by(&pair[0]).is_some(), "{pair:?}");
+        }
+        let any = policy(RequireAnyClientCert, false, None);
+        assert!(any
+            .loosened_by(&policy(VerifyClientCertIfGiven, true, None))
+            .is_some());
+        assert!(any
+            .loosened_by(&policy(RequireAndVerifyClientCert, false, None))
+            .is_none());
+    }
 
     #[test]
     fn versions_follow_min_and_max() {

@@ -24,6 +24,61 @@ fn client_auth_without_a_certificate_refuses_to_start() {
     }
 }
 
+/// What a client who need not show a certificate could skip, a bcrypt cost bcrypt cannot check,
+/// and nesting too deep to parse quickly: refused at startup and by --config.check, on one
+/// line naming it.
+#[test]
+fn refused_at_startup_and_by_config_check_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("deep.yml");
+    std::fs::write(
+        &deep,
+        format!(
+            "tls_server_config: {}{}\n",
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        ),
+    )
+    .unwrap();
+    let cases = [
+        (
+            fixture("web_config_auth_client_san_no_client_auth.bad.yaml"),
+            SANS_NEED_A_CERTIFICATE,
+        ),
+        (
+            fixture("web_config_auth_client_san_optional_cert.bad.yaml"),
+            SANS_NEED_A_CERTIFICATE,
+        ),
+        (
+            fixture("web_config_auth_client_san_request_cert.bad.yml"),
+            SANS_NEED_A_CERTIFICATE,
+        ),
+        (
+            fixture("web_config_auth_client_san_no_client_cert.bad.yml"),
+            SANS_NEED_A_CERTIFICATE,
+        ),
+        (
+            fixture("web_config_users_bcrypt_cost.bad.yml"),
+            "basic_auth_users: the password of \"dave\" is a bcrypt hash of cost 99",
+        ),
+        (deep, "not a web config: brackets nested more than 32 deep"),
+    ];
+    for (path, needle) in cases {
+        let (code, stderr) = run(exporter()
+            .args(["--demo", "--web.listen-address", "127.0.0.1:0"])
+            .arg("--web.config.file")
+            .arg(&path));
+        assert_eq!(code, 1, "{path:?}: {stderr}");
+        assert_one_line(&stderr, &[needle, "--web.config.file"]);
+        let (code, stderr) = run(exporter()
+            .args(["--demo", "--config.check", "--web.config.file"])
+            .arg(&path));
+        assert_ne!(code, 0, "{path:?}: {stderr}");
+        assert!(stderr.contains(needle), "--config.check {path:?}: {stderr}");
+    }
+}
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +91,10 @@ use sfb_exporter::webconfig::{WebConfig, ECDH_P521};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
+
+/// exporter-toolkit's wording (its PR #436).
+const SANS_NEED_A_CERTIFICATE: &str =
+    "client_allowed_sans requires client_auth_type to be one of RequireAnyClientCert or RequireAndVerifyClientCert";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -127,6 +186,28 @@ fn toolkit_config_files_are_accepted_or_refused_as_there() {
             "web_config_headers_extra_header.bad.yml",
             Some("HTTP header \"Content-Type\" can not be configured"),
         ),
+        // The toolkit's PR #436, and ours beside them: client_allowed_sans where a client may
+        // show no certificate would let such a client in unchecked.
+        (
+            "web_config_auth_client_san_no_client_auth.bad.yaml",
+            Some(SANS_NEED_A_CERTIFICATE),
+        ),
+        (
+            "web_config_auth_client_san_optional_cert.bad.yaml",
+            Some(SANS_NEED_A_CERTIFICATE),
+        ),
+        (
+            "web_config_auth_client_san_request_cert.bad.yml",
+            Some(SANS_NEED_A_CERTIFICATE),
+        ),
+        (
+            "web_config_auth_client_san_no_client_cert.bad.yml",
+            Some(SANS_NEED_A_CERTIFICATE),
+        ),
+        (
+            "web_config_users_bcrypt_cost.bad.yml",
+            Some("the password of \"dave\" is a bcrypt hash of cost 99, outside the allowed inclusive range 4..31"),
+        ),
         // Good files, and the one the toolkit names bad but never drives: without
         // client_ca_file, client certificates are verified against the system's roots.
         ("web_config_auth_clientCAs_missing.bad.yml", None),
@@ -156,6 +237,16 @@ fn toolkit_config_files_are_accepted_or_refused_as_there() {
         ("web_config_users.good.yml", None),
         ("web_config_users_noTLS.good.yml", None),
     ];
+    // Every web config among the fixtures is a case here, so that none added is left out.
+    for entry in std::fs::read_dir(fixture("")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".yml") || name.ends_with(".yaml") {
+            assert!(
+                cases.iter().any(|(file, _)| *file == name),
+                "{name} is not a case"
+            );
+        }
+    }
     for (file, expected) in cases {
         match (WebConfig::load(&fixture(file)), expected) {
             (Ok(_), None) => {}
@@ -193,6 +284,10 @@ struct Answer {
 
 /// The toolkit's getTLSClient: trusts tls-ca-chain.pem, offers a client certificate if given.
 async fn tls_get(app: &TestApp, path: &str, hello: Hello) -> Result<Answer, String> {
+    tls_get_at(app.addr, path, hello).await
+}
+
+async fn tls_get_at(addr: SocketAddr, path: &str, hello: Hello) -> Result<Answer, String> {
     let mut provider = aws_lc_rs::default_provider();
     if let Some(suites) = &hello.suites {
         provider
@@ -231,7 +326,7 @@ async fn tls_get(app: &TestApp, path: &str, hello: Hello) -> Result<Answer, Stri
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = hello.alpn;
-    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector
@@ -659,7 +754,12 @@ async fn tls11_hello(app: &TestApp) -> u8 {
 /// A copy of the toolkit's server certificate and key next to a web config we can rewrite.
 fn rewritable(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    for file in ["server.crt", "server.key", "client_selfsigned.pem"] {
+    for file in [
+        "server.crt",
+        "server.key",
+        "client_selfsigned.pem",
+        "client2_selfsigned.pem",
+    ] {
         std::fs::copy(fixture(file), dir.path().join(file)).unwrap();
     }
     let path = dir.path().join("web.yml");
@@ -681,23 +781,21 @@ async fn spawn_at(path: PathBuf) -> TestApp {
     .await
 }
 
-/// The toolkit's TestConfigReloading: a configuration that refuses the client, then one that
-/// takes it, without a restart.
+/// The toolkit's TestConfigReloading, the other way round: there a configuration that refuses
+/// the client gives way to one that takes it; here loosening takes a restart (see
+/// a_reload_tightens_client_certificate_checks_but_never_loosens_them), so a configuration
+/// that takes the client gives way, without a restart, to one that refuses it.
 #[tokio::test]
 async fn a_changed_file_is_served_without_a_restart() {
     let blocking = std::fs::read_to_string(fixture("web_config_noAuth.good.blocking.yml")).unwrap();
     let good = std::fs::read_to_string(fixture("web_config_noAuth.good.yml")).unwrap();
-    let (_dir, path) = rewritable(&blocking);
+    let (_dir, path) = rewritable(&good);
     let app = spawn_at(path.clone()).await;
-    let refused = tls_get(&app, "/healthz", Hello::default()).await;
-    assert!(
-        refused.is_err(),
-        "served without a client certificate: {refused:?}"
-    );
-    std::fs::write(&path, good).unwrap();
-    let served =
-        eventually(|| async { tls_get(&app, "/healthz", Hello::default()).await.is_ok() }).await;
-    assert!(served, "the new configuration was never served");
+    ok(tls_get(&app, "/healthz", Hello::default()).await);
+    std::fs::write(&path, blocking).unwrap();
+    let refused =
+        eventually(|| async { tls_get(&app, "/healthz", Hello::default()).await.is_err() }).await;
+    assert!(refused, "the new configuration was never served");
     app.stop().await;
 }
 
@@ -708,29 +806,32 @@ async fn a_refused_reload_installs_nothing() {
     let users =
         "basic_auth_users:\n  dave: $2y$10$2UXri9cIDdgeKjBo4Rlpx.U3ZLDV8X1IxKmsfOvhcM5oXQt/mLmXq\n";
     let (_dir, path) = rewritable(&format!("{tls}{users}"));
-    let app = spawn_at(path.clone()).await;
+    let (process, addr) = serve_process(&path);
     let dave = || Hello {
         basic_auth: Some(("dave", "dave123")),
         ..Default::default()
     };
     assert_eq!(
-        tls_get(&app, "/healthz", dave()).await.map(|a| a.status),
+        tls_get_at(addr, "/healthz", dave()).await.map(|a| a.status),
         Ok(200)
     );
     // Client certificates required, and basic auth dropped: refused as a whole, since auth
     // is never switched off by a reload.
-    std::fs::write(
+    let line = reload_to(
+        &process,
         &path,
-        format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client_selfsigned.pem\n"),
-    )
-    .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        &format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client_selfsigned.pem\n"),
+    );
+    refused_reload(
+        &line,
+        "has no basic_auth_users; removing basic auth needs a restart",
+    );
     assert_eq!(
-        tls_get(&app, "/healthz", dave()).await.map(|a| a.status),
+        tls_get_at(addr, "/healthz", dave()).await.map(|a| a.status),
         Ok(200),
         "the new TLS settings went live although the file was refused"
     );
-    app.stop().await;
+    process.signal("TERM");
 }
 
 /// SIGHUP reloads the web configuration and says so; SIGUSR1 and SIGUSR2 are logged and
@@ -779,4 +880,159 @@ async fn sighup_reloads_and_sigusr_is_ignored() {
     });
     process.signal("TERM");
     assert_eq!(process.wait_exit().code(), Some(0));
+}
+
+/// The exporter as a process (demo mode, JSON logs) serving the web config at `path`, and the
+/// address it listens on.
+fn serve_process(path: &Path) -> (crate::process::Process, SocketAddr) {
+    use crate::process::{demo_json, Process};
+    let process = Process::spawn(demo_json().arg("--web.config.file").arg(path));
+    let listening = process.log_line(|l| l["message"] == "sfb-exporter listening");
+    let addr = listening["address"].as_str().unwrap().parse().unwrap();
+    (process, addr)
+}
+
+/// Writes `yaml`, sends SIGHUP and returns the reload's outcome as logged.
+fn reload_to(process: &crate::process::Process, path: &Path, yaml: &str) -> serde_json::Value {
+    std::fs::write(path, yaml).unwrap();
+    process.signal("HUP");
+    // Only the outcome of the SIGHUP: the periodic check may see the file first.
+    process.log_line(|l| {
+        l["requested"] == true
+            && l["message"].as_str().is_some_and(|m| {
+                m == "web configuration reloaded"
+                    || m.ends_with("keeping the previous web configuration")
+            })
+    })
+}
+
+fn refused_reload(line: &serde_json::Value, needle: &str) {
+    let message = line["message"].as_str().unwrap();
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(message.contains(needle), "{needle:?} not in {message}");
+    assert!(
+        message.ends_with("; keeping the previous web configuration"),
+        "{message}"
+    );
+}
+
+/// A reload may tighten client certificate checks, never loosen them: a file cut short before
+/// client_auth_type or client_allowed_sans, or one whose client_allowed_sans a client may
+/// skip, is refused and the previous configuration keeps serving; a narrower
+/// client_allowed_sans applies at once.
+#[tokio::test]
+async fn a_reload_tightens_client_certificate_checks_but_never_loosens_them() {
+    let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let verify =
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client2_selfsigned.pem\n";
+    let sans = |list: &str| format!("  client_allowed_sans: [{list}]\n");
+    let (_dir, path) = rewritable(&format!("{tls}{verify}{}", sans("one, test3")));
+    let (process, addr) = serve_process(&path);
+    let client2 = || Hello {
+        cert: Some("client2_selfsigned"),
+        ..Default::default()
+    };
+    let still_strict = || async {
+        let served = tls_get_at(addr, "/healthz", client2()).await;
+        assert_eq!(served.map(|a| a.status), Ok(200));
+        let refused = tls_get_at(addr, "/healthz", Hello::default()).await;
+        assert!(
+            refused.is_err(),
+            "served without a certificate: {refused:?}"
+        );
+    };
+    still_strict().await;
+
+    let optional = format!(
+        "{tls}  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: client2_selfsigned.pem\n{}",
+        sans("test3")
+    );
+    refused_reload(
+        &reload_to(&process, &path, &optional),
+        SANS_NEED_A_CERTIFICATE,
+    );
+    still_strict().await;
+
+    for (cut_short, needle) in [
+        (
+            tls.to_string(),
+            "the new web configuration sets client_auth_type NoClientCert, which does not require a client certificate as RequireAndVerifyClientCert did; loosening client certificate checks needs a restart",
+        ),
+        (
+            format!("{tls}{verify}"),
+            "the new web configuration has no client_allowed_sans; loosening client certificate checks needs a restart",
+        ),
+        (
+            format!("{tls}{verify}{}", sans("one, test3, two")),
+            "adds [\"two\"] to client_allowed_sans",
+        ),
+    ] {
+        refused_reload(&reload_to(&process, &path, &cut_short), needle);
+        still_strict().await;
+    }
+
+    let narrower = format!("{tls}{verify}{}", sans("one"));
+    let line = reload_to(&process, &path, &narrower);
+    assert_eq!(line["message"], "web configuration reloaded", "{line}");
+    let refused = tls_get_at(addr, "/healthz", client2()).await;
+    assert!(refused.is_err(), "test3 is no longer allowed: {refused:?}");
+    process.signal("TERM");
+}
+
+/// With RequireAnyClientCert nobody verifies the certificate whose SANs are matched: allowed,
+/// as in Go, with a warning at startup.
+#[test]
+fn client_allowed_sans_on_an_unverified_certificate_is_warned_about() {
+    let (_dir, path) = rewritable(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [test3]\n",
+    );
+    let process = crate::process::Process::spawn(
+        crate::process::demo_json()
+            .arg("--web.config.file")
+            .arg(&path),
+    );
+    let lines = process.log_until(|lines| {
+        lines
+            .last()
+            .is_some_and(|l| l["message"] == "sfb-exporter listening")
+    });
+    let warning = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("client_allowed_sans with client_auth_type RequireAnyClientCert is matched on a client certificate nobody verified"))
+        })
+        .unwrap_or_else(|| panic!("no warning before listening: {lines:#?}"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    process.signal("TERM");
+}
+
+/// The change check compares contents: a user's hash swapped for one of the same length, with
+/// the file's modification time put back (as `cp -p` leaves it), is seen.
+#[tokio::test]
+async fn a_same_size_change_with_the_old_mtime_is_picked_up() {
+    let users = |hash: &str| format!("basic_auth_users:\n  dave: {hash}\n");
+    let old = bcrypt::hash("dave123", 4).unwrap();
+    let new = bcrypt::hash("dave456", 4).unwrap();
+    let (_dir, path) = rewritable(&users(&old));
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let app = spawn_at(path.clone()).await;
+    assert_eq!(login(&app, "dave", "dave123").await.unwrap(), 200);
+
+    let replacement = users(&new);
+    assert_eq!(replacement.len(), users(&old).len());
+    std::fs::write(&path, replacement).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let picked_up =
+        eventually(|| async { login(&app, "dave", "dave456").await.unwrap() == 200 }).await;
+    assert!(picked_up, "the new hash was never served");
+    assert_eq!(login(&app, "dave", "dave123").await.unwrap(), 401);
+    app.stop().await;
 }
