@@ -266,9 +266,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             let specs = source.load().await.map_err(StartError::Tenants)?;
             let count = specs.len();
             fleet.apply(specs);
+            // One reading, published now and kept by reloads that fail.
+            let loaded_at = std::time::SystemTime::now();
             publisher.set_reload(ReloadStatus {
                 successful: true,
-                last_success: Some(std::time::SystemTime::now()),
+                last_success: Some(loaded_at),
             });
             tracing::info!(
                 path = %source.path.display(),
@@ -276,7 +278,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
                 shard = format!("{} of {}", config.shard.index, config.shard.count),
                 "tenants loaded"
             );
-            let (handle, work) = fleet::serve_reloads(fleet, source, cancel.clone());
+            let (handle, work) = fleet::serve_reloads(fleet, source, loaded_at, cancel.clone());
             tasks.spawn(work);
             reloader = Some(handle);
         }
