@@ -200,7 +200,8 @@ pub struct BackfillArgs {
     #[arg(long = "backfill.period", value_name = "PERIOD", default_value = "D180", value_parser = Period::from_str)]
     pub period: Period,
 
-    /// File to write (replaced whole, only on success) [default: stdout].
+    /// File to write, replaced whole and only on success (through a symlink, the file it
+    /// points to); a FIFO or a character device is written to; - is stdout [default: stdout].
     #[arg(long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

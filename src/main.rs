@@ -141,19 +141,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// `sfb-exporter backfill`: no server, one report request per tenant, then the OpenMetrics
 /// text on stdout or, whole or not at all, in `--output`.
 async fn backfill(args: Args, options: BackfillArgs) -> anyhow::Result<()> {
-    use std::io::Write;
     let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
     if let Some(warning) = config.certificate_warning(std::time::SystemTime::now()) {
         tracing::warn!("{warning}");
     }
     let text = sfb_exporter::backfill(config, options.period).await?;
-    match &options.output {
-        Some(path) => sfb_exporter::backfill::write_atomically(path, &text)?,
-        None => std::io::stdout()
-            .lock()
-            .write_all(text.as_bytes())
-            .context("cannot write to stdout")?,
-    }
+    // Off the runtime: opening a FIFO waits for its reader.
+    tokio::task::spawn_blocking(move || {
+        sfb_exporter::backfill::write_output(options.output.as_deref(), &text)
+    })
+    .await
+    .context("writing the output")??;
     Ok(())
 }
 
