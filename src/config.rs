@@ -633,6 +633,21 @@ impl Config {
             .collect()
     }
 
+    /// For `--config.check`: the client certificate has expired, so every token request
+    /// would fail. It names the date.
+    pub fn certificate_problem(&self, now: std::time::SystemTime) -> Option<String> {
+        match &self.source {
+            Source::Azure { identity, .. } => {
+                let certificate = identity.credential.certificate()?;
+                certificate
+                    .expired(now)
+                    .then(|| certificate.expiry_warning(now))
+                    .flatten()
+            }
+            Source::Demo | Source::File { .. } => None,
+        }
+    }
+
     /// A warning when the client certificate has expired or expires soon.
     pub fn certificate_warning(&self, now: std::time::SystemTime) -> Option<String> {
         match &self.source {

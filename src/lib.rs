@@ -79,15 +79,36 @@ pub fn check_config(
     let config = Config::check(args, env)
         .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
         .ok();
+    let now = std::time::SystemTime::now();
     let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
+    let mut warnings = Vec::new();
+    // An expired certificate fails every token request: a problem, not a warning.
+    problems.extend(config.as_ref().and_then(|c| c.certificate_problem(now)));
     if let Some(Config {
         source: Source::File { path, defaults },
         shard,
         ..
     }) = &config
     {
-        match tenants::load(path, defaults, *shard).map(|specs| specs.len()) {
-            Ok(n) => lines.push(("tenants in this shard", n.to_string())),
+        match tenants::load(path, defaults, *shard) {
+            Ok(specs) => {
+                lines.push(("tenants in this shard", specs.len().to_string()));
+                for spec in &specs {
+                    let tenants::Credential::Certificate { certificate, .. } = &spec.credential
+                    else {
+                        continue;
+                    };
+                    let Some(warning) = certificate.0.expiry_warning(now) else {
+                        continue;
+                    };
+                    let line = format!("tenant {}: {warning}", spec.tenant_id);
+                    if certificate.0.expired(now) {
+                        problems.push(line);
+                    } else {
+                        warnings.push(line);
+                    }
+                }
+            }
             Err(e) => problems.push(e),
         }
     }
@@ -111,7 +132,7 @@ pub fn check_config(
     for (name, value) in lines {
         report.push_str(&format!("{name}: {value}\n"));
     }
-    for warning in config.warnings(std::time::SystemTime::now()) {
+    for warning in config.warnings(now).into_iter().chain(warnings) {
         report.push_str(&format!("warning: {warning}\n"));
     }
     Ok(report)
