@@ -32,6 +32,16 @@ fn main() -> ExitCode {
         return config_check(args);
     }
     telemetry::init(args.log_level, args.log_format);
+    // A panic is one error event in the log's own format, not the default hook's lines on
+    // stderr; a refresh task that panics is restarted (see refresher.rs).
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = sfb_exporter::refresher::panic_message(info.payload());
+        tracing::error!("panic{location}: {message}");
+    }));
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -236,6 +236,7 @@ fn periods(state: &State) -> BTreeMap<Period, PeriodReadiness> {
                 Some(Attempt::Failed { reason, message }) => {
                     ("failing", Some(format!("{reason}: {message}")))
                 }
+                Some(Attempt::Panicked { message }) => ("failing", Some(message.clone())),
             };
             let readiness = PeriodReadiness {
                 state: status,
