@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backfill;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod error;
 pub mod files;
 pub mod fleet;
