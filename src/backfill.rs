@@ -6,8 +6,10 @@
 //! timestamps).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use url::Url;
 
@@ -62,10 +64,9 @@ pub enum BackfillError {
         error: Error,
     },
     #[error("cannot write {path:?}: {error}")]
-    Write {
-        path: std::path::PathBuf,
-        error: std::io::Error,
-    },
+    Write { path: PathBuf, error: io::Error },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(io::Error),
 }
 
 /// Fetches `settings.period`'s report once per tenant, one tenant after the other (Graph
@@ -157,30 +158,116 @@ fn escape(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
-/// Writes `text` to `path` through a temporary file in the same directory, renamed over it
-/// once complete: a reader (or promtool) never sees half a file, and a failure leaves the
-/// previous file as it was.
-pub fn write_atomically(path: &Path, text: &str) -> Result<(), BackfillError> {
+/// Writes `text` where `--output` says: standard output without it or for `-`; a FIFO or a
+/// character device (a terminal, /dev/null, a pipe named by /proc/self/fd/1) is written to
+/// as it is, never replaced; a file is replaced whole (see [`replace`]), through any symlink
+/// to it, which stays a link. Every write, flush and close error is reported: a full disk
+/// must not look like a finished backfill.
+pub fn write_output(output: Option<&Path>, text: &str) -> Result<(), BackfillError> {
+    let path = match output {
+        Some(path) if path.as_os_str() != "-" => path,
+        _ => {
+            let mut stdout = std::io::stdout().lock();
+            return stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(BackfillError::Stdout);
+        }
+    };
     let error = |error| BackfillError::Write {
         path: path.to_path_buf(),
         error,
     };
+    let write = |file: &mut File| file.write_all(text.as_bytes());
+    // metadata follows symlinks: this is the kind of what the path finally names.
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            if kind.is_fifo() || kind.is_char_device() {
+                write_through(path, write).map_err(error)
+            } else if kind.is_file() {
+                // The file itself is replaced, in its own directory: a rename over the link
+                // would turn the link into a file.
+                let target = std::fs::canonicalize(path).map_err(error)?;
+                replace(&target, write).map_err(error)
+            } else if kind.is_dir() {
+                Err(error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a directory: name the file to write",
+                )))
+            } else {
+                Err(error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a socket or a block device: name a file, a FIFO or a character device",
+                )))
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            replace(&end_of_links(path).map_err(error)?, write).map_err(error)
+        }
+        Err(e) => Err(error(e)),
+    }
+}
+
+/// Opens what `path` names for writing, as a shell redirection does (a FIFO waits for its
+/// reader), and writes; the close is checked too.
+fn write_through(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut file = OpenOptions::new()
+        .write(true)
+        // A terminal must not become the controlling terminal of a process that has none.
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)?;
+    write(&mut file)?;
+    file.flush()?;
+    let fd = file.into_raw_fd();
+    // SAFETY: fd was just taken out of the File, so it is open and closed exactly once here.
+    if unsafe { libc::close(fd) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes `path` through a temporary file in the same directory, renamed over it once
+/// complete and on disk: a reader (or promtool) never sees half a file, and a failure leaves
+/// the previous file as it was and no temporary file behind.
+fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     // Readable by others, as a file written plainly would be: promtool often runs as another
     // user (another container) than the one that writes.
-    use std::os::unix::fs::PermissionsExt;
     let mut file = tempfile::Builder::new()
         .prefix(".sfb-backfill-")
         .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(error)?;
-    file.write_all(text.as_bytes()).map_err(error)?;
-    file.as_file().sync_all().map_err(error)?;
-    file.persist(path).map_err(|e| error(e.error))?;
+        .tempfile_in(dir)?;
+    // On any error the temporary file is dropped, which deletes it.
+    write(file.as_file_mut())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Where a path that names nothing yet leads: itself, or the end of the chain of symlinks
+/// that starts there and points at nothing (the file to create).
+fn end_of_links(path: &Path) -> io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    // As many links as the kernel follows before it says ELOOP.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?;
+                // A relative target is relative to the link's directory.
+                path = match path.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ELOOP))
 }
 
 #[cfg(test)]
@@ -236,21 +323,118 @@ mod tests {
         );
     }
 
+    /// The names in `dir`, sorted: a temporary file left behind shows here.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn atomic_write_replaces_whole_or_not_at_all() {
+    fn a_file_or_a_new_path_is_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.om");
         std::fs::write(&path, "old").unwrap();
-        write_atomically(&path, "new\n").unwrap();
+        write_output(Some(&path), "new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
         let mode = std::fs::metadata(&path).unwrap().permissions();
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o644);
+        let fresh = dir.path().join("fresh.om");
+        write_output(Some(&fresh), "fresh\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&fresh).unwrap(), "fresh\n");
         // A directory that does not exist: an error naming the path, nothing left behind.
         let missing = dir.path().join("no/such/dir/history.om");
-        let err = write_atomically(&missing, "x").unwrap_err().to_string();
+        let err = write_output(Some(&missing), "x").unwrap_err().to_string();
         assert!(err.contains("no/such/dir/history.om"), "{err}");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names(dir.path()), ["fresh.om", "history.om"]);
+        let err = write_output(Some(dir.path()), "x").unwrap_err().to_string();
+        assert!(
+            err.ends_with("is a directory: name the file to write"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_write_error_keeps_the_old_file_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.om");
+        std::fs::write(&path, "old").unwrap();
+        let full = replace(&path, |file| {
+            file.write_all(b"half of it")?;
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        })
+        .unwrap_err();
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(names(dir.path()), ["history.om"]);
+    }
+
+    #[test]
+    fn a_symlink_stays_a_link_and_its_file_is_replaced_in_its_own_directory() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("history.om"), "old").unwrap();
+        // A chain of two links, the last one relative to its own directory.
+        symlink("data/history.om", dir.path().join("link")).unwrap();
+        symlink(dir.path().join("link"), dir.path().join("link-to-link")).unwrap();
+        write_output(Some(&dir.path().join("link-to-link")), "new\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(data.join("history.om")).unwrap(),
+            "new\n"
+        );
+        for (link, target) in [
+            ("link", PathBuf::from("data/history.om")),
+            ("link-to-link", dir.path().join("link")),
+        ] {
+            assert_eq!(std::fs::read_link(dir.path().join(link)).unwrap(), target);
+        }
+        assert_eq!(names(&data), ["history.om"]);
+        assert_eq!(names(dir.path()), ["data", "link", "link-to-link"]);
+        // A link to nothing yet: the file it names is created, the link kept.
+        symlink("data/new.om", dir.path().join("dangling")).unwrap();
+        write_output(Some(&dir.path().join("dangling")), "created\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(data.join("new.om")).unwrap(),
+            "created\n"
+        );
+        assert!(std::fs::symlink_metadata(dir.path().join("dangling"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn a_fifo_is_written_to_and_stays_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        crate::files::make_fifo(&fifo);
+        let reading = fifo.clone();
+        let reader = std::thread::spawn(move || std::fs::read_to_string(reading).unwrap());
+        write_output(Some(&fifo), "through the pipe\n").unwrap();
+        assert_eq!(reader.join().unwrap(), "through the pipe\n");
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo());
+        assert_eq!(names(dir.path()), ["fifo"]);
+    }
+
+    #[test]
+    fn a_full_device_is_an_error_and_stays_a_device() {
+        // Through a link in a directory of the test's own, so that nothing in /dev could be
+        // touched if this ever regressed.
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("full");
+        std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+        let err = write_output(Some(&link), "no room\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("No space left on device"), "{err}");
+        assert_eq!(err.lines().count(), 1);
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/full"));
+        assert_eq!(names(dir.path()), ["full"]);
     }
 }

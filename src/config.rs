@@ -156,14 +156,15 @@ pub struct Args {
     #[arg(long = "graph.max-concurrency", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_concurrency: u32,
 
-    /// Replicas sharing the tenants of --config.file.
-    #[arg(long = "shard.count", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub shard_count: u64,
+    /// Replicas sharing the tenants of --config.file [default: 1].
+    // No clap default: given without --config.file, it is refused rather than ignored.
+    #[arg(long = "shard.count", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub shard_count: Option<u64>,
 
     /// This replica's shard, 0 to --shard.count minus 1: it keeps the tenants whose FNV-1a 64
-    /// hash of the lowercased tenant_id, modulo --shard.count, equals this index.
-    #[arg(long = "shard.index", value_name = "I", default_value_t = 0)]
-    pub shard_index: u64,
+    /// hash of the lowercased tenant_id, modulo --shard.count, equals this index [default: 0].
+    #[arg(long = "shard.index", value_name = "I")]
+    pub shard_index: Option<u64>,
 
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
@@ -199,7 +200,8 @@ pub struct BackfillArgs {
     #[arg(long = "backfill.period", value_name = "PERIOD", default_value = "D180", value_parser = Period::from_str)]
     pub period: Period,
 
-    /// File to write (replaced whole, only on success) [default: stdout].
+    /// File to write, replaced whole and only on success (through a symlink, the file it
+    /// points to); a FIFO or a character device is written to; - is stdout [default: stdout].
     #[arg(long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -365,6 +367,48 @@ pub(crate) fn parse_base_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// The longest domain name DNS carries, and so the longest tenant ID.
+const MAX_DOMAIN_NAME: usize = 253;
+const MAX_DOMAIN_LABEL: usize = 63;
+
+/// The sign-in aliases of the identity platform: they name no tenant, and a token for the
+/// client credentials grant needs one.
+const TENANT_ALIASES: [&str; 3] = ["common", "organizations", "consumers"];
+
+/// Checks a tenant ID, from AZURE_TENANT_ID or a `tenant_id` of --config.file, before it goes
+/// into the token URL's path, the `tenant` label and log lines as it is. The identity
+/// platform takes a directory ID (a GUID, which is itself one DNS label) or a domain name of
+/// the tenant, so anything that is not a DNS name is refused: a dot segment (`..`) would
+/// resolve out of the URL, and `?`, `#`, `/` or a newline would change what it names.
+/// The problem is returned without the value: a value in the wrong variable may be a secret.
+pub(crate) fn check_tenant_id(id: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str = "expected a directory ID (GUID) or a domain name such as contoso.onmicrosoft.com (letters, digits and hyphens in dot-separated labels)";
+    if id.len() > MAX_DOMAIN_NAME {
+        return Err("longer than the 253 characters of a domain name: expected a directory ID (GUID) or a domain name such as contoso.onmicrosoft.com");
+    }
+    let label = |l: &str| {
+        (1..=MAX_DOMAIN_LABEL).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !id.split('.').all(label) {
+        return Err(EXPECTED);
+    }
+    // 10.0.0.1 has the shape of a domain name, but no top-level domain is all digits.
+    let top = id.rsplit('.').next().unwrap_or_default();
+    if top.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(EXPECTED);
+    }
+    if TENANT_ALIASES
+        .iter()
+        .any(|alias| id.eq_ignore_ascii_case(alias))
+    {
+        return Err("common, organizations and consumers name no tenant, and client credentials need one: give the directory ID (GUID) or a domain name of the tenant");
+    }
+    Ok(())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 30s, 15m, 1h"))
@@ -490,6 +534,8 @@ pub enum ConfigError {
     NoCredential,
     #[error("AZURE_AUTHORITY_HOST: {0}")]
     AuthorityHost(String),
+    #[error("AZURE_TENANT_ID: {0}")]
+    TenantId(&'static str),
     #[error("{name}: {problem}")]
     Endpoint { name: &'static str, problem: String },
     #[error("{flag} {path:?} {error}: it should hold the {what}")]
@@ -505,6 +551,8 @@ pub enum ConfigError {
     FederatedToken(String),
     #[error("--shard.index {index} is out of range for --shard.count {count}: give 0 to {}", count - 1)]
     ShardIndex { index: u64, count: u64 },
+    #[error("{0} shares out the tenants of --config.file, and there is none: give --config.file, or drop the --shard.* flags (every replica would export the same tenant)")]
+    ShardWithoutFile(&'static str),
 }
 
 const SECRET_FILE: &str = "--azure.client-secret-file";
@@ -525,10 +573,23 @@ impl Config {
         args: Args,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
-        if args.shard_index >= args.shard_count {
+        if args.config_file.is_none() {
+            let given = [
+                ("--shard.count", args.shard_count.is_some()),
+                ("--shard.index", args.shard_index.is_some()),
+            ];
+            if let Some((flag, _)) = given.into_iter().find(|(_, given)| *given) {
+                return Err(vec![ConfigError::ShardWithoutFile(flag)]);
+            }
+        }
+        let shard = Shard {
+            count: args.shard_count.unwrap_or(1),
+            index: args.shard_index.unwrap_or(0),
+        };
+        if shard.index >= shard.count {
             return Err(vec![ConfigError::ShardIndex {
-                index: args.shard_index,
-                count: args.shard_count,
+                index: shard.index,
+                count: shard.count,
             }]);
         }
         let source = if let Some(path) = &args.config_file {
@@ -558,10 +619,7 @@ impl Config {
             },
             source,
             max_concurrency: args.max_concurrency as usize,
-            shard: Shard {
-                count: args.shard_count,
-                index: args.shard_index,
-            },
+            shard,
             enable_lifecycle: args.enable_lifecycle,
         })
     }
@@ -573,6 +631,21 @@ impl Config {
             .into_iter()
             .chain(self.throttling_warning())
             .collect()
+    }
+
+    /// For `--config.check`: the client certificate has expired, so every token request
+    /// would fail. It names the date.
+    pub fn certificate_problem(&self, now: std::time::SystemTime) -> Option<String> {
+        match &self.source {
+            Source::Azure { identity, .. } => {
+                let certificate = identity.credential.certificate()?;
+                certificate
+                    .expired(now)
+                    .then(|| certificate.expiry_warning(now))
+                    .flatten()
+            }
+            Source::Demo | Source::File { .. } => None,
+        }
     }
 
     /// A warning when the client certificate has expired or expires soon.
@@ -727,6 +800,10 @@ fn azure_source(
 ) -> Result<Source, Vec<ConfigError>> {
     let mut problems = Vec::new();
     let tenant_id = required(env, "AZURE_TENANT_ID")
+        .and_then(|id| {
+            check_tenant_id(&id).map_err(ConfigError::TenantId)?;
+            Ok(id)
+        })
         .map_err(|e| problems.push(e))
         .ok();
     let authority = match set(env, "AZURE_AUTHORITY_HOST") {
@@ -933,7 +1010,7 @@ fn read_secret_file(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
@@ -1075,6 +1152,117 @@ mod tests {
         assert_eq!(
             problems,
             ["IDENTITY_HEADER: holds characters an HTTP header cannot carry: check how it is set"]
+        );
+    }
+
+    /// Tenant IDs that are no DNS name, or name no tenant; also used by tenants.rs.
+    pub(crate) const BAD_TENANT_IDS: [&str; 20] = [
+        "..",
+        ".",
+        "x?y",
+        "a/../../b",
+        "t#frag",
+        "a\nb",
+        "a b",
+        "a..b",
+        ".contoso.com",
+        "contoso.com.",
+        "-contoso.com",
+        "contoso-.com",
+        "con_toso.com",
+        "contoso%2ecom",
+        "c\u{f6}ntoso.com",
+        "10.0.0.1",
+        "common",
+        "Organizations",
+        "consumers",
+        "{00000000-0000-0000-0000-000000000000}",
+    ];
+
+    fn tenant_id_from_env(id: &str) -> Result<String, Vec<String>> {
+        let mut vars = IDENTITY.to_vec();
+        vars[0] = ("AZURE_TENANT_ID", id);
+        resolved(&[], &vars).map(|identity| identity.tenant_id)
+    }
+
+    #[test]
+    fn tenant_ids_are_directory_ids_or_domain_names() {
+        let long_label = format!("{}.com", "a".repeat(64));
+        let long_name = ["a".repeat(63).as_str(); 4].join(".") + ".com";
+        for bad in BAD_TENANT_IDS
+            .iter()
+            .copied()
+            .chain([long_label.as_str(), long_name.as_str()])
+        {
+            let problems = tenant_id_from_env(bad).unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad:?}: {problems:?}");
+            let problem = &problems[0];
+            assert!(
+                problem.starts_with("AZURE_TENANT_ID: "),
+                "{bad:?}: {problem}"
+            );
+            assert_eq!(problem.lines().count(), 1, "{bad:?}: {problem}");
+        }
+        // The value is not repeated: it could be a secret set in the wrong variable.
+        let swapped = "Q7x8Q~client.secret_value";
+        assert!(!tenant_id_from_env(swapped).unwrap_err()[0].contains("secret"));
+        assert!(tenant_id_from_env("common").unwrap_err()[0].contains("name no tenant"));
+        let longest = ["a".repeat(63).as_str(); 3].join(".")
+            + ".abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghi";
+        assert_eq!(longest.len(), 253);
+        for good in [
+            "00000000-0000-0000-0000-000000000000",
+            "72F988BF-86F1-41AF-91AB-2D7CD011DB47",
+            "contoso.onmicrosoft.com",
+            "contoso.partner.onmschina.cn",
+            "xn--cntoso-jua.com",
+            "tenant-1",
+            longest.as_str(),
+        ] {
+            assert_eq!(tenant_id_from_env(good).as_deref(), Ok(good));
+        }
+        // Surrounding white space is trimmed, as for every variable.
+        assert_eq!(
+            tenant_id_from_env(" contoso.com\n").as_deref(),
+            Ok("contoso.com")
+        );
+    }
+
+    #[test]
+    fn shard_flags_need_the_config_file() {
+        for (extra, flag) in [
+            (&["--shard.count", "2"][..], "--shard.count"),
+            (&["--shard.index", "0"], "--shard.index"),
+            (
+                &["--demo", "--shard.count", "1", "--shard.index", "0"],
+                "--shard.count",
+            ),
+        ] {
+            let problems = Config::check(args(extra).unwrap(), env(&IDENTITY)).unwrap_err();
+            assert_eq!(problems.len(), 1, "{extra:?}: {problems:?}");
+            let problem = problems[0].to_string();
+            assert!(
+                problem.starts_with(&format!("{flag} shares out the tenants of --config.file")),
+                "{problem}"
+            );
+        }
+        let c = Config::resolve(args(&[]).unwrap(), env(&IDENTITY)).unwrap();
+        assert_eq!(c.shard, Shard::default());
+        let file = ["--config.file", "/etc/sfb/tenants.yml"];
+        let c = Config::resolve(
+            args(&[&file[..], &["--shard.count", "3", "--shard.index", "2"]].concat()).unwrap(),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.shard, Shard { count: 3, index: 2 });
+        let e = Config::resolve(
+            args(&[&file[..], &["--shard.index", "1"]].concat()).unwrap(),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--shard.index 1 is out of range for --shard.count 1: give 0 to 0"
         );
     }
 

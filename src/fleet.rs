@@ -245,13 +245,15 @@ impl FileSource {
 }
 
 /// Serves reload requests until `cancel` fires; the fleet (and every tenant) stops with it.
+/// `loaded_at` is when the file last loaded, as already published: a failed reload keeps it.
 pub fn serve_reloads(
     mut fleet: Fleet,
     source: FileSource,
+    loaded_at: SystemTime,
     cancel: CancellationToken,
 ) -> (Reloader, impl std::future::Future<Output = ()>) {
     let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
-    let mut last_success = Some(SystemTime::now());
+    let mut last_success = Some(loaded_at);
     let work = async move {
         while let Some(reply) = rx.recv().await {
             let outcome = source.load().await.map(|specs| fleet.apply(specs));

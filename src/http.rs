@@ -161,8 +161,9 @@ pub async fn exchange(
 pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         // An async resolver: no blocking getaddrinfo threads to outlive shutdown, and no
-        // dependency on glibc's NSS, which a static binary cannot load.
-        .hickory_dns(true)
+        // dependency on glibc's NSS, which a static binary cannot load. Its hosts file
+        // answers are final, as the system resolver's are (see dns.rs).
+        .dns_resolver(Arc::new(crate::dns::Resolver::system()))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)
         .user_agent(concat!("sfb-exporter/", env!("CARGO_PKG_VERSION")))

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backfill;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod error;
 pub mod files;
 pub mod fleet;
@@ -79,15 +80,36 @@ pub fn check_config(
     let config = Config::check(args, env)
         .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
         .ok();
+    let now = std::time::SystemTime::now();
     let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
+    let mut warnings = Vec::new();
+    // An expired certificate fails every token request: a problem, not a warning.
+    problems.extend(config.as_ref().and_then(|c| c.certificate_problem(now)));
     if let Some(Config {
         source: Source::File { path, defaults },
         shard,
         ..
     }) = &config
     {
-        match tenants::load(path, defaults, *shard).map(|specs| specs.len()) {
-            Ok(n) => lines.push(("tenants in this shard", n.to_string())),
+        match tenants::load(path, defaults, *shard) {
+            Ok(specs) => {
+                lines.push(("tenants in this shard", specs.len().to_string()));
+                for spec in &specs {
+                    let tenants::Credential::Certificate { certificate, .. } = &spec.credential
+                    else {
+                        continue;
+                    };
+                    let Some(warning) = certificate.0.expiry_warning(now) else {
+                        continue;
+                    };
+                    let line = format!("tenant {}: {warning}", spec.tenant_id);
+                    if certificate.0.expired(now) {
+                        problems.push(line);
+                    } else {
+                        warnings.push(line);
+                    }
+                }
+            }
             Err(e) => problems.push(e),
         }
     }
@@ -111,7 +133,7 @@ pub fn check_config(
     for (name, value) in lines {
         report.push_str(&format!("{name}: {value}\n"));
     }
-    for warning in config.warnings(std::time::SystemTime::now()) {
+    for warning in config.warnings(now).into_iter().chain(warnings) {
         report.push_str(&format!("warning: {warning}\n"));
     }
     Ok(report)
@@ -266,9 +288,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
             let specs = source.load().await.map_err(StartError::Tenants)?;
             let count = specs.len();
             fleet.apply(specs);
+            // One reading, published now and kept by reloads that fail.
+            let loaded_at = std::time::SystemTime::now();
             publisher.set_reload(ReloadStatus {
                 successful: true,
-                last_success: Some(std::time::SystemTime::now()),
+                last_success: Some(loaded_at),
             });
             tracing::info!(
                 path = %source.path.display(),
@@ -276,7 +300,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
                 shard = format!("{} of {}", config.shard.index, config.shard.count),
                 "tenants loaded"
             );
-            let (handle, work) = fleet::serve_reloads(fleet, source, cancel.clone());
+            let (handle, work) = fleet::serve_reloads(fleet, source, loaded_at, cancel.clone());
             tasks.spawn(work);
             reloader = Some(handle);
         }

@@ -32,6 +32,16 @@ fn main() -> ExitCode {
         return config_check(args);
     }
     telemetry::init(args.log_level, args.log_format);
+    // A panic is one error event in the log's own format, not the default hook's lines on
+    // stderr; a refresh task that panics is restarted (see refresher.rs).
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = sfb_exporter::refresher::panic_message(info.payload());
+        tracing::error!("panic{location}: {message}");
+    }));
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -141,19 +151,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// `sfb-exporter backfill`: no server, one report request per tenant, then the OpenMetrics
 /// text on stdout or, whole or not at all, in `--output`.
 async fn backfill(args: Args, options: BackfillArgs) -> anyhow::Result<()> {
-    use std::io::Write;
     let config = Config::resolve(args, |name| std::env::var(name).ok()).context("configuration")?;
     if let Some(warning) = config.certificate_warning(std::time::SystemTime::now()) {
         tracing::warn!("{warning}");
     }
     let text = sfb_exporter::backfill(config, options.period).await?;
-    match &options.output {
-        Some(path) => sfb_exporter::backfill::write_atomically(path, &text)?,
-        None => std::io::stdout()
-            .lock()
-            .write_all(text.as_bytes())
-            .context("cannot write to stdout")?,
-    }
+    // Off the runtime: opening a FIFO waits for its reader.
+    tokio::task::spawn_blocking(move || {
+        sfb_exporter::backfill::write_output(options.output.as_deref(), &text)
+    })
+    .await
+    .context("writing the output")??;
     Ok(())
 }
 

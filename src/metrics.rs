@@ -174,6 +174,12 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         "HTTP exchanges with the identity platform and Graph, retries included, by stage (token, report, download) and HTTP status code (error: no answer came back).",
         &["tenant", "stage", "code"],
     )?;
+    let panics = counter(
+        &registry,
+        "sfb_refresh_panics_total",
+        "Times the refresh task of the report panicked; each is logged as an error, shown in /readyz and followed by a restart after a backoff.",
+        &per_period,
+    )?;
     let duration = gauge(
         &registry,
         "sfb_refresh_duration_seconds",
@@ -203,6 +209,7 @@ pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
         if let Some(took) = p.last_duration {
             duration.with_label_values(&labels).set(took.as_secs_f64());
         }
+        panics.with_label_values(&labels).inc_by(p.panics);
         for reason in Reason::ALL {
             let count = p.failures.get(&reason).copied().unwrap_or(0);
             failures
@@ -393,6 +400,7 @@ mod tests {
             }),
             failures: Default::default(),
             last_duration: Some(Duration::from_millis(120)),
+            panics: 0,
         };
         // D30: accepted once, then failing: last values kept, success 0.
         *state.periods.get_mut(&Period::D30).unwrap() = PeriodState {
@@ -415,6 +423,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             last_duration: Some(Duration::from_millis(2500)),
+            panics: 1,
         };
         // D90: header-only report.
         *state.periods.get_mut(&Period::D90).unwrap() = PeriodState {
@@ -428,6 +437,7 @@ mod tests {
             }),
             failures: Default::default(),
             last_duration: Some(Duration::from_millis(120)),
+            panics: 0,
         };
         // D180: never refreshed.
         state.graph_requests = [

@@ -22,12 +22,21 @@ pub struct PeriodState {
     pub failures: BTreeMap<Reason, u64>,
     /// How long the last attempt took, retry waits included.
     pub last_duration: Option<Duration>,
+    /// Times the period's refresh task panicked (and was restarted).
+    pub panics: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt {
     Succeeded,
-    Failed { reason: Reason, message: String },
+    Failed {
+        reason: Reason,
+        message: String,
+    },
+    /// The refresh task panicked; `message` says so, and when it restarts.
+    Panicked {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use crate::auth::certificate::{self, ClientCertificate};
 use crate::auth::credential::read_federated_token;
 use crate::auth::managed::ManagedEndpoint;
 use crate::auth::{self, Identity};
-use crate::config::{parse_base_url, Cloud, Shard, TenantDefaults};
+use crate::config::{check_tenant_id, parse_base_url, Cloud, Shard, TenantDefaults};
 use crate::files::{parse_yaml, read_secret, read_text, YamlError};
 use crate::report::{Period, Periods};
 
@@ -24,8 +24,6 @@ use crate::report::{Period, Periods};
 /// path such as /dev/zero from eating memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A tenant ID is a directory ID (a GUID) or a domain name, and so at most this long.
-const MAX_TENANT_ID: usize = 253;
 
 const KEYS: [&str; 14] = [
     "tenant_id",
@@ -247,6 +245,13 @@ pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<Te
         Some(Value::Sequence(s)) => s.clone(),
         Some(_) => return Err("tenants: expected a list of tenants".into()),
     };
+    // A file cut short by a write in progress is far likelier than a wish to export nothing,
+    // and loading it would stop every tenant.
+    if entries.is_empty() {
+        return Err(
+            "no tenants: list at least one under tenants (an empty list or file is refused)".into(),
+        );
+    }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut specs = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
@@ -278,10 +283,11 @@ fn tenant(
     // Checked before it names the tenant in errors: it might hold anything, a newline
     // included.
     let tenant_id = fields.string("tenant_id").and_then(|id| match id {
-        Some(id) if !is_tenant_id(&id) => Err(format!(
-            "{who}: tenant_id: expected a directory ID (GUID) or a domain name (letters, digits, dots and hyphens, at most {MAX_TENANT_ID})"
-        )),
-        id => Ok(id),
+        Some(id) => match check_tenant_id(&id) {
+            Ok(()) => Ok(Some(id)),
+            Err(problem) => Err(format!("{who}: tenant_id: {problem}")),
+        },
+        None => Ok(None),
     });
     if let Ok(Some(id)) = &tenant_id {
         who = format!("tenant {id}");
@@ -428,15 +434,6 @@ fn tenant(
     })
 }
 
-/// What the identity platform takes as a tenant in its URL path, and what can go into a
-/// label, a log line and an error as it is.
-fn is_tenant_id(id: &str) -> bool {
-    id.len() <= MAX_TENANT_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
 struct Fields<'a> {
     map: &'a Mapping,
     who: &'a str,
@@ -536,8 +533,23 @@ mod tests {
         let b = &specs[1];
         assert_eq!(b.periods, defaults().periods);
         assert_eq!(b.graph.as_str(), "http://127.0.0.1:1/");
-        assert!(parse_ok("").is_empty());
-        assert!(parse_ok("tenants: []").is_empty());
+    }
+
+    #[test]
+    fn a_file_without_tenants_is_refused() {
+        for text in [
+            "",
+            "\n# cut short\n",
+            "tenants:",
+            "tenants: []",
+            "tenants: ~\n",
+        ] {
+            let e = parse_err(text);
+            assert!(
+                e.starts_with("no tenants: list at least one"),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -713,7 +725,7 @@ mod tests {
                     "tenants:\n  - {{tenant_id: {}, client_secret: s}}\n",
                     "a".repeat(254)
                 ),
-                "tenant #1: tenant_id: expected",
+                "tenant #1: tenant_id: longer than the 253 characters",
             ),
             ("tenants:\n  - {? [a, b] : 1}\n", "unknown key - a - b"),
         ];
@@ -721,6 +733,26 @@ mod tests {
             let e = parse_err(text);
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
         }
+    }
+
+    #[test]
+    fn tenant_ids_are_checked_as_the_environment_checks_them() {
+        for bad in crate::config::tests::BAD_TENANT_IDS {
+            // A JSON string is a YAML double-quoted scalar, escapes included.
+            let quoted = serde_json::to_string(bad).unwrap();
+            let e = parse_err(&format!(
+                "tenants:\n  - {{tenant_id: {quoted}, client_id: c, client_secret: s}}\n"
+            ));
+            assert!(e.starts_with("tenant #1: tenant_id: "), "{bad:?}: {e}");
+        }
+        let specs = parse_ok(
+            "tenants:
+  - {tenant_id: contoso.onmicrosoft.com, client_id: c, client_secret: s}
+  - {tenant_id: 00000000-0000-0000-0000-000000000000, client_id: c, client_secret: s}
+",
+        );
+        assert_eq!(specs[0].tenant_id, "contoso.onmicrosoft.com");
+        assert_eq!(specs[1].tenant_id, "00000000-0000-0000-0000-000000000000");
     }
 
     /// The managed identity endpoint a managed_identity tenant of --config.file gets.

@@ -236,6 +236,7 @@ fn periods(state: &State) -> BTreeMap<Period, PeriodReadiness> {
                 Some(Attempt::Failed { reason, message }) => {
                     ("failing", Some(format!("{reason}: {message}")))
                 }
+                Some(Attempt::Panicked { message }) => ("failing", Some(message.clone())),
             };
             let readiness = PeriodReadiness {
                 state: status,
@@ -391,8 +392,19 @@ x 1
         assert_eq!(json["periods"]["D30"]["last_error"], "forbidden: nope");
 
         state.periods.get_mut(&Period::D30).unwrap().last_success = Some(SystemTime::now());
-        snapshot.store(Arc::new(Published::new(state, Default::default())));
+        snapshot.store(Arc::new(Published::new(state.clone(), Default::default())));
         assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+
+        // A period whose refresh task panicked is failing, with the refresher's message.
+        let message = "the refresh task panicked (boom); restarting it in 1s";
+        state.periods.get_mut(&Period::D7).unwrap().last_attempt = Some(Attempt::Panicked {
+            message: message.into(),
+        });
+        snapshot.store(Arc::new(Published::new(state, Default::default())));
+        let (_, _, body) = get(&app, "/readyz").await;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["periods"]["D7"]["state"], "failing");
+        assert_eq!(json["periods"]["D7"]["last_error"], message);
     }
 }
 

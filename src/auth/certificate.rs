@@ -183,15 +183,37 @@ impl ClientCertificate {
         hash.finalize().into()
     }
 
-    /// A warning when the certificate has expired at `now`: the identity platform will most
-    /// likely refuse it, but trying costs nothing and says so in a clearer way.
+    /// Whether the certificate has expired at `now`.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.not_after <= now
+    }
+
+    /// A warning when the certificate has expired at `now` or expires within
+    /// [`EXPIRY_WARNING`]. At startup an expired certificate is a warning only: the identity
+    /// platform will most likely refuse it, but trying costs nothing and says so in a clearer
+    /// way. `--config.check` refuses it.
     pub fn expiry_warning(&self, now: SystemTime) -> Option<String> {
-        (self.not_after <= now).then(|| {
-            format!(
-                "the client certificate in {} (subject {}) expired at {}: upload a new one to the app registration",
-                self.path.display(),
-                self.subject,
+        let subject = format!(
+            "the client certificate in {} (subject {})",
+            self.path.display(),
+            self.subject
+        );
+        if self.expired(now) {
+            return Some(format!(
+                "{subject} expired at {}: upload a new one to the app registration",
                 self.not_after_text()
+            ));
+        }
+        let left = self.not_after.duration_since(now).unwrap_or_default();
+        let days = match left.as_secs() / 86_400 {
+            0 => "less than a day".to_string(),
+            1 => "1 day".to_string(),
+            n => format!("{n} days"),
+        };
+        (left < EXPIRY_WARNING).then(|| {
+            format!(
+                "{subject} expires at {}, in {days}: upload a new one to the app registration before then",
+                self.not_after_text(),
             )
         })
     }
@@ -342,6 +364,9 @@ fn unix_time(seconds: i64) -> SystemTime {
         Err(_) => UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs()),
     }
 }
+
+/// How long before its notAfter a client certificate is warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 fn rfc3339(t: SystemTime) -> String {
     let seconds = match t.duration_since(UNIX_EPOCH) {

@@ -299,3 +299,73 @@ async fn every_tenant_of_the_config_file_goes_into_one_output() {
     assert_one_line(&stderr, &["tenant-x", "AADSTS7000215"]);
     assert_eq!(std::fs::read_to_string(&om).unwrap(), text);
 }
+
+/// `--output` names what it writes to: `-` is stdout, a FIFO's reader and a symlink to
+/// /proc/self/fd/1 get the text, and a full device fails the run in one line. Devices are
+/// reached through links in the test's own directory, so that nothing in /dev could be
+/// replaced if this regressed.
+#[test]
+fn backfill_output_writes_through_devices_fifos_and_links() {
+    use std::os::unix::fs::{symlink, FileTypeExt};
+    let dir = tempfile::tempdir().unwrap();
+    let backfill = |output: &Path| {
+        let mut cmd = exporter();
+        cmd.current_dir(dir.path())
+            .args(["--demo", "backfill", "--backfill.period", "D7", "--output"])
+            .arg(output);
+        cmd
+    };
+    let complete = |text: &str| text.starts_with("# HELP ") && text.ends_with("\n# EOF\n");
+
+    // `-`: stdout, and no file of that name.
+    let out = backfill(Path::new("-")).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(complete(&String::from_utf8_lossy(&out.stdout)));
+    assert!(!dir.path().join("-").exists());
+
+    // A link to the process's own stdout, a pipe here.
+    let stdout_link = dir.path().join("stdout");
+    symlink("/proc/self/fd/1", &stdout_link).unwrap();
+    let out = backfill(&stdout_link).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(complete(&String::from_utf8_lossy(&out.stdout)));
+    assert!(std::fs::symlink_metadata(&stdout_link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // A FIFO, read by another thread: it gets the text and stays a FIFO.
+    let fifo = dir.path().join("fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let reading = fifo.clone();
+    let reader = std::thread::spawn(move || std::fs::read_to_string(reading).unwrap());
+    let out = backfill(&fifo).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(complete(&reader.join().unwrap()));
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // A full disk: non-zero, one line naming the path and the reason.
+    let full = dir.path().join("full");
+    symlink("/dev/full", &full).unwrap();
+    let (code, stderr) = run(backfill(&full).args(["--log.level", "warn"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line(
+        &stderr,
+        &["cannot write", "full", "No space left on device"],
+    );
+
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["fifo", "full", "stdout"],
+        "temporary files left behind"
+    );
+}

@@ -784,3 +784,79 @@ async fn an_expired_certificate_is_a_warning_and_logs_stay_free_of_secrets() {
         assert!(!line.contains("PRIVATE KEY"), "{line}");
     }
 }
+
+/// `--config.check` and the client certificate's notAfter: expired is a problem naming the
+/// date (exit 1), within 14 days a warning (exit 0), later nothing; from the environment
+/// and from --config.file alike.
+#[test]
+fn config_check_refuses_an_expired_certificate_and_warns_of_one_expiring_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_pem = std::fs::read_to_string(fixture("rsa-a.pkcs8.pem")).unwrap();
+    let write = |name: &str, not_after: time::OffsetDateTime| {
+        let (_, leaf) = certificate(&key("rsa-a.pkcs8.pem"), name, not_after, None);
+        let pem = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&pem, format!("{leaf}{key_pem}")).unwrap();
+        pem.to_str().unwrap().to_string()
+    };
+    let expired = write("expired", time::macros::datetime!(2020-01-01 0:00 UTC));
+    let soon = write("soon", in_days(7));
+    let later = write("later", in_days(30));
+    let check = |pem: &str| {
+        exporter_with(
+            &[("AZURE_CLIENT_CERTIFICATE_PATH", pem)],
+            &["--config.check"],
+        )
+        .output()
+        .unwrap()
+    };
+
+    let out = check(&expired);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_one_line(&stderr, &["expired.pem", "expired at 2020-01-01T00:00:00Z"]);
+    assert!(out.stdout.is_empty());
+
+    let out = check(&soon);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let warning = stdout
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning in {stdout}"));
+    assert!(
+        warning.contains("soon.pem") && warning.contains(", in 6 days: "),
+        "{warning}"
+    );
+
+    let out = check(&later);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!stdout.contains("warning: "), "{stdout}");
+
+    // The same from a tenant of --config.file, named by its tenant_id.
+    let file = dir.path().join("tenants.yml");
+    for (pem, expect_ok, needle) in [
+        (&expired, false, "tenant t1: the client certificate in "),
+        (
+            &soon,
+            true,
+            "warning: tenant t1: the client certificate in ",
+        ),
+    ] {
+        std::fs::write(
+            &file,
+            format!(
+                "tenants:\n  - {{tenant_id: t1, client_id: c, client_certificate_path: {pem}}}\n"
+            ),
+        )
+        .unwrap();
+        let out = exporter()
+            .args(["--config.check", "--config.file", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), expect_ok, "{out:?}");
+        let text = if expect_ok { &out.stdout } else { &out.stderr };
+        let text = String::from_utf8_lossy(text);
+        assert!(text.contains(needle), "{text}");
+    }
+}

@@ -125,3 +125,54 @@ async fn a_busy_port_is_a_clear_startup_error() {
     assert_eq!(code, 1, "{stderr}");
     assert_one_line(&stderr, &["cannot listen on", &address]);
 }
+
+/// Values of AZURE_TENANT_ID and tenant_id that are not a directory ID or a domain name: dot
+/// segments that resolve out of the token URL, URL syntax, a newline.
+pub const BAD_TENANT_IDS: [&str; 6] = ["..", ".", "x?y", "a/../../b", "t#frag", "a\nb"];
+
+#[test]
+fn a_tenant_id_that_is_no_directory_id_or_domain_is_refused_at_startup_and_by_config_check() {
+    for bad in BAD_TENANT_IDS {
+        let mut cmd = exporter();
+        cmd.env("AZURE_TENANT_ID", bad)
+            .env("AZURE_CLIENT_ID", "c")
+            .env("AZURE_CLIENT_SECRET", "s");
+        let (code, stderr) = run(&mut cmd);
+        assert_eq!(code, 1, "{bad:?}: {stderr}");
+        assert_one_line(
+            &stderr,
+            &["AZURE_TENANT_ID: expected a directory ID (GUID)"],
+        );
+        let (code, stderr) = run(cmd.arg("--config.check"));
+        assert_eq!(code, 1, "{bad:?}: {stderr}");
+        assert_one_line(
+            &stderr,
+            &["AZURE_TENANT_ID: expected a directory ID (GUID)"],
+        );
+    }
+    let out = exporter()
+        .env("AZURE_TENANT_ID", "contoso.onmicrosoft.com")
+        .env("AZURE_CLIENT_ID", "c")
+        .env("AZURE_CLIENT_SECRET", "s")
+        .arg("--config.check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tenant: contoso.onmicrosoft.com\n"));
+}
+
+#[test]
+fn shard_flags_without_a_config_file_are_refused() {
+    for args in [
+        &["--demo", "--shard.count", "2"][..],
+        &["--demo", "--shard.index", "1", "--shard.count", "2"],
+        &["--config.check", "--demo", "--shard.count", "2"],
+    ] {
+        let (code, stderr) = run(exporter().args(args));
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_one_line(
+            &stderr,
+            &["--shard.count shares out the tenants of --config.file"],
+        );
+    }
+}

@@ -394,6 +394,65 @@ async fn reload_adds_removes_and_keeps_tenants() {
 }
 
 #[tokio::test]
+async fn a_reload_without_tenants_or_with_a_bad_tenant_id_changes_nothing() {
+    let periods = [Period::D7];
+    let fleet = Fleet::new().await;
+    let steady = tenant("steady-id", Behaviour::Healthy);
+    fleet.mount(&steady, &periods).await;
+    let file = fleet.write(&[&steady]);
+    let (app, dir) = fleet
+        .start(Options {
+            enable_lifecycle: true,
+            ..options(&file, &periods)
+        })
+        .await;
+    app.after_first_attempts(1).await;
+    let stamp = |body: &str| {
+        body.lines()
+            .find(|l| l.starts_with("sfb_config_last_reload_success_timestamp_seconds "))
+            .map(str::to_string)
+    };
+    let loaded = stamp(&app.metrics().await).expect("the load's timestamp");
+    let good = std::fs::read_to_string(dir.file()).unwrap();
+    let mut refused: Vec<(String, &str)> = vec![
+        (String::new(), "no tenants"),
+        ("tenants:\n".into(), "no tenants"),
+        ("tenants: []\n".into(), "no tenants"),
+    ];
+    for id in crate::lifecycle::BAD_TENANT_IDS {
+        let entry = format!(
+            "  - {{tenant_id: {}, client_id: c, client_secret: s}}\n",
+            serde_json::to_string(id).unwrap()
+        );
+        refused.push((good.clone() + &entry, "tenant #2: tenant_id: expected"));
+    }
+    // The first of them is the first reload: the load's timestamp must stay exactly as it is.
+    for (yaml, needle) in refused {
+        std::fs::write(dir.file(), &yaml).unwrap();
+        let (status, text) = reload(&app).await;
+        assert_eq!(status, 500, "{yaml:?}: {text}");
+        assert!(text.contains(needle), "{yaml:?}: {text}");
+        let body = app.metrics().await;
+        assert_eq!(
+            sample(&body, "sfb_config_last_reload_successful"),
+            Some(0.0),
+            "{yaml:?}"
+        );
+        assert_eq!(stamp(&body).as_ref(), Some(&loaded), "{yaml:?}");
+        assert_eq!(
+            sample(&body, &activity("steady-id", Period::D7)),
+            Some(minutes("steady-id") as f64 * 60.0),
+            "{yaml:?}: the running tenant is gone"
+        );
+    }
+    let (status, json) = app.readyz().await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["tenants"]["steady-id"]["periods"]["D7"]["state"], "ok");
+    assert_eq!(token_requests(&app, "steady-id").await, 1, "restarted");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_renamed_tenant_keeps_its_token_schedule_and_values() {
     let periods = [Period::D7];
     let fleet = Fleet::new().await;
@@ -496,7 +555,27 @@ fn config_file_errors_are_one_line_and_fatal() {
             "tenants:\n  - {client_id: c, client_secret: hunter2}\n",
             &["tenant #1", "tenant_id: missing"],
         ),
+        ("", &["no tenants: list at least one under tenants"]),
+        (
+            "tenants: []\n",
+            &["no tenants: list at least one under tenants"],
+        ),
     ];
+    // A JSON string is a YAML double-quoted scalar, escapes included.
+    let bad_ids: Vec<String> = crate::lifecycle::BAD_TENANT_IDS
+        .iter()
+        .map(|id| {
+            format!(
+                "tenants:\n  - {{tenant_id: {}, client_id: c, client_secret: hunter2}}\n",
+                serde_json::to_string(id).unwrap()
+            )
+        })
+        .collect();
+    let bad_id: &[&str] = &["tenant #1: tenant_id: expected a directory ID (GUID)"];
+    let cases = cases
+        .iter()
+        .copied()
+        .chain(bad_ids.iter().map(|yaml| (yaml.as_str(), bad_id)));
     for (yaml, needles) in cases {
         std::fs::write(&file, yaml).unwrap();
         let (code, stderr) = run(exporter().args(["--config.file", file.to_str().unwrap()]));
@@ -506,7 +585,7 @@ fn config_file_errors_are_one_line_and_fatal() {
         let (code, stderr) =
             run(exporter().args(["--config.check", "--config.file", file.to_str().unwrap()]));
         assert_ne!(code, 0, "{stderr}");
-        for needle in *needles {
+        for needle in needles {
             assert!(
                 stderr.contains(needle),
                 "--config.check: {needle:?} not in {stderr}"
@@ -568,11 +647,18 @@ async fn sighup_reloads_the_file() {
 fn the_environment_identity_is_ignored_with_one_info_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tenants.yml");
-    std::fs::write(&file, "tenants: []\n").unwrap();
+    // A managed identity tenant, its endpoint on a closed loopback port: nothing leaves the
+    // machine.
+    std::fs::write(
+        &file,
+        "tenants:\n  - {tenant_id: t1, managed_identity: true}\n",
+    )
+    .unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "hunter2").unwrap();
     let process = Process::spawn(
         exporter()
+            .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:1")
             .env("AZURE_TENANT_ID", "t")
             .env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "true")
             .args([
