@@ -80,6 +80,8 @@ async fn main() {
         .expect("exporter starts");
     let pid = child.id();
     let base = format!("http://127.0.0.1:{port}");
+    // reqwest brings no crypto provider of its own (the exporter hands it aws-lc-rs).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::new();
 
     // Back-to-back gzip scrapes, as a Prometheus with a short interval would, while the first

@@ -1,7 +1,9 @@
 //! One bounded HTTP exchange: the whole answer, body included, within the timeout and the size
-//! cap, or an error that says which limit was hit.
+//! cap, or an error that says which limit was hit; and the client it goes through, with the
+//! CA certificates that client trusts.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -9,9 +11,13 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, RequestId, Stage};
+use crate::files::read_bounded;
 use crate::text::one_line;
 
 #[derive(Debug)]
@@ -156,10 +162,19 @@ pub async fn exchange(
     outcome.map_err(|_| Error::Timeout { stage, timeout })?
 }
 
-/// The client every exchange goes through. Redirects are never followed automatically: the
-/// report's redirect must be followed by hand, without the Authorization header.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// The client every exchange goes through, trusting [`trusted_roots`] of this process's
+/// environment. Redirects are never followed automatically: the report's redirect must be
+/// followed by hand, without the Authorization header.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    let roots = trusted_roots(
+        |name| std::env::var(name).ok(),
+        rustls_native_certs::load_native_certs,
+    )?;
+    if let Some(warning) = &roots.warning {
+        tracing::warn!("{warning}");
+    }
+    tracing::debug!(roots = %roots.origin, "outbound TLS trusts these CA certificates");
+    builder(roots.store)?
         // An async resolver: no blocking getaddrinfo threads to outlive shutdown, and no
         // dependency on glibc's NSS, which a static binary cannot load. Its hosts file
         // answers are final, as the system resolver's are (see dns.rs).
@@ -168,11 +183,161 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .connect_timeout(timeout)
         .user_agent(concat!("sfb-exporter/", env!("CARGO_PKG_VERSION")))
         .build()
+        .map_err(|e| e.to_string())
+}
+
+/// reqwest over TLS from aws-lc-rs, the one crypto provider of the process: reqwest's own
+/// rustls setup would bring ring. HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured
+/// (reqwest's system proxy), and the TLS session to the server runs inside the proxy's tunnel.
+pub fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // reqwest is built without HTTP/2; offering h2 would let a server pick what it cannot speak.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls))
+}
+
+/// A CA bundle is a few hundred KiB; the cap keeps a wrong path from eating memory.
+const MAX_BUNDLE: u64 = 16 * 1024 * 1024;
+
+/// The CA certificates outbound TLS trusts, and where they came from.
+pub struct TrustedRoots {
+    pub store: RootCertStore,
+    /// Where they came from, for `--config.check` and the logs.
+    pub origin: String,
+    /// Something the operator should know that did not stop the client from being built.
+    pub warning: Option<String>,
+}
+
+/// The platform's trust, as OpenSSL-based tools read it: only `SSL_CERT_FILE` (a PEM bundle)
+/// and `SSL_CERT_DIR` (directories of PEM files, `:`-separated) when either is set, else the
+/// system store that `system` loads (the distribution's bundle on Linux, the keychain on macOS).
+///
+/// A variable the operator set must deliver: unreadable, malformed or without a certificate, it
+/// is an error naming it, never a silent fallback to roots they did not choose. A system with
+/// no store at all (a scratch container) falls back to the bundled Mozilla roots, with a
+/// warning, as the exporter trusted before it read the platform's store.
+pub fn trusted_roots(
+    env: impl Fn(&str) -> Option<String>,
+    system: impl FnOnce() -> rustls_native_certs::CertificateResult,
+) -> Result<TrustedRoots, String> {
+    // Empty is unset, as in most tools that read these variables.
+    let set = |name: &str| env(name).filter(|value| !value.is_empty());
+    let file = set("SSL_CERT_FILE").map(PathBuf::from);
+    let dirs: Vec<PathBuf> = set("SSL_CERT_DIR")
+        .map(|value| {
+            std::env::split_paths(&value)
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if file.is_none() && dirs.is_empty() {
+        return Ok(system_roots(system()));
+    }
+    let mut roots = TrustedRoots {
+        store: RootCertStore::empty(),
+        origin: String::new(),
+        warning: None,
+    };
+    let mut origins = Vec::new();
+    let mut warnings = Vec::new();
+    let mut add = |store: &mut RootCertStore, what: String, certs| {
+        let (added, ignored) = store.add_parsable_certificates(certs);
+        if ignored > 0 {
+            warnings.push(format!(
+                "{what}: {} ignored, not usable as a trust anchor",
+                count(ignored)
+            ));
+        }
+        origins.push(format!("{what} ({})", count(added)));
+        added
+    };
+    if let Some(file) = &file {
+        let what = format!("SSL_CERT_FILE {}", file.display());
+        let bytes = read_bounded(file, MAX_BUNDLE)
+            .map_err(|e| format!("{what}: cannot read the file: {e}"))?;
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what}: not a valid PEM file ({e})"))?;
+        if add(&mut roots.store, what.clone(), certs) == 0 {
+            return Err(format!("{what}: no usable CA certificate in the file: it must hold the PEM certificates to trust"));
+        }
+    }
+    for dir in &dirs {
+        let what = format!("SSL_CERT_DIR {}", dir.display());
+        let found = rustls_native_certs::load_certs_from_paths(None, Some(dir));
+        if let Some(error) = found.errors.first() {
+            use rustls_native_certs::ErrorKind;
+            let problem = match &error.kind {
+                ErrorKind::Io { inner, path } if path == dir => {
+                    format!("cannot read the directory: {inner}")
+                }
+                ErrorKind::Io { inner, path } => format!("cannot read {}: {inner}", path.display()),
+                ErrorKind::Pem(e) => format!("a file in it is not valid PEM ({e})"),
+                _ => one_line(&error.to_string(), 300),
+            };
+            return Err(format!("{what}: {problem}"));
+        }
+        if add(&mut roots.store, what.clone(), found.certs) == 0 {
+            return Err(format!("{what}: no usable CA certificate in the directory: it must hold PEM files of the certificates to trust"));
+        }
+    }
+    roots.origin = origins.join(", ");
+    roots.warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+    Ok(roots)
+}
+
+/// The system store, or the bundled Mozilla roots when it holds nothing.
+fn system_roots(found: rustls_native_certs::CertificateResult) -> TrustedRoots {
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    let first_error = found.errors.first().map(|e| one_line(&e.to_string(), 300));
+    if added == 0 {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let why = first_error.map_or_else(String::new, |e| format!(" ({e})"));
+        return TrustedRoots {
+            store,
+            origin: "the bundled Mozilla roots (no system store found)".into(),
+            warning: Some(format!("no trusted CA certificates found on this system{why}: trusting the bundled Mozilla roots instead; behind a TLS-inspecting proxy, install its CA in the system store or set SSL_CERT_FILE")),
+        };
+    }
+    TrustedRoots {
+        store,
+        origin: format!("the system store ({})", count(added)),
+        warning: first_error.map(|e| {
+            format!(
+                "some of the system's CA certificates cannot be read ({e}); trusting the {} that can",
+                count(added)
+            )
+        }),
+    }
+}
+
+/// Test support: a client for plain-HTTP fakes, trusting no CA at all.
+#[cfg(test)]
+pub fn test_client() -> reqwest::Client {
+    builder(RootCertStore::empty())
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .unwrap()
+}
+
+fn count(n: usize) -> String {
+    match n {
+        1 => "1 certificate".into(),
+        n => format!("{n} certificates"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::error::Reason;
 
     fn answer_with(retry_after: &str) -> Answer {
         let mut headers = HeaderMap::new();
@@ -194,7 +359,7 @@ mod tests {
             in_flight: Some(Arc::clone(&slots)),
             requests: Default::default(),
         };
-        let client = reqwest::Client::new();
+        let client = test_client();
         let request = || client.get("http://127.0.0.1:9/");
         let blocked = tokio::time::timeout(
             Duration::from_secs(3600),
@@ -207,6 +372,240 @@ mod tests {
         let done = exchange(Stage::Report, request(), &limits).await;
         assert!(done.is_err());
         assert_eq!(slots.available_permits(), 1, "the slot is given back");
+    }
+
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// The environment of one case; the system store must not be looked at.
+    fn explicit(vars: &[(&str, &Path)]) -> Result<TrustedRoots, String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.display().to_string()))
+            .collect();
+        trusted_roots(
+            move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            || panic!("the system store was read although SSL_CERT_FILE or SSL_CERT_DIR is set"),
+        )
+    }
+
+    #[test]
+    fn ssl_cert_file_and_dir_are_the_only_roots_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, ca_pem("proxy CA") + &ca_pem("other CA")).unwrap();
+        let roots = explicit(&[("SSL_CERT_FILE", &bundle)]).unwrap();
+        assert_eq!(roots.store.len(), 2);
+        assert_eq!(
+            roots.origin,
+            format!("SSL_CERT_FILE {} (2 certificates)", bundle.display())
+        );
+        assert!(roots.warning.is_none());
+
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        std::fs::write(certs.join("a.pem"), ca_pem("a")).unwrap();
+        std::fs::write(certs.join("b.crt"), ca_pem("b")).unwrap();
+        crate::files::make_fifo(&certs.join("fifo"));
+        let roots = crate::files::without_blocking({
+            let (bundle, certs) = (bundle.clone(), certs.clone());
+            move || explicit(&[("SSL_CERT_FILE", &bundle), ("SSL_CERT_DIR", &certs)])
+        })
+        .unwrap();
+        assert_eq!(roots.store.len(), 4, "{}", roots.origin);
+        assert!(roots.origin.ends_with(&format!(
+            ", SSL_CERT_DIR {} (2 certificates)",
+            certs.display()
+        )));
+
+        // A PEM block that is no certificate is left out, and said so.
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&bundle, ca_pem("proxy CA") + junk).unwrap();
+        let roots = explicit(&[("SSL_CERT_FILE", &bundle)]).unwrap();
+        assert_eq!(roots.store.len(), 1);
+        assert_eq!(
+            roots.warning.unwrap(),
+            format!(
+                "SSL_CERT_FILE {}: 1 certificate ignored, not usable as a trust anchor",
+                bundle.display()
+            )
+        );
+    }
+
+    #[test]
+    fn an_ssl_cert_variable_that_delivers_nothing_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let no_cert = write("key-only.pem", "just text, no PEM section\n");
+        let broken = write(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        );
+        let empty_dir = dir.path().join("empty");
+        std::fs::create_dir(&empty_dir).unwrap();
+        let broken_dir = dir.path().join("broken");
+        std::fs::create_dir(&broken_dir).unwrap();
+        std::fs::copy(&broken, broken_dir.join("ca.pem")).unwrap();
+        let fifo = dir.path().join("fifo.pem");
+        crate::files::make_fifo(&fifo);
+        let missing = Path::new("/nonexistent/ca.pem");
+        let cases: &[(&str, &Path, &str)] = &[
+            ("SSL_CERT_FILE", missing, "cannot read the file"),
+            ("SSL_CERT_FILE", &fifo, "not a regular file"),
+            (
+                "SSL_CERT_FILE",
+                &no_cert,
+                "no usable CA certificate in the file",
+            ),
+            ("SSL_CERT_FILE", &broken, "not a valid PEM file"),
+            (
+                "SSL_CERT_DIR",
+                &empty_dir,
+                "no usable CA certificate in the directory",
+            ),
+            ("SSL_CERT_DIR", &broken_dir, "a file in it is not valid PEM"),
+            (
+                "SSL_CERT_DIR",
+                Path::new("/nonexistent"),
+                "cannot read the directory: No such file",
+            ),
+        ];
+        for (var, path, needle) in cases {
+            let (var, path) = (var.to_string(), path.to_path_buf());
+            let error = crate::files::without_blocking({
+                let (var, path) = (var.clone(), path.clone());
+                move || explicit(&[(&var, &path)]).err().unwrap()
+            });
+            assert!(
+                error.starts_with(&format!("{var} {}: ", path.display())),
+                "{error}"
+            );
+            assert!(error.contains(needle), "{needle:?} missing from {error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_system_store_is_used_unless_it_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca_pem("system CA")).unwrap();
+        let system_cert = CertificateDer::from_pem_file(&path).unwrap();
+        let no_env = |_: &str| None;
+        // SSL_CERT_FILE= (empty) is unset, as in most tools.
+        let empty_var = |name: &str| (name == "SSL_CERT_FILE").then(String::new);
+
+        let with_cert = || {
+            let mut found = rustls_native_certs::CertificateResult::default();
+            found.certs.push(system_cert.clone());
+            found
+        };
+        let roots = trusted_roots(empty_var, with_cert).unwrap();
+        assert_eq!(roots.store.len(), 1);
+        assert_eq!(roots.origin, "the system store (1 certificate)");
+        assert!(roots.warning.is_none());
+
+        // Nothing on this system: the bundled roots, and a warning that says how to add a CA.
+        let roots = trusted_roots(no_env, rustls_native_certs::CertificateResult::default).unwrap();
+        assert_eq!(roots.store.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+        let warning = roots.warning.unwrap();
+        assert!(
+            warning.contains("bundled Mozilla roots") && warning.contains("SSL_CERT_FILE"),
+            "{warning}"
+        );
+
+        // Part of the store unreadable: what could be read, and a warning naming the problem.
+        let dir_missing = || {
+            let mut found = rustls_native_certs::load_certs_from_paths(
+                None,
+                Some(Path::new("/nonexistent/certs")),
+            );
+            found.certs.push(system_cert.clone());
+            found
+        };
+        let roots = trusted_roots(no_env, dir_missing).unwrap();
+        assert_eq!(roots.store.len(), 1);
+        let warning = roots.warning.unwrap();
+        assert!(warning.contains("/nonexistent/certs"), "{warning}");
+    }
+
+    /// A resolver that fails as a DNS server that never answers does.
+    struct Unanswered;
+
+    impl reqwest::dns::Resolve for Unanswered {
+        fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            Box::pin(async {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from DNS").into())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dns_failure_is_a_network_error_even_when_it_timed_out() {
+        let client = builder(RootCertStore::empty())
+            .unwrap()
+            .dns_resolver(std::sync::Arc::new(Unanswered))
+            .build()
+            .unwrap();
+        let err = client
+            .get("http://graph.example.invalid/")
+            .send()
+            .await
+            .unwrap_err();
+        let e = Error::network(Stage::Token, err, Duration::from_secs(30));
+        assert_eq!(e.reason(), Reason::Network, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("cannot resolve the host name"), "{text}");
+    }
+
+    /// A real handshake with a server whose CA is not trusted, through the client every
+    /// exchange uses: the words reach the error, whatever the layers in between.
+    #[tokio::test]
+    async fn an_untrusted_server_certificate_is_named_as_such() {
+        // Valid for the address asked for: only its issuer is unknown.
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = acceptor.accept(stream).await;
+            }
+        });
+        let client = builder(RootCertStore::empty()).unwrap().build().unwrap();
+        let err = client
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let e = Error::network(Stage::Token, err, Duration::from_secs(30));
+        assert_eq!(e.reason(), Reason::Network);
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "TLS: the server's certificate is not signed by a trusted certificate authority"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn check_config(
         (path, loaded)
     });
     let mut problems: Vec<String> = Vec::new();
+    let roots = http::trusted_roots(&env, rustls_native_certs::load_native_certs);
     let config = Config::check(args, env)
         .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
         .ok();
@@ -126,6 +127,16 @@ pub fn check_config(
         )),
         Some((_, Err(e))) => problems.push(e.to_string()),
     }
+    let roots_warning = match roots {
+        Ok(roots) => {
+            lines.push(("outbound TLS roots", roots.origin));
+            roots.warning
+        }
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
     let Some(config) = config.filter(|_| problems.is_empty()) else {
         return Err(problems);
     };
@@ -136,14 +147,16 @@ pub fn check_config(
     for warning in config.warnings(now).into_iter().chain(warnings) {
         report.push_str(&format!("warning: {warning}\n"));
     }
+    if let Some(warning) = roots_warning {
+        report.push_str(&format!("warning: {warning}\n"));
+    }
     Ok(report)
 }
 
 /// `sfb-exporter backfill`: `period`'s report of every configured tenant as OpenMetrics text.
 /// The demo Graph, when asked for, runs only for the duration of the call.
 pub async fn backfill(config: Config, period: report::Period) -> anyhow::Result<String> {
-    let http =
-        http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
+    let http = http::client(config.graph_timeout).map_err(StartError::HttpClient)?;
     let cancel = CancellationToken::new();
     // Cancels the demo Graph on every way out, errors included.
     let _stop_demo = cancel.clone().drop_guard();
@@ -236,8 +249,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         .map_err(|error| StartError::Bind { address, error })?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
 
-    let http =
-        http::client(config.graph_timeout).map_err(|e| StartError::HttpClient(e.to_string()))?;
+    let http = http::client(config.graph_timeout).map_err(StartError::HttpClient)?;
     let mut tasks = JoinSet::new();
 
     let per_tenant = matches!(config.source, Source::File { .. });

@@ -5,14 +5,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::digest::{self, SHA256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RSA_PSS_SHA256};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{RsaKeyPair, RSA_PSS_SHA256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
+use x509_parser::asn1_rs::{FromDer, Integer, OctetString, Oid, Sequence};
+use x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
 
 use crate::error::Error;
 use crate::files::read_bounded;
@@ -104,20 +106,8 @@ impl ClientCertificate {
                 "no certificate in the file: it needs the certificate and its private key".into(),
             );
         }
-        let key = match key {
-            Key::Pkcs8(der) => RsaKeyPair::from_pkcs8(&der),
-            Key::Pkcs1(der) => RsaKeyPair::from_der(&der),
-            Key::NotRsa => return Err(not_rsa()),
-            Key::Missing => {
-                return Err("no private key in the file: it needs the certificate and its unencrypted private key".into())
-            }
-        }
-        .map_err(|e| match e.to_string().as_str() {
-            "WrongAlgorithm" => not_rsa(),
-            "TooSmall" => "the RSA key is shorter than 2048 bits: create a new certificate".into(),
-            other => format!("the private key cannot be used ({other})"),
-        })?;
-        let public = key.public().as_ref();
+        let key = rsa_key(key)?;
+        let public = key.public_key().as_ref();
         let mut parsed = Vec::new();
         for der in &certs {
             let (_, cert) = x509_parser::parse_x509_certificate(der)
@@ -142,7 +132,7 @@ impl ClientCertificate {
         Ok(ClientCertificate {
             path: path.to_path_buf(),
             key,
-            thumbprint: URL_SAFE_NO_PAD.encode(Sha256::digest(&chain[0])),
+            thumbprint: URL_SAFE_NO_PAD.encode(digest::digest(&SHA256, &chain[0])),
             chain,
             subject,
             not_after: unix_time(not_after),
@@ -175,12 +165,14 @@ impl ClientCertificate {
     /// fingerprints mean the same credential however the file encodes it: a reload tells a
     /// rotated certificate from a file that was merely rewritten.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let mut hash = Sha256::new();
+        let mut hash = digest::Context::new(&SHA256);
         for der in &self.chain {
-            hash.update((der.len() as u64).to_be_bytes());
+            hash.update(&(der.len() as u64).to_be_bytes());
             hash.update(der);
         }
-        hash.finalize().into()
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(hash.finish().as_ref());
+        fingerprint
     }
 
     /// Whether the certificate has expired at `now`.
@@ -255,7 +247,7 @@ impl ClientCertificate {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let mut signature = vec![0; self.key.public().modulus_len()];
+        let mut signature = vec![0; self.key.public_modulus_len()];
         self.key
             .sign(
                 &RSA_PSS_SHA256,
@@ -280,6 +272,65 @@ enum Key {
 
 fn not_rsa() -> String {
     "the private key is not RSA: certificate credentials need an RSA key".into()
+}
+
+/// The signing key, or why it cannot be one. The reasons come from the key's own fields (the
+/// PKCS#8 algorithm, the modulus), not from the wording of the crypto library's errors.
+fn rsa_key(key: Key) -> Result<RsaKeyPair, String> {
+    let unusable = |why: &dyn fmt::Display| format!("the private key cannot be used ({why})");
+    let pkcs1 = match key {
+        Key::Pkcs1(der) => der,
+        Key::Pkcs8(der) => match pkcs8_parts(&der) {
+            Some((algorithm, pkcs1)) if algorithm == OID_PKCS1_RSAENCRYPTION => pkcs1,
+            Some(_) => return Err(not_rsa()),
+            None => return Err(unusable(&"not a valid PKCS#8 key")),
+        },
+        Key::NotRsa => return Err(not_rsa()),
+        Key::Missing => return Err(
+            "no private key in the file: it needs the certificate and its unencrypted private key"
+                .into(),
+        ),
+    };
+    match modulus_bits(&pkcs1) {
+        None => Err(unusable(&"not a valid RSA key")),
+        Some(bits) if bits < 2048 => {
+            Err("the RSA key is shorter than 2048 bits: create a new certificate".into())
+        }
+        Some(_) => RsaKeyPair::from_der(&pkcs1).map_err(|e| unusable(&e)),
+    }
+}
+
+/// A PKCS#8 PrivateKeyInfo's algorithm and the key it wraps (for RSA, PKCS#1 RSAPrivateKey).
+fn pkcs8_parts(der: &[u8]) -> Option<(Oid<'static>, Vec<u8>)> {
+    let (_, info) = Sequence::from_der(der).ok()?;
+    let (_, (algorithm, key)) = info
+        .parse(|i| {
+            let (i, _version) = Integer::from_der(i)?;
+            let (i, algorithm) = Sequence::from_der(i)?;
+            let (i, key) = OctetString::from_der(i)?;
+            Ok::<_, x509_parser::nom::Err<x509_parser::asn1_rs::Error>>((i, (algorithm, key)))
+        })
+        .ok()?;
+    let (_, oid) = Oid::from_der(&algorithm.content).ok()?;
+    Some((oid.to_owned(), key.as_ref().to_vec()))
+}
+
+/// The size of a PKCS#1 RSAPrivateKey's modulus, in bits (None for a negative one).
+fn modulus_bits(pkcs1: &[u8]) -> Option<usize> {
+    let (_, key) = Sequence::from_der(pkcs1).ok()?;
+    let (_, modulus) = key
+        .parse(|i| {
+            let (i, _version) = Integer::from_der(i)?;
+            Integer::from_der(i)
+        })
+        .ok()?;
+    // Big-endian two's complement: a positive value's leading zero bytes carry no bits.
+    let bytes = modulus.as_ref();
+    let first = bytes.iter().position(|b| *b != 0)?;
+    if first == 0 && bytes[0] & 0x80 != 0 {
+        return None;
+    }
+    Some((bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize)
 }
 
 fn is_pem(bytes: &[u8]) -> bool {
@@ -415,7 +466,7 @@ mod tests {
 
     fn expected_thumbprint() -> String {
         let der = CertificateDer::from_pem_slice(&fixture("cert-a.pem")).unwrap();
-        URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()))
+        URL_SAFE_NO_PAD.encode(digest::digest(&SHA256, der.as_ref()))
     }
 
     #[test]
@@ -448,6 +499,16 @@ mod tests {
             (&["cert-a.pem", "rsa-b.pkcs8.pem"], None, "does not match"),
             (&["cert-a.pem", "ec.pkcs8.pem"], None, "not RSA"),
             (&["cert-a.pem", "rsa-a.encrypted.pem"], None, "encrypted"),
+            (
+                &["cert-a.pem", "rsa-1024.pkcs8.pem"],
+                None,
+                "shorter than 2048 bits",
+            ),
+            (
+                &["rsa-1024.pkcs1.pem", "cert-a.pem"],
+                None,
+                "shorter than 2048 bits",
+            ),
             (
                 &["aes.p12"],
                 Some("wrong-password-77"),
@@ -488,6 +549,33 @@ mod tests {
             message.starts_with("AZURE_CLIENT_CERTIFICATE_PATH /nonexistent/cert.pem: cannot read"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn key_sizes_are_read_from_the_key() {
+        let bits = |name| {
+            let pem = fixture(name);
+            let der = match PrivateKeyDer::from_pem_slice(&pem).unwrap() {
+                PrivateKeyDer::Pkcs1(k) => k.secret_pkcs1_der().to_vec(),
+                PrivateKeyDer::Pkcs8(k) => {
+                    let (algorithm, inner) = pkcs8_parts(k.secret_pkcs8_der()).unwrap();
+                    assert_eq!(algorithm, OID_PKCS1_RSAENCRYPTION, "{name}");
+                    inner
+                }
+                _ => unreachable!(),
+            };
+            modulus_bits(&der)
+        };
+        assert_eq!(bits("rsa-a.pkcs8.pem"), Some(2048));
+        assert_eq!(bits("rsa-a.pkcs1.pem"), Some(2048));
+        assert_eq!(bits("rsa-1024.pkcs8.pem"), Some(1024));
+        assert_eq!(bits("rsa-1024.pkcs1.pem"), Some(1024));
+        // A negative modulus, and bytes that are no RSAPrivateKey at all.
+        assert_eq!(
+            modulus_bits(&[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x80]),
+            None
+        );
+        assert_eq!(modulus_bits(b"not DER"), None);
     }
 
     #[test]

@@ -173,7 +173,7 @@ mod tests {
         };
         let answer = endpoint
             .request(
-                &reqwest::Client::new(),
+                &crate::http::test_client(),
                 "https://graph.example.test",
                 None,
                 &limits,

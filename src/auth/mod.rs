@@ -433,7 +433,7 @@ mod tests {
             },
         };
         let url = Url::parse("https://example.test/").unwrap();
-        let source = TokenSource::new(reqwest::Client::new(), &url, &url, identity, limits());
+        let source = TokenSource::new(crate::http::test_client(), &url, &url, identity, limits());
         for _ in 0..3 {
             assert_eq!(source.token().await.unwrap().expose_secret(), "mi");
         }
@@ -494,7 +494,7 @@ mod tests {
         let authority = Url::parse("https://login.example.test/").unwrap();
         let graph = Url::parse("https://graph.example.test/").unwrap();
         let source = TokenSource::new(
-            reqwest::Client::new(),
+            crate::http::test_client(),
             &authority,
             &graph,
             identity,

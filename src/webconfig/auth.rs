@@ -11,7 +11,6 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -190,7 +189,10 @@ async fn authorized(current: &ArcSwap<Security>, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+    let mut digest = [0; 32];
+    digest.copy_from_slice(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes()).as_ref(),
+    );
     if users.cached(&user, &digest) {
         return true;
     }

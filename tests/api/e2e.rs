@@ -78,7 +78,7 @@ impl Prometheus {
         Prometheus {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            http: test_client(),
             _dir: dir,
         }
     }

@@ -135,7 +135,7 @@ async fn a_kept_alive_connection_that_starts_a_head_must_finish_it_in_time() {
 /// A server and a client configuration that trust one certificate; both offer `alpn`.
 fn self_signed_tls(alpn: &[&[u8]]) -> (TlsConfig, rustls::ClientConfig) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()

@@ -134,7 +134,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
         addr: running.local_addr,
         graph,
         download,
-        http: reqwest::Client::new(),
+        http: test_client(),
         cancel,
         running: Some(running),
     }
@@ -221,6 +221,18 @@ impl TestApp {
                 .expect("exporter stops within 5s of cancellation");
         }
     }
+}
+
+/// reqwest for the tests' own requests. It is built without a crypto provider of its own (the
+/// exporter hands it aws-lc-rs explicitly), so the tests make aws-lc-rs the process default.
+pub fn test_client_builder() -> reqwest::ClientBuilder {
+    // Err only when a provider is installed already: then it is this one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+pub fn test_client() -> reqwest::Client {
+    test_client_builder().build().unwrap()
 }
 
 const DEADLINE: Duration = Duration::from_secs(15);

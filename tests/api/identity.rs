@@ -17,7 +17,6 @@ use sfb_exporter::auth::managed::ManagedEndpoint;
 use sfb_exporter::auth::Credential;
 use sfb_exporter::graph::RetryPolicy;
 use sfb_exporter::report::Period;
-use sha2::{Digest, Sha256};
 use url::Url;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -32,6 +31,10 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/identity")
         .join(name)
+}
+
+fn sha256(bytes: &[u8]) -> aws_lc_rs::digest::Digest {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
 }
 
 fn key(name: &str) -> rcgen::KeyPair {
@@ -93,7 +96,7 @@ impl EntraId {
                 let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
                 let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
                 let public = cert.public_key().subject_public_key.data.to_vec();
-                (URL_SAFE_NO_PAD.encode(Sha256::digest(&der)), public)
+                (URL_SAFE_NO_PAD.encode(sha256(&der)), public)
             })
             .collect();
         EntraId {
@@ -180,9 +183,10 @@ impl EntraId {
         if header["typ"] != "JWT" {
             return Err(format!("typ {}", header["typ"]));
         }
-        let algorithm: &dyn ring::signature::VerificationAlgorithm = match header["alg"].as_str() {
-            Some("PS256") => &ring::signature::RSA_PSS_2048_8192_SHA256,
-            Some("RS256") => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        use aws_lc_rs::signature as sig;
+        let algorithm: &dyn sig::VerificationAlgorithm = match header["alg"].as_str() {
+            Some("PS256") => &sig::RSA_PSS_2048_8192_SHA256,
+            Some("RS256") => &sig::RSA_PKCS1_2048_8192_SHA256,
             other => return Err(format!("alg {other:?}")),
         };
         let thumbprint = header["x5t#S256"].as_str().ok_or("no x5t#S256")?;
@@ -194,7 +198,7 @@ impl EntraId {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|e| e.to_string())?;
-        ring::signature::UnparsedPublicKey::new(algorithm, public)
+        sig::UnparsedPublicKey::new(algorithm, public)
             .verify(format!("{head}.{body}").as_bytes(), &signature)
             .map_err(|_| "bad signature")?;
         let x5c = header["x5c"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -205,7 +209,7 @@ impl EntraId {
             let der = STANDARD
                 .decode(leaf.as_str().unwrap_or(""))
                 .map_err(|e| e.to_string())?;
-            if URL_SAFE_NO_PAD.encode(Sha256::digest(der)) != thumbprint {
+            if URL_SAFE_NO_PAD.encode(sha256(&der)) != thumbprint {
                 return Err("x5c does not start with the signing certificate".into());
             }
         }

@@ -1,6 +1,6 @@
 //! The binary as an operator meets it: bad configuration, demo mode, signals.
 
-use crate::helpers::eventually;
+use crate::helpers::{eventually, test_client};
 use crate::process::{assert_one_line, demo_json, exporter, run, Process};
 use crate::promtool::promtool_check;
 
@@ -87,7 +87,7 @@ async fn demo_mode_serves_real_series_and_stops_cleanly_on_signals() {
         let mut process = Process::spawn(&mut demo_json());
         let listening = process.log_line(|l| l["message"] == "sfb-exporter listening");
         let base = format!("http://{}", listening["address"].as_str().unwrap());
-        let http = reqwest::Client::new();
+        let http = test_client();
         let ready = eventually(|| async {
             let r = http.get(format!("{base}/readyz")).send().await;
             r.is_ok_and(|r| r.status() == 200)

@@ -8,6 +8,7 @@ mod helpers;
 mod identity;
 mod layout;
 mod lifecycle;
+mod outbound;
 mod packaging;
 mod process;
 mod promtool;

@@ -78,7 +78,7 @@ impl Pki {
     }
 
     fn client(&self, app: &TestApp, with_client_cert: bool) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder()
+        let mut builder = test_client_builder()
             .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
             .resolve("localhost", app.addr)
             .timeout(Duration::from_secs(10));
@@ -375,7 +375,7 @@ async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
         .join("tests/fixtures/webconfig/web_config_users_noTLS.good.yml");
     let app = spawn_with(Some(path)).await;
     let url = format!("http://{}/healthz", app.addr);
-    let client = reqwest::Client::builder()
+    let client = test_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

@@ -848,7 +848,7 @@ async fn sighup_reloads_and_sigusr_is_ignored() {
     let listening = process.log_line(|l| l["message"] == "sfb-exporter listening");
     let url = format!("http://{}/healthz", listening["address"].as_str().unwrap());
     let header = || async {
-        let response = reqwest::get(&url).await.unwrap();
+        let response = test_client().get(&url).send().await.unwrap();
         response.headers()["x-frame-options"]
             .to_str()
             .unwrap()
