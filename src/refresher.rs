@@ -248,7 +248,7 @@ mod tests {
     /// A refresher of tenant `t` whose identity platform and Graph are a closed loopback port:
     /// every attempt that gets that far fails at once.
     fn refresher(publisher: &Arc<Publisher>, periods: [Period; 2]) -> Arc<Refresher> {
-        let http = reqwest::Client::new();
+        let http = crate::http::test_client();
         let nowhere = Url::parse("http://127.0.0.1:1").unwrap();
         let limits = || Limits {
             timeout: Duration::from_secs(5),
