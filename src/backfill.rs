@@ -15,9 +15,10 @@ use url::Url;
 
 use crate::auth::{Identity, TokenSource};
 use crate::error::{Error, Stage};
-use crate::graph::{Fetched, GraphClient, RetryPolicy};
+use crate::exposition::metrics::CONFERENCE_TYPES;
+use crate::graph::{Fetched, GraphClient};
 use crate::http::Limits;
-use crate::metrics::CONFERENCE_TYPES;
+use crate::http::RetryPolicy;
 use crate::report::{self, Period, Report};
 
 pub const METRIC: &str = "sfb_organizer_activity_daily_seconds";

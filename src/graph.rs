@@ -1,7 +1,5 @@
 //! The report request: bearer token, one redirect to a pre-authenticated download, CSV body.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use reqwest::header::{ETAG, IF_NONE_MATCH, LOCATION};
 use reqwest::StatusCode;
@@ -10,7 +8,7 @@ use url::Url;
 
 use crate::auth::TokenSource;
 use crate::error::{Error, RequestId, Stage};
-use crate::http::{exchange, Answer, Limits, RequestCounts};
+use crate::http::{exchange, Answer, Limits, RequestCounts, RetryPolicy};
 use crate::report::Period;
 
 pub struct GraphClient {
@@ -19,73 +17,6 @@ pub struct GraphClient {
     tokens: TokenSource,
     limits: Limits,
     retry: RetryPolicy,
-}
-
-/// Retries within one refresh, for the failures that are worth another try soon.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    /// First backoff when the server gives no Retry-After; doubled on each retry.
-    pub base_delay: Duration,
-    /// Longest backoff window.
-    pub max_delay: Duration,
-    /// Longest Retry-After honoured; beyond it the refresh ends and the next one tries again.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_retries: 3,
-            base_delay: Duration::from_secs(2),
-            max_delay: Duration::from_secs(120),
-            // Graph's throttling window.
-            max_retry_after: Duration::from_secs(600),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// How long to wait before retry number `retry` (from 0) after `error`, or None to give up.
-    /// 429 waits what Retry-After says; 502, 503, 504, connection errors and a refused
-    /// download (its pre-authenticated URL may have expired: the retry asks for a new one) back
-    /// off exponentially with jitter. Anything else (400, 403, parse errors, timeouts) is not
-    /// retried.
-    pub fn delay(&self, error: &Error, retry: u32) -> Option<Duration> {
-        if retry >= self.max_retries {
-            return None;
-        }
-        match error.inner() {
-            Error::Throttled {
-                retry_after: Some(wait),
-                ..
-            } => (*wait <= self.max_retry_after).then_some(*wait),
-            Error::Throttled {
-                retry_after: None, ..
-            }
-            | Error::Network { .. }
-            | Error::Http {
-                status: Some(502..=504),
-                ..
-            }
-            | Error::Http {
-                stage: Stage::Download,
-                status: Some(401 | 403 | 404 | 410),
-                ..
-            } => Some(self.backoff(retry)),
-            _ => None,
-        }
-    }
-
-    /// Exponential backoff with jitter: a random point in the upper half of the window, so
-    /// that periods failing together do not retry together.
-    fn backoff(&self, retry: u32) -> Duration {
-        let window = self
-            .base_delay
-            .saturating_mul(1 << retry.min(20))
-            .min(self.max_delay);
-        window.mul_f64(0.5 + 0.5 * fastrand::f64())
-    }
 }
 
 /// What a report request brought.
@@ -339,6 +270,7 @@ fn unexpected(stage: Stage, answer: &Answer) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn http(status: u16) -> Error {
         Error::Http {

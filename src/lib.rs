@@ -14,23 +14,16 @@ pub mod config;
 pub mod demo;
 pub mod dns;
 pub mod error;
+pub mod exposition;
 pub mod files;
-pub mod fleet;
 pub mod graph;
-pub mod gzip;
 pub mod http;
-pub mod metrics;
-pub mod process;
-pub mod publisher;
-pub mod refresher;
+pub mod refresh;
 pub mod report;
-pub mod server;
+pub mod serve;
 pub mod state;
 pub mod telemetry;
-pub mod tenants;
 pub mod text;
-pub mod web;
-pub mod webconfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,13 +32,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::tenants;
+use crate::config::tenants::Tenant;
 use crate::config::{Config, Source};
-use crate::fleet::{FileSource, Fleet, Reloader};
-use crate::metrics::ReloadStatus;
-use crate::publisher::Publisher;
-use crate::server::TlsConfig;
-use crate::tenants::Tenant;
-use crate::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
+use crate::exposition::publisher::Publisher;
+use crate::refresh::fleet;
+use crate::refresh::fleet::{FileSource, Fleet, Reloader};
+use crate::serve::server::TlsConfig;
+use crate::serve::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
+use crate::serve::{routes, server, webconfig};
+use crate::state::ReloadStatus;
 use arc_swap::ArcSwap;
 
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +328,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     // ready with nothing to wait for).
     publisher.assemble();
     let lifecycle = config.enable_lifecycle.then(|| reloader.clone());
-    let app = web::app(
+    let app = routes::app(
         publisher.published(),
         &config.telemetry_path,
         security.clone(),

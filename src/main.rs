@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let message = sfb_exporter::refresher::panic_message(info.payload());
+        let message = sfb_exporter::refresh::refresher::panic_message(info.payload());
         tracing::error!("panic{location}: {message}");
     }));
     let runtime = match runtime() {

@@ -1,13 +1,9 @@
 //! The snapshot the refresher publishes and every handler reads: immutable once published.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-
 use crate::error::{Reason, Stage};
-use crate::gzip::Gzip;
 use crate::report::Period;
 use crate::report::{Report, Row, Totals};
 
@@ -91,65 +87,9 @@ impl State {
     }
 }
 
-/// One tenant as published.
-#[derive(Debug, Clone)]
-pub struct TenantView {
-    pub name: Option<String>,
-    pub state: Arc<State>,
-}
-
-/// The states and their exposition, rendered (and compressed) together so that a scrape only
-/// copies bytes.
-#[derive(Debug)]
-pub struct Published {
-    /// By tenant ID.
-    pub tenants: BTreeMap<String, TenantView>,
-    /// With --config.file: readiness needs a first attempt, not a success, of every tenant's
-    /// periods, and /readyz lists tenants.
-    pub per_tenant: bool,
-    pub metrics: Bytes,
-    /// `metrics`, gzip-compressed, open to appending (the process_* series at scrape time).
-    pub metrics_gzip: Gzip,
-}
-
-impl Published {
-    /// A single tenant, as without --config.file.
-    pub fn new(state: State, metrics: Bytes) -> Published {
-        let tenants = [(
-            state.tenant.clone(),
-            TenantView {
-                name: None,
-                state: Arc::new(state),
-            },
-        )]
-        .into_iter()
-        .collect();
-        Published::assembled(tenants, false, metrics)
-    }
-
-    pub fn assembled(
-        tenants: BTreeMap<String, TenantView>,
-        per_tenant: bool,
-        metrics: Bytes,
-    ) -> Published {
-        let metrics_gzip = Gzip::new(&metrics);
-        Published {
-            tenants,
-            per_tenant,
-            metrics,
-            metrics_gzip,
-        }
-    }
-
-    /// Without --config.file: every period has succeeded once. With it: every (tenant, period)
-    /// has finished its first attempt, so that one tenant that lost its consent does not take
-    /// the others off the scrape.
-    pub fn ready(&self) -> bool {
-        let mut states = self.tenants.values().map(|t| &t.state);
-        if self.per_tenant {
-            states.all(|s| s.periods.values().all(|p| p.last_attempt.is_some()))
-        } else {
-            states.all(|s| s.ready())
-        }
-    }
+/// Outcome of loading --config.file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadStatus {
+    pub successful: bool,
+    pub last_success: Option<SystemTime>,
 }

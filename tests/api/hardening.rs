@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use sfb_exporter::server::{limit_in_flight, serve, ServerLimits, TlsConfig};
+use sfb_exporter::config::ServerLimits;
+use sfb_exporter::serve::server::{limit_in_flight, serve, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;

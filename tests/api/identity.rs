@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use sfb_exporter::auth::certificate::{ClientCertificate, Settings};
 use sfb_exporter::auth::managed::ManagedEndpoint;
 use sfb_exporter::auth::Credential;
-use sfb_exporter::graph::RetryPolicy;
+use sfb_exporter::http::RetryPolicy;
 use sfb_exporter::report::Period;
 use url::Url;
 use wiremock::matchers::{header, method, path, query_param};

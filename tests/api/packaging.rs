@@ -47,8 +47,11 @@ fn exposed_metrics() -> Vec<String> {
     d7.last_duration = Some(std::time::Duration::from_secs(1));
     let token = (sfb_exporter::error::Stage::Token, Some(200));
     state.graph_requests.insert(token, 1);
-    let body =
-        sfb_exporter::metrics::render(&state, &sfb_exporter::metrics::BuildInfo::CURRENT).unwrap();
+    let body = sfb_exporter::exposition::metrics::render(
+        &state,
+        &sfb_exporter::exposition::metrics::BuildInfo::CURRENT,
+    )
+    .unwrap();
     body.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_string())

@@ -100,7 +100,7 @@ async fn every_exchange_is_counted_by_stage_and_code_retries_included() {
         .await;
     let options = Options {
         periods: vec![Period::D7, Period::D30],
-        retry: sfb_exporter::graph::RetryPolicy {
+        retry: sfb_exporter::http::RetryPolicy {
             max_retries: 1,
             ..Options::default().retry
         },

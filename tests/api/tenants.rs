@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sfb_exporter::config::tenants::shard_of;
 use sfb_exporter::config::Shard;
 use sfb_exporter::report::Period;
-use sfb_exporter::tenants::shard_of;
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -736,6 +736,6 @@ fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
         periods: sfb_exporter::report::Periods::new([Period::D7]).unwrap(),
         managed_identity: Err("not on Azure".into()),
     };
-    let specs = sfb_exporter::tenants::parse(text, &config_dir, &defaults).unwrap();
+    let specs = sfb_exporter::config::tenants::parse(text, &config_dir, &defaults).unwrap();
     assert_eq!(specs.len(), 2);
 }

@@ -87,7 +87,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CipherSuite, NamedGroup, RootCertStore};
 use sfb_exporter::report::Period;
-use sfb_exporter::webconfig::{WebConfig, ECDH_P521};
+use sfb_exporter::serve::webconfig::{WebConfig, ECDH_P521};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;

@@ -14,14 +14,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenSource;
+use crate::config::tenants::{self, Tenant, TenantSpec};
 use crate::config::{Shard, TenantDefaults};
-use crate::graph::{GraphClient, RetryPolicy};
+use crate::exposition::publisher::Publisher;
+use crate::graph::GraphClient;
+use crate::http::RetryPolicy;
 use crate::http::{Limits, RequestCounts};
-use crate::metrics::ReloadStatus;
-use crate::publisher::Publisher;
-use crate::refresher::Refresher;
+use crate::refresh::refresher::Refresher;
+use crate::state::ReloadStatus;
 use crate::state::State;
-use crate::tenants::{self, Tenant, TenantSpec};
 
 /// What every tenant shares.
 pub struct Shared {

@@ -33,6 +33,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::config::ServerLimits;
+
 /// The TLS configuration connections are accepted with; a reload stores a new one, which
 /// applies to the connections accepted from then on.
 pub type TlsConfig = Arc<ArcSwap<ServerConfig>>;
@@ -47,29 +49,6 @@ const BURST_QUIET: Duration = Duration::from_secs(10);
 /// Open connections beyond which, once most have closed, freed memory is handed back.
 const TRIM_AFTER: usize = 512;
 
-#[derive(Debug, Clone)]
-pub struct ServerLimits {
-    /// The whole request head, within this of its first byte.
-    pub header_read_timeout: Duration,
-    /// A kept-alive connection between requests: longer than any scrape interval.
-    pub idle_timeout: Duration,
-    /// Open connections; None derives it from the file descriptor limit.
-    pub max_connections: Option<usize>,
-    /// Requests in flight on the telemetry path (--web.max-requests); 0 means no limit.
-    pub max_requests: usize,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
-            max_connections: None,
-            max_requests: 40,
-        }
-    }
-}
-
 /// Open connections at most, whatever the fd limit: each costs some 25 KiB while it is open
 /// (hyper's read and write buffers, the task), and a scrape target needs a handful.
 const MAX_CONNECTIONS: usize = 1024;
@@ -77,7 +56,7 @@ const MAX_CONNECTIONS: usize = 1024;
 /// The connection cap below the soft RLIMIT_NOFILE: a reserve stays for the listener, the
 /// Graph client, the web config's files and /proc.
 pub fn connection_cap() -> usize {
-    let soft = crate::process::open_files_limit().unwrap_or(1024);
+    let soft = crate::exposition::process::open_files_limit().unwrap_or(1024);
     let reserve = (soft / 4).clamp(16, 64);
     soft.saturating_sub(reserve).clamp(1, MAX_CONNECTIONS)
 }

@@ -12,13 +12,14 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::fleet::Reloader;
-use crate::metrics::CONTENT_TYPE;
-use crate::process::ProcessMetrics;
+use crate::exposition::metrics::CONTENT_TYPE;
+use crate::exposition::process::ProcessMetrics;
+use crate::exposition::publisher::Published;
+use crate::refresh::fleet::Reloader;
 use crate::report::Period;
-use crate::server::limit_in_flight;
-use crate::state::{Attempt, Published, State};
-use crate::webconfig::{guard, Security};
+use crate::serve::server::limit_in_flight;
+use crate::serve::webconfig::{guard, Security};
+use crate::state::{Attempt, State};
 
 #[derive(Clone)]
 struct AppState {

@@ -1,5 +1,7 @@
 //! Command line and environment, resolved once at startup into an immutable [`Config`].
 
+pub mod tenants;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -14,9 +16,8 @@ use crate::auth::certificate::{self, CertificateError, ClientCertificate};
 use crate::auth::credential::read_federated_token;
 use crate::auth::managed::{ManagedEndpoint, IMDS_HOST};
 use crate::auth::{Credential, Identity};
-use crate::graph::RetryPolicy;
+use crate::http::RetryPolicy;
 use crate::report::{Period, Periods};
-use crate::server::ServerLimits;
 use crate::telemetry::{LogFormat, LogLevel};
 
 /// Port from the 9xxx range that the Prometheus default-port-allocations list leaves unused:
@@ -494,6 +495,30 @@ pub enum Source {
         path: PathBuf,
         defaults: TenantDefaults,
     },
+}
+
+/// How the HTTP server treats connections and requests.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// The whole request head, within this of its first byte.
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection between requests: longer than any scrape interval.
+    pub idle_timeout: Duration,
+    /// Open connections; None derives it from the file descriptor limit.
+    pub max_connections: Option<usize>,
+    /// Requests in flight on the telemetry path (--web.max-requests); 0 means no limit.
+    pub max_requests: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_connections: None,
+            max_requests: 40,
+        }
+    }
 }
 
 #[derive(Debug)]

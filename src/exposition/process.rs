@@ -1,7 +1,7 @@
 //! The exporter's own process_* series, as client_golang and node_exporter expose them: read
 //! from /proc/self at scrape time, at most once a second, and appended to the pre-rendered
 //! body. The gzip body is not compressed again: the series are compressed alone and joined to
-//! the publisher's deflate stream as part of its one gzip member (see [`crate::gzip`]); a
+//! the publisher's deflate stream as part of its one gzip member (see [`crate::exposition::gzip`]); a
 //! second gzip member would be cheaper to build, but curl --compressed and zlib users read
 //! only the first member and would never see the process series. Each encoding is built when
 //! first asked for, at most once per snapshot and second, so that Prometheus' gzip scrapes
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 
-use crate::state::Published;
+use crate::exposition::publisher::Published;
 
 /// How long one reading of /proc/self is served.
 const FRESH_FOR: Duration = Duration::from_secs(1);

@@ -14,7 +14,7 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use time::Date;
 
 use crate::error::Reason;
-use crate::state::{Attempt, State};
+use crate::state::{Attempt, ReloadStatus, State};
 
 /// `conference_type` label values, in the order of Graph's columns Audio/Video, Dial-in
 /// Microsoft, Dial-out Microsoft.
@@ -55,13 +55,6 @@ pub struct Globals<'a> {
     /// `sfb_tenant_info`: tenants that have a name, as (tenant, name).
     pub tenant_names: Vec<(&'a str, &'a str)>,
     pub reload: Option<ReloadStatus>,
-}
-
-/// Outcome of loading --config.file.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReloadStatus {
-    pub successful: bool,
-    pub last_success: Option<SystemTime>,
 }
 
 const PERIOD_ACTIVITY_HELP: &str = "Conference time organized in the tenant over every day of the period's Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (the sum of Graph's minutes x 60 over all rows). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";

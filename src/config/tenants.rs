@@ -24,7 +24,6 @@ use crate::report::{Period, Periods};
 /// path such as /dev/zero from eating memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-
 const KEYS: [&str; 14] = [
     "tenant_id",
     "client_id",

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::tls::ClientCertPolicy;
 use super::{Security, Sources, WebConfig, WebConfigError};
-use crate::server::TlsConfig;
+use crate::serve::server::TlsConfig;
 
 /// Asks a running reload loop to read the configuration now.
 #[derive(Clone, Default)]

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Stage};
+use crate::exposition::publisher::Publisher;
 use crate::graph::{Fetched, GraphClient};
-use crate::publisher::Publisher;
 use crate::report;
 use crate::report::Period;
 use crate::state::{Accepted, Attempt, State};
@@ -240,8 +240,8 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
     use crate::auth::{Identity, TokenSource};
-    use crate::graph::RetryPolicy;
     use crate::http::Limits;
+    use crate::http::RetryPolicy;
     use secrecy::SecretString;
     use url::Url;
 

@@ -10,14 +10,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{
-    assemble, render_globals, render_tenant, BuildInfo, Fragment, Globals, ReloadStatus,
+use crate::exposition::gzip::Gzip;
+use crate::exposition::metrics::{
+    assemble, render_globals, render_tenant, BuildInfo, Fragment, Globals,
 };
-use crate::state::{Published, State, TenantView};
+use crate::state::{ReloadStatus, State};
 
 const MIN_GAP: Duration = Duration::from_millis(250);
 const MAX_GAP: Duration = Duration::from_secs(1);
@@ -227,6 +229,69 @@ fn fragment(state: &State) -> Option<Arc<Fragment>> {
         Err(e) => {
             tracing::error!(tenant = %state.tenant, "cannot render metrics, keeping the previous exposition: {e}");
             None
+        }
+    }
+}
+
+/// One tenant as published.
+#[derive(Debug, Clone)]
+pub struct TenantView {
+    pub name: Option<String>,
+    pub state: Arc<State>,
+}
+
+/// The states and their exposition, rendered (and compressed) together so that a scrape only
+/// copies bytes.
+#[derive(Debug)]
+pub struct Published {
+    /// By tenant ID.
+    pub tenants: BTreeMap<String, TenantView>,
+    /// With --config.file: readiness needs a first attempt, not a success, of every tenant's
+    /// periods, and /readyz lists tenants.
+    pub per_tenant: bool,
+    pub metrics: Bytes,
+    /// `metrics`, gzip-compressed, open to appending (the process_* series at scrape time).
+    pub metrics_gzip: Gzip,
+}
+
+impl Published {
+    /// A single tenant, as without --config.file.
+    pub fn new(state: State, metrics: Bytes) -> Published {
+        let tenants = [(
+            state.tenant.clone(),
+            TenantView {
+                name: None,
+                state: Arc::new(state),
+            },
+        )]
+        .into_iter()
+        .collect();
+        Published::assembled(tenants, false, metrics)
+    }
+
+    pub fn assembled(
+        tenants: BTreeMap<String, TenantView>,
+        per_tenant: bool,
+        metrics: Bytes,
+    ) -> Published {
+        let metrics_gzip = Gzip::new(&metrics);
+        Published {
+            tenants,
+            per_tenant,
+            metrics,
+            metrics_gzip,
+        }
+    }
+
+    /// Without --config.file: every period has succeeded once. With it: every (tenant, period)
+    /// has finished its first attempt, so that one tenant that lost its consent does not take
+    /// the others off the scrape.
+    pub fn ready(&self) -> bool {
+        let mut states = self.tenants.values().map(|t| &t.state);
+        if self.per_tenant {
+            states.all(|s| s.periods.values().all(|p| p.last_attempt.is_some()))
+        } else {
+            states.all(|s| s.ready())
         }
     }
 }
