@@ -317,8 +317,6 @@ fn system_roots(found: rustls_native_certs::CertificateResult) -> TrustedRoots {
     }
 }
 
-/// Test support: a client for plain-HTTP fakes, trusting no CA at all.
-
 /// Retries within one refresh, for the failures that are worth another try soon.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -386,6 +384,7 @@ impl RetryPolicy {
     }
 }
 
+/// Test support: a client for plain-HTTP fakes, trusting no CA at all.
 #[cfg(test)]
 pub fn test_client() -> reqwest::Client {
     builder(RootCertStore::empty())

@@ -337,7 +337,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         config.exporter_metrics,
     );
     // Connections accepted after a reload use the configuration it stored.
-    let tls: Option<TlsConfig> = web.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
+    let tls: Option<TlsConfig> = web.tls.clone().map(TlsConfig::new);
     let mut web_config = None;
     if let (Some(path), Some(security)) = (config.web_config_file.clone(), security) {
         let reload = WebConfigReload::new(path, &web, security, tls.clone());

@@ -7,11 +7,19 @@
 //! - The request head (the TLS handshake included, for the first request) must arrive within
 //!   `header_read_timeout` of its first byte (of the accept, for the first request); a
 //!   connection kept alive between requests may stay quiet for `idle_timeout`.
-//! - At most `max_connections` connections are open; more are closed at once, so the process
-//!   keeps file descriptors for the scrape, Graph and its own files.
+//! - At most `max_connections` connections are open. A new one beyond that makes room as nginx
+//!   does when it runs out of connections: the longest idle keep-alive connection is closed,
+//!   else the oldest that has not sent a complete request head; only when every connection is
+//!   answering a request is the new one closed. So the process keeps file descriptors for the
+//!   scrape, Graph and its own files, and idle or silent clients cannot lock a scrape out.
+//! - A TLS connection takes the configuration current when its ClientHello arrives; one that
+//!   a reload has since replaced serves no more requests, and its connection is closed once
+//!   the request in flight is answered.
 //! - Accept errors (EMFILE) are logged once per burst and retried with a growing pause.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +35,7 @@ use hyper_util::server::conn::auto::Builder;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,11 +43,58 @@ use tower_service::Service;
 
 use crate::config::ServerLimits;
 
-/// The TLS configuration connections are accepted with; a reload stores a new one, which
-/// applies to the connections accepted from then on.
-pub type TlsConfig = Arc<ArcSwap<ServerConfig>>;
+/// The TLS configuration connections handshake with. A reload stores a new one: a connection
+/// takes the one current when its ClientHello arrives, and a connection that handshook under
+/// one since replaced is answered no more and closed after its in-flight request.
+#[derive(Clone)]
+pub struct TlsConfig(Arc<TlsRules>);
 
-/// How long open connections get to finish after shutdown begins.
+struct TlsRules {
+    current: ArcSwap<ServerConfig>,
+    /// Counts the stores; a connection remembers the count its handshake was made under.
+    generation: AtomicU64,
+    /// Wakes the accept loop to close the connections under a replaced configuration.
+    replaced: Notify,
+}
+
+impl TlsConfig {
+    pub fn new(config: Arc<ServerConfig>) -> TlsConfig {
+        TlsConfig(Arc::new(TlsRules {
+            current: ArcSwap::new(config),
+            generation: AtomicU64::new(0),
+            replaced: Notify::new(),
+        }))
+    }
+
+    /// Installs `config` for every ClientHello from now on. When this returns, no request is
+    /// answered any more on a connection that handshook under an earlier configuration; those
+    /// connections close once their in-flight request is answered.
+    pub fn store(&self, config: Arc<ServerConfig>) {
+        self.0.current.store(config);
+        self.0.generation.fetch_add(1, Ordering::SeqCst);
+        self.0.replaced.notify_one();
+    }
+
+    /// The configuration a ClientHello arriving now gets.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.current.load_full()
+    }
+
+    /// The configuration for a ClientHello arriving now, with its generation. The generation
+    /// is read first: a store between the two reads makes the connection look older than its
+    /// configuration (so it is closed needlessly), never newer.
+    fn for_client_hello(&self) -> (u64, Arc<ServerConfig>) {
+        let generation = self.0.generation.load(Ordering::SeqCst);
+        (generation, self.0.current.load_full())
+    }
+
+    fn is_current(&self, generation: u64) -> bool {
+        self.0.generation.load(Ordering::SeqCst) == generation
+    }
+}
+
+/// How long open connections get to finish after shutdown begins, and an idle connection
+/// closed to make room or after a reload (HTTP/2: the GOAWAY exchange).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// Pauses after a failed accept, doubling from the first to the last.
 const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
@@ -48,6 +103,10 @@ const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(10), Duration:
 const BURST_QUIET: Duration = Duration::from_secs(10);
 /// Open connections beyond which, once most have closed, freed memory is handed back.
 const TRIM_AFTER: usize = 512;
+/// How long a new connection waits for the one closed to make room for it. That one closes
+/// at its next poll unless a request began on it meanwhile, which it then answers first:
+/// after this, the next one in line is asked too.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
 
 /// Open connections at most, whatever the fd limit: each costs some 25 KiB while it is open
 /// (hyper's read and write buffers, the task), and a scrape target needs a handful.
@@ -97,13 +156,15 @@ pub async fn serve(
     let cap = limits.max_connections.unwrap_or_else(connection_cap);
     tracing::debug!(max_connections = cap, "serving");
     let slots = Arc::new(Semaphore::new(cap));
+    let registry = Arc::new(Registry::default());
     let builders = Arc::new(Builders {
         http1: Builder::new(TokioExecutor::new()).http1_only(),
         http2: Builder::new(TokioExecutor::new()).http2_only(),
     });
-    let limits = Arc::new(limits);
     let mut connections = JoinSet::new();
+    let mut next_id: u64 = 0;
     let mut refused = Burst::default();
+    let mut evicting = Burst::default();
     let mut failed = Burst::default();
     let mut pause = ACCEPT_PAUSE.0;
     let mut peak = 0;
@@ -113,10 +174,21 @@ pub async fn serve(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = census.tick() => {
+                // Ended by quiet only: a slot that frees up between evictions does not end
+                // the flood, so that it is logged once.
+                evicting.end_if_quiet("no connection closed to make room for a while");
+                refused.end_if_quiet("taking new connections again");
+                failed.end_if_quiet("accepting connections again");
                 let open = cap - slots.available_permits();
                 if peak >= TRIM_AFTER && open <= peak / 4 {
                     release_freed_memory();
                     peak = open;
+                }
+                continue;
+            }
+            () = replaced(tls.as_ref()) => {
+                if let Some(tls) = &tls {
+                    registry.retire_replaced(tls);
                 }
                 continue;
             }
@@ -126,7 +198,6 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => {
                 pause = ACCEPT_PAUSE.0;
-                failed.end("accepting connections again");
                 stream
             }
             Err(e) => {
@@ -136,6 +207,15 @@ pub async fn serve(
                         "cannot accept a connection: {e}; retrying, and logging no more of this burst"
                     );
                 }
+                // Out of file descriptors below the cap (the process's own files and sockets
+                // took more than the reserve): a connection makes room, as at the cap.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    let room = make_room(&registry, &mut evicting, cap);
+                    tokio::select! {
+                        made = room => if made { continue },
+                        () = cancel.cancelled() => break,
+                    }
+                }
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = cancel.cancelled() => break,
@@ -144,7 +224,23 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                let room = async {
+                    if !make_room(&registry, &mut evicting, cap).await {
+                        return None;
+                    }
+                    // Given back just after the connection left the registry.
+                    Arc::clone(&slots).acquire_owned().await.ok()
+                };
+                tokio::select! {
+                    slot = room => slot,
+                    () = cancel.cancelled() => break,
+                }
+            }
+        };
+        let Some(slot) = slot else {
             if refused.hit() {
                 tracing::warn!(
                     max_connections = cap,
@@ -154,27 +250,54 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        refused.end("taking new connections again");
         peak = peak.max(cap - slots.available_permits());
-        let tls = tls
-            .as_ref()
-            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
-        let (builders, app, limits, cancel) = (
-            Arc::clone(&builders),
-            app.clone(),
-            Arc::clone(&limits),
-            cancel.clone(),
-        );
+        let clock = Arc::new(Clock::new(&limits, tls.clone()));
+        let open = registry.add(next_id, &clock, slot);
+        next_id += 1;
+        let (builders, app) = (Arc::clone(&builders), app.clone());
         connections.spawn(async move {
-            connection(stream, tls, &builders, app, &limits, &cancel).await;
-            drop(slot);
+            connection(stream, clock, &builders, app).await;
+            drop(open);
         });
     }
     drop(listener);
+    registry.close_all();
     // Each connection closes itself within the grace; this bounds the wait for all of them.
     let all = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE * 2, all).await.is_err() {
         connections.shutdown().await;
+    }
+}
+
+/// Returns when a reload has replaced the TLS configuration.
+async fn replaced(tls: Option<&TlsConfig>) {
+    match tls {
+        Some(tls) => tls.0.replaced.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Makes room for a new connection, as nginx does when it runs out of connections
+/// (ngx_drain_connections): closes connections on which no request is being answered until
+/// one has closed. False when every open connection is answering a request.
+async fn make_room(registry: &Registry, evicting: &mut Burst, cap: usize) -> bool {
+    loop {
+        let closed = registry.closed.notified();
+        tokio::pin!(closed);
+        // Listening before asking, so that a connection closing at once is not missed.
+        closed.as_mut().enable();
+        if !registry.evict_one() {
+            return false;
+        }
+        if evicting.hit() {
+            tracing::warn!(
+                max_connections = cap,
+                "too many open connections: closing the longest idle ones, then those without a complete request head, to make room for new ones; logging no more of this burst"
+            );
+        }
+        if tokio::time::timeout(EVICTION_WAIT, closed).await.is_ok() {
+            return true;
+        }
     }
 }
 
@@ -195,37 +318,103 @@ struct Builders {
     http2: Builder<TokioExecutor>,
 }
 
-async fn connection(
-    stream: TcpStream,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    builders: &Builders,
-    app: Router,
-    limits: &ServerLimits,
-    cancel: &CancellationToken,
-) {
+/// The open connections, by the id the accept loop gave them: touched on accept and close,
+/// and when connections are to be closed (room, reload, shutdown), never per request.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<HashMap<u64, Arc<Clock>>>,
+    /// Wakes whoever waits for room each time a connection has closed.
+    closed: Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Clock>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection until the returned guard is dropped, which then frees `slot`.
+    fn add(self: &Arc<Self>, id: u64, clock: &Arc<Clock>, slot: OwnedSemaphorePermit) -> Open {
+        self.lock().insert(id, Arc::clone(clock));
+        Open {
+            registry: Arc::clone(self),
+            id,
+            _slot: slot,
+        }
+    }
+
+    /// Asks the longest idle connection to close, else the one that has waited longest for a
+    /// complete request head; false when every connection is answering a request (or already
+    /// closing).
+    fn evict_one(&self) -> bool {
+        let open = self.lock();
+        let victim = open
+            .values()
+            .filter_map(|clock| {
+                let state = clock.lock();
+                let rank = match (state.closing, state.phase) {
+                    (None, Phase::Idle) => 0,
+                    (None, Phase::Head) => 1,
+                    _ => return None,
+                };
+                Some(((rank, state.since), clock))
+            })
+            .min_by_key(|(order, _)| *order);
+        victim.is_some_and(|(_, clock)| clock.ask_to_close(Closing::Evicted, |_| true))
+    }
+
+    /// Asks every TLS connection whose handshake a reload has made stale to close.
+    fn retire_replaced(&self, tls: &TlsConfig) {
+        for clock in self.lock().values() {
+            clock.ask_to_close(Closing::Retired, |state| {
+                state.generation.is_some_and(|g| !tls.is_current(g))
+            });
+        }
+    }
+
+    fn close_all(&self) {
+        for clock in self.lock().values() {
+            clock.ask_to_close(Closing::Shutdown, |_| true);
+        }
+    }
+}
+
+/// An open connection's place in the registry and its slot under the cap.
+struct Open {
+    registry: Arc<Registry>,
+    id: u64,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // The slot is given back right after this, the socket was closed before.
+        self.registry.lock().remove(&self.id);
+        self.registry.closed.notify_waiters();
+    }
+}
+
+async fn connection(stream: TcpStream, clock: Arc<Clock>, builders: &Builders, app: Router) {
     // Responses go out in one write; without this, Nagle's algorithm holds back whatever a
     // write leaves over until the client's delayed ACK.
     let _ = stream.set_nodelay(true);
-    let clock = Arc::new(Clock::new(limits));
-    let Some(acceptor) = tls else {
-        return drive(
-            Timed::new(stream, &clock),
-            clock,
-            &builders.http1,
-            app,
-            cancel,
-        )
-        .await;
+    let Some(tls) = clock.tls.clone() else {
+        return drive(Timed::new(stream, &clock), clock, &builders.http1, app).await;
     };
-    // The handshake counts against the first request head's time.
-    let handshake = tokio::time::timeout_at(clock.deadline(), acceptor.accept(stream));
+    // The handshake counts against the first request head's time. Its configuration is the
+    // one current when the ClientHello arrives, however long after the accept that is.
+    let handshake = async {
+        let hello =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        hello.into_stream(clock.rules_for_handshake(&tls)).await
+    };
     let stream = tokio::select! {
-        done = handshake => match done {
+        done = tokio::time::timeout_at(clock.deadline(), handshake) => match done {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake not finished in time; closing"),
         },
-        () = cancel.cancelled() => return,
+        () = clock.close.notified() => return,
     };
     let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         clock.lock().multiplexed = true;
@@ -233,16 +422,21 @@ async fn connection(
     } else {
         &builders.http1
     };
-    drive(Timed::new(stream, &clock), clock, builder, app, cancel).await
+    drive(Timed::new(stream, &clock), clock, builder, app).await
 }
 
-async fn drive<S>(
-    io: Timed<S>,
-    clock: Arc<Clock>,
-    builder: &Builder<TokioExecutor>,
-    app: Router,
-    cancel: &CancellationToken,
-) where
+/// The answer to a request on a connection whose TLS handshake was made under a web
+/// configuration that a reload has replaced since: nothing is served under the old rules.
+fn under_replaced_rules() -> Response {
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "The web configuration this connection was opened under has been reloaded; reconnect\n",
+    )
+        .into_response()
+}
+
+async fn drive<S>(io: Timed<S>, clock: Arc<Clock>, builder: &Builder<TokioExecutor>, app: Router)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let requests = Arc::clone(&clock);
@@ -250,6 +444,9 @@ async fn drive<S>(
         let busy = Busy::begin(&requests);
         let mut app = app.clone();
         async move {
+            if busy.under_replaced_rules {
+                return Ok(under_replaced_rules());
+            }
             let response = app.call(request).await;
             drop(busy);
             Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
@@ -257,9 +454,27 @@ async fn drive<S>(
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut closing: Option<Instant> = None;
+    // Once asked to close, hyper is told to finish (HTTP/1.1: after the response in flight;
+    // HTTP/2: GOAWAY), and the connection is dropped at `hard` if it has not finished by then.
+    let mut finishing = false;
+    let mut hard: Option<Instant> = None;
     loop {
-        let wake = closing.unwrap_or_else(|| clock.deadline());
+        let (closing, phase) = clock.closing();
+        if let Some(why) = closing {
+            if !finishing {
+                // Nothing is in flight before a complete head: no reason to wait for one.
+                if phase == Phase::Head && why != Closing::Shutdown {
+                    return tracing::debug!("closing a connection: {}", why.reason());
+                }
+                conn.as_mut().graceful_shutdown();
+                finishing = true;
+            }
+            // A request being answered is let finish; the grace starts once it has.
+            if hard.is_none() && (why == Closing::Shutdown || phase != Phase::Busy) {
+                hard = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+        }
+        let wake = hard.unwrap_or_else(|| clock.deadline());
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(e) = done {
@@ -268,17 +483,35 @@ async fn drive<S>(
                 return;
             }
             () = tokio::time::sleep_until(wake) => {
-                if closing.is_some() {
-                    return;
+                let now = Instant::now();
+                if hard.is_some_and(|at| now >= at) {
+                    return tracing::debug!("closing a connection that did not finish in time");
                 }
-                if let Some(what) = clock.expired(Instant::now()) {
+                if let Some(what) = clock.expired(now) {
                     return tracing::debug!("closing a connection: {what}");
                 }
             }
-            () = cancel.cancelled(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + SHUTDOWN_GRACE);
-            }
+            () = clock.close.notified(), if !finishing => {}
+        }
+    }
+}
+
+/// Why a connection is asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Shutdown,
+    /// To make room for a new connection.
+    Evicted,
+    /// Its TLS handshake was made under a configuration a reload has replaced.
+    Retired,
+}
+
+impl Closing {
+    fn reason(self) -> &'static str {
+        match self {
+            Closing::Shutdown => "shutting down",
+            Closing::Evicted => "too many open connections, and this one the first to go",
+            Closing::Retired => "opened under a web configuration that a reload replaced",
         }
     }
 }
@@ -287,6 +520,10 @@ async fn drive<S>(
 struct Clock {
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    /// The TLS configuration it is served under; None for plain HTTP.
+    tls: Option<TlsConfig>,
+    /// Wakes the connection once `closing` is set.
+    close: Notify,
     state: Mutex<ClockState>,
 }
 
@@ -298,6 +535,10 @@ struct ClockState {
     read_while_busy: bool,
     /// HTTP/2: bytes between requests (PING, SETTINGS) do not start a request head.
     multiplexed: bool,
+    /// Set once, when the connection is asked to close.
+    closing: Option<Closing>,
+    /// The TLS configuration generation its handshake was made under.
+    generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,22 +552,54 @@ enum Phase {
 }
 
 impl Clock {
-    fn new(limits: &ServerLimits) -> Clock {
+    fn new(limits: &ServerLimits, tls: Option<TlsConfig>) -> Clock {
         Clock {
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            tls,
+            close: Notify::new(),
             state: Mutex::new(ClockState {
                 phase: Phase::Head,
                 since: Instant::now(),
                 in_flight: 0,
                 read_while_busy: false,
                 multiplexed: false,
+                closing: None,
+                generation: None,
             }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The TLS configuration for the ClientHello that just came. Taken and recorded under the
+    /// lock that [`Registry::retire_replaced`] reads it under: a reload either sees this
+    /// connection's generation, or happened before it was read.
+    fn rules_for_handshake(&self, tls: &TlsConfig) -> Arc<ServerConfig> {
+        let mut state = self.lock();
+        let (generation, config) = tls.for_client_hello();
+        state.generation = Some(generation);
+        config
+    }
+
+    /// Asks the connection to close for `why` when `when` holds of it and it has not been
+    /// asked before; true when it was asked now.
+    fn ask_to_close(&self, why: Closing, when: impl FnOnce(&ClockState) -> bool) -> bool {
+        let mut state = self.lock();
+        if state.closing.is_some() || !when(&state) {
+            return false;
+        }
+        state.closing = Some(why);
+        drop(state);
+        self.close.notify_one();
+        true
+    }
+
+    fn closing(&self) -> (Option<Closing>, Phase) {
+        let state = self.lock();
+        (state.closing, state.phase)
     }
 
     /// When the connection's time is up, or when to look again. An idle connection is looked
@@ -367,20 +640,33 @@ impl Clock {
 }
 
 /// A request being answered; the connection is idle again once none is.
-struct Busy(Arc<Clock>);
+struct Busy {
+    clock: Arc<Clock>,
+    /// The connection's TLS configuration has been replaced: the request is refused.
+    under_replaced_rules: bool,
+}
 
 impl Busy {
     fn begin(clock: &Arc<Clock>) -> Busy {
         let mut state = clock.lock();
         state.in_flight += 1;
         state.phase = Phase::Busy;
-        Busy(Arc::clone(clock))
+        // One atomic load per request over TLS; nothing for plain HTTP.
+        let under_replaced_rules = state.closing == Some(Closing::Retired)
+            || match (&clock.tls, state.generation) {
+                (Some(tls), Some(generation)) => !tls.is_current(generation),
+                _ => false,
+            };
+        Busy {
+            clock: Arc::clone(clock),
+            under_replaced_rules,
+        }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
+        let mut state = self.clock.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         if state.in_flight == 0 {
             let next_head = state.read_while_busy && !state.multiplexed;
@@ -479,6 +765,13 @@ impl Burst {
         }
         self.count += 1;
         quiet
+    }
+
+    /// Ends a burst that has seen no event for [`BURST_QUIET`].
+    fn end_if_quiet(&mut self, what: &str) {
+        if self.last.is_some_and(|last| last.elapsed() >= BURST_QUIET) {
+            self.end(what);
+        }
     }
 
     /// Ends a burst, if one is going on.

@@ -179,14 +179,10 @@ mod tests {
         let path = dir.path().join("web.yml");
         std::fs::write(&path, yaml).unwrap();
         let web = WebConfig::load(&path).unwrap();
-        let tls: TlsConfig = Arc::new(ArcSwap::new(web.tls.clone().unwrap()));
+        let tls = TlsConfig::new(web.tls.clone().unwrap());
         let security = Arc::new(ArcSwap::new(Arc::clone(&web.security)));
-        let reload = WebConfigReload::new(
-            path.clone(),
-            &web,
-            Arc::clone(&security),
-            Some(Arc::clone(&tls)),
-        );
+        let reload =
+            WebConfigReload::new(path.clone(), &web, Arc::clone(&security), Some(tls.clone()));
         Served {
             _dir: dir,
             path,
@@ -208,7 +204,7 @@ mod tests {
     fn a_new_tls_configuration_is_stored_only_when_tls_changed() {
         let users = "basic_auth_users:\n  u: $2y$04$0bxMa9LVrBAk6tB7xjU8sOUAEM1SHLnuDtzZN4sgq9GVmOVTNPLCS\n";
         let mut served = serving(&format!("{TLS}{users}"));
-        let first = served.tls.load_full();
+        let first = served.tls.current();
         let security = served.security.load_full();
         served
             .reload_with(&format!(
@@ -219,14 +215,11 @@ mod tests {
             !Arc::ptr_eq(&security, &served.security.load_full()),
             "applied"
         );
-        assert!(
-            Arc::ptr_eq(&first, &served.tls.load_full()),
-            "TLS untouched"
-        );
+        assert!(Arc::ptr_eq(&first, &served.tls.current()), "TLS untouched");
         served
             .reload_with(&format!("{TLS}{VERIFY}{users}"))
             .unwrap();
-        let verifying = served.tls.load_full();
+        let verifying = served.tls.current();
         assert!(!Arc::ptr_eq(&first, &verifying), "client auth changed");
         assert_eq!(
             verifying.alpn_protocols, first.alpn_protocols,
@@ -238,7 +231,7 @@ mod tests {
     fn a_reload_that_loosens_client_certificate_checks_is_refused() {
         let strict = format!("{TLS}{VERIFY}  client_allowed_sans: [a, b]\n");
         let mut served = serving(&strict);
-        let tls = served.tls.load_full();
+        let tls = served.tls.current();
         let security = served.security.load_full();
         for (yaml, needle) in [
             (TLS.to_string(), "sets client_auth_type NoClientCert, which does not require a client certificate as RequireAndVerifyClientCert did"),
@@ -250,14 +243,14 @@ mod tests {
             let err = served.reload_with(&yaml).unwrap_err();
             assert!(err.contains(needle), "{yaml}: {err}");
             assert!(err.ends_with("; loosening client certificate checks needs a restart"), "{err}");
-            assert!(Arc::ptr_eq(&tls, &served.tls.load_full()), "{yaml}: TLS stored");
+            assert!(Arc::ptr_eq(&tls, &served.tls.current()), "{yaml}: TLS stored");
             assert!(Arc::ptr_eq(&security, &served.security.load_full()), "{yaml}: applied");
         }
         // Tightening applies, and is then what a loosening is measured against.
         served
             .reload_with(&format!("{TLS}{VERIFY}  client_allowed_sans: [a]\n"))
             .unwrap();
-        assert!(!Arc::ptr_eq(&tls, &served.tls.load_full()));
+        assert!(!Arc::ptr_eq(&tls, &served.tls.current()));
         let err = served.reload_with(&strict).unwrap_err();
         assert!(err.contains("adds [\"b\"]"), "{err}");
     }
@@ -265,11 +258,11 @@ mod tests {
     #[test]
     fn tightening_from_plain_tls_applies_at_once() {
         let mut served = serving(TLS);
-        let tls = served.tls.load_full();
+        let tls = served.tls.current();
         served
             .reload_with(&format!("{TLS}{VERIFY}  client_allowed_sans: [a]\n"))
             .unwrap();
-        assert!(!Arc::ptr_eq(&tls, &served.tls.load_full()));
+        assert!(!Arc::ptr_eq(&tls, &served.tls.current()));
     }
 
     /// Set when held_load starts, and when it is done.
