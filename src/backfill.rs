@@ -11,9 +11,7 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use url::Url;
-
-use crate::auth::{Identity, TokenSource};
+use crate::config::tenants::Tenant;
 use crate::error::{Error, Stage};
 use crate::exposition::metrics::CONFERENCE_TYPES;
 use crate::graph::{Fetched, GraphClient};
@@ -25,17 +23,9 @@ pub const METRIC: &str = "sfb_organizer_activity_daily_seconds";
 
 const HELP: &str = "Conference time organized in the tenant on one day of the Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (Graph's minutes x 60), timestamped at the day's UTC midnight. Written by sfb-exporter backfill for promtool, never exposed live.";
 
-/// One tenant to backfill: its `tenant` label and how to reach its Graph.
-#[derive(Debug)]
-pub struct Tenant {
-    pub label: String,
-    pub identity: Identity,
-    pub authority: Url,
-    pub graph: Url,
-}
-
-/// What every tenant's report request shares.
-pub struct Settings {
+/// The report request every tenant makes: which period, over which client, within which
+/// limits.
+pub struct ReportRequest {
     pub http: reqwest::Client,
     pub timeout: std::time::Duration,
     pub max_body_bytes: u64,
@@ -43,7 +33,7 @@ pub struct Settings {
     pub period: Period,
 }
 
-impl Settings {
+impl ReportRequest {
     fn limits(&self) -> Limits {
         Limits {
             timeout: self.timeout,
@@ -70,36 +60,35 @@ pub enum BackfillError {
     Stdout(io::Error),
 }
 
-/// Fetches `settings.period`'s report once per tenant, one tenant after the other (Graph
-/// throttles per tenant, and a daily job has time), and renders them all. The first failure
-/// ends the run: a partial history would look complete.
-pub async fn collect(tenants: Vec<Tenant>, settings: &Settings) -> Result<String, BackfillError> {
+/// Fetches `request.period`'s report once per tenant, one tenant after the other (Graph
+/// throttles per tenant, and a daily job has time), and renders them all, each labelled by
+/// its tenant ID as the live metrics are. The first failure ends the run: a partial history
+/// would look complete.
+pub async fn collect(
+    tenants: Vec<Tenant>,
+    request: &ReportRequest,
+) -> Result<String, BackfillError> {
     let mut reports = Vec::with_capacity(tenants.len());
     for tenant in tenants {
-        let tokens = TokenSource::new(
-            settings.http.clone(),
-            &tenant.authority,
-            &tenant.graph,
+        let label = tenant.id().to_string();
+        let graph = GraphClient::for_identity(
+            request.http.clone(),
             tenant.identity,
-            settings.limits(),
-        );
-        let graph = GraphClient::new(
-            settings.http.clone(),
+            &tenant.authority,
             tenant.graph,
-            tokens,
-            settings.limits(),
-            settings.retry.clone(),
+            request.limits(),
+            request.retry.clone(),
         );
         let report =
-            fetch(&graph, settings.period)
+            fetch(&graph, request.period)
                 .await
                 .map_err(|error| BackfillError::Report {
-                    tenant: tenant.label.clone(),
-                    period: settings.period,
+                    tenant: label.clone(),
+                    period: request.period,
                     error,
                 })?;
-        tracing::info!(tenant = %tenant.label, period = %settings.period, rows = report.rows.len(), "report fetched");
-        reports.push((tenant.label, report));
+        tracing::info!(tenant = %label, period = %request.period, rows = report.rows.len(), "report fetched");
+        reports.push((label, report));
     }
     Ok(render(&reports))
 }

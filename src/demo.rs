@@ -39,8 +39,9 @@ pub struct Demo {
     pub server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
+/// How many tokens the fake identity platform has handed out: each is distinct.
 #[derive(Clone, Default)]
-struct Shared {
+struct IssuedTokens {
     issued: Arc<AtomicU64>,
 }
 
@@ -71,7 +72,7 @@ fn router() -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/reports/{function}", get(report))
         .route("/download/{period}", get(download))
-        .with_state(Shared::default())
+        .with_state(IssuedTokens::default())
 }
 
 #[derive(Deserialize)]
@@ -83,7 +84,7 @@ struct TokenForm {
 }
 
 async fn token(
-    State(s): State<Shared>,
+    State(s): State<IssuedTokens>,
     Path(tenant): Path<String>,
     Form(f): Form<TokenForm>,
 ) -> Response {

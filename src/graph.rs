@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::auth::TokenSource;
+use crate::auth::{Identity, TokenSource};
 use crate::error::{Error, RequestId, Stage};
 use crate::http::{exchange, Answer, Limits, RequestCounts, RetryPolicy};
 use crate::report::Period;
@@ -33,6 +33,20 @@ pub enum Fetched {
 }
 
 impl GraphClient {
+    /// The client of one tenant, signing in as `identity` at `authority` with a token source
+    /// (and cache) of its own; its token and report exchanges share `limits`.
+    pub fn for_identity(
+        http: reqwest::Client,
+        identity: Identity,
+        authority: &Url,
+        graph: Url,
+        limits: Limits,
+        retry: RetryPolicy,
+    ) -> GraphClient {
+        let tokens = TokenSource::new(http.clone(), authority, &graph, identity, limits.clone());
+        GraphClient::new(http, graph, tokens, limits, retry)
+    }
+
     pub fn new(
         http: reqwest::Client,
         graph: Url,

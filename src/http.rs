@@ -20,7 +20,8 @@ use crate::error::{Error, RequestId, Stage};
 use crate::files::read_bounded;
 use crate::text::one_line;
 
-#[derive(Debug)]
+/// Clones share the in-flight bound and the counts.
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub timeout: Duration,
     pub max_body_bytes: u64,

@@ -89,18 +89,17 @@ pub fn check_config(
     }) = &config
     {
         match tenants::load(path, defaults, *shard) {
-            Ok(specs) => {
-                lines.push(("tenants in this shard", specs.len().to_string()));
-                for spec in &specs {
-                    let tenants::Credential::Certificate { certificate, .. } = &spec.credential
-                    else {
+            Ok(tenants) => {
+                lines.push(("tenants in this shard", tenants.len().to_string()));
+                for tenant in &tenants {
+                    let Some(certificate) = tenant.identity.credential.certificate() else {
                         continue;
                     };
-                    let Some(warning) = certificate.0.expiry_warning(now) else {
+                    let Some(warning) = certificate.expiry_warning(now) else {
                         continue;
                     };
-                    let line = format!("tenant {}: {warning}", spec.tenant_id);
-                    if certificate.0.expired(now) {
+                    let line = format!("tenant {}: {warning}", tenant.id());
+                    if certificate.expired(now) {
                         problems.push(line);
                     } else {
                         warnings.push(line);
@@ -161,44 +160,30 @@ pub async fn backfill(config: Config, period: report::Period) -> anyhow::Result<
             identity,
             authority,
             graph,
-        } => vec![backfill::Tenant {
-            label: identity.tenant_id.clone(),
-            identity,
-            authority,
-            graph,
-        }],
+        } => vec![Tenant::single(identity, authority, graph, config.periods)],
         Source::Demo => {
             let demo = demo::start(cancel).await.map_err(StartError::Demo)?;
             tokio::spawn(demo.server);
-            vec![backfill::Tenant {
-                label: demo::TENANT.to_string(),
-                identity: demo::identity(),
-                authority: demo.authority,
-                graph: demo.graph,
-            }]
+            vec![Tenant::single(
+                demo::identity(),
+                demo.authority,
+                demo.graph,
+                config.periods,
+            )]
         }
-        // Every tenant of the file (of this shard, with --shard.*), labelled by tenant ID as
-        // the live metrics are.
-        Source::File { path, defaults } => tenants::load(&path, &defaults, config.shard)
-            .map_err(StartError::Tenants)?
-            .iter()
-            .map(|spec| spec.tenant())
-            .map(|tenant| backfill::Tenant {
-                label: tenant.identity.tenant_id.clone(),
-                identity: tenant.identity,
-                authority: tenant.authority,
-                graph: tenant.graph,
-            })
-            .collect(),
+        // Every tenant of the file (of this shard, with --shard.*).
+        Source::File { path, defaults } => {
+            tenants::load(&path, &defaults, config.shard).map_err(StartError::Tenants)?
+        }
     };
-    let settings = backfill::Settings {
+    let request = backfill::ReportRequest {
         http,
         timeout: config.graph_timeout,
         max_body_bytes: config.max_body_bytes,
         retry: config.retry,
         period,
     };
-    Ok(backfill::collect(tenants, &settings).await?)
+    Ok(backfill::collect(tenants, &request).await?)
 }
 
 /// A started exporter: serving, refreshing, until its cancellation token fires.
@@ -261,12 +246,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         publisher: Arc::clone(&publisher),
         cancel: cancel.clone(),
     });
-    let single = |identity, authority, graph| Tenant {
-        name: None,
-        identity,
-        authority,
-        graph,
-        periods: config.periods.clone(),
+    let single = |identity, authority, graph| {
+        Tenant::single(identity, authority, graph, config.periods.clone())
     };
     let mut reloader = None;
     match config.source {
@@ -293,9 +274,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
                 defaults,
                 shard: config.shard,
             };
-            let specs = source.load().await.map_err(StartError::Tenants)?;
-            let count = specs.len();
-            fleet.apply(specs);
+            let tenants = source.load().await.map_err(StartError::Tenants)?;
+            let count = tenants.len();
+            fleet.apply(tenants);
             // One reading, published now and kept by reloads that fail.
             let loaded_at = std::time::SystemTime::now();
             publisher.set_reload(ReloadStatus {

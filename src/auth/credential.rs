@@ -1,14 +1,15 @@
 //! How the exporter proves who it is: the kinds of credential the Azure SDKs read from the
-//! environment, and the form fields each adds to a token request.
+//! environment (and a tenant of --config.file from its keys), and the form fields each adds to
+//! a token request.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
-use super::certificate::ClientCertificate;
+use super::certificate::{self, ClientCertificate};
 use super::managed::ManagedEndpoint;
 use crate::error::Error;
 use crate::files::read_text;
@@ -19,6 +20,37 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// A federated token is a JWT of a few KiB; the cap keeps a wrong path from eating memory.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
+/// Where an identity was configured, so that every message names the setting to change there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The AZURE_* variables and the --azure.* flags.
+    Environment,
+    /// A tenant of --config.file, by its keys.
+    File,
+}
+
+impl Origin {
+    /// What messages call the federated token file.
+    pub fn token_file(self) -> &'static str {
+        match self {
+            Origin::Environment => "AZURE_FEDERATED_TOKEN_FILE",
+            Origin::File => "federated_token_file",
+        }
+    }
+
+    /// What messages call the certificate file and its password.
+    pub fn certificate(self) -> certificate::Settings {
+        match self {
+            Origin::Environment => certificate::Settings::ENVIRONMENT,
+            Origin::File => certificate::Settings::CONFIG_FILE,
+        }
+    }
+}
+
+/// Files are read when the configuration is loaded, and two credentials are equal when they
+/// hold the same: a reload of --config.file sees a secret or certificate rotated in place (a
+/// Kubernetes Secret update) and keeps a tenant whose files are unchanged.
+#[derive(Clone)]
 pub enum Credential {
     Secret {
         client_id: String,
@@ -34,10 +66,9 @@ pub enum Credential {
     },
     WorkloadIdentity {
         client_id: String,
+        /// Read again at every token request (the kubelet rotates it), so its path is what
+        /// counts.
         token_file: PathBuf,
-        /// What errors call the file: AZURE_FEDERATED_TOKEN_FILE, or the key of
-        /// --config.file that gave it.
-        token_file_setting: &'static str,
     },
     ManagedIdentity {
         /// Selects a user-assigned identity; None for the system-assigned one.
@@ -63,6 +94,59 @@ impl fmt::Debug for Credential {
             Credential::ManagedIdentity { endpoint, .. } => d.field("endpoint", endpoint),
         };
         d.finish()
+    }
+}
+
+impl PartialEq for Credential {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Credential::Secret { client_id, secret },
+                Credential::Secret {
+                    client_id: c,
+                    secret: s,
+                },
+            ) => client_id == c && secret.expose_secret() == s.expose_secret(),
+            (
+                Credential::Certificate {
+                    client_id,
+                    certificate,
+                    send_chain,
+                },
+                Credential::Certificate {
+                    client_id: c,
+                    certificate: cert,
+                    send_chain: chain,
+                },
+            ) => {
+                // The same chain, and so the same key: a file rewritten in another order is
+                // the same credential.
+                client_id == c
+                    && certificate.fingerprint() == cert.fingerprint()
+                    && send_chain == chain
+            }
+            (
+                Credential::WorkloadIdentity {
+                    client_id,
+                    token_file,
+                },
+                Credential::WorkloadIdentity {
+                    client_id: c,
+                    token_file: t,
+                },
+            ) => client_id == c && token_file == t,
+            (
+                Credential::ManagedIdentity {
+                    client_id,
+                    endpoint,
+                },
+                Credential::ManagedIdentity {
+                    client_id: c,
+                    endpoint: e,
+                },
+            ) => client_id == c && endpoint == e,
+            _ => false,
+        }
     }
 }
 
@@ -95,11 +179,12 @@ impl Credential {
 
     /// The form fields that authenticate the client at `token_url`: the secret, or a fresh
     /// assertion. Managed identity has none: its endpoint takes no client authentication.
-    /// `timeout` bounds the read of a federated token file.
+    /// `timeout` bounds the read of a federated token file; `origin` names it in errors.
     pub(super) async fn client_proof(
         &self,
         token_url: &str,
         timeout: Duration,
+        origin: Origin,
     ) -> Result<Vec<(&'static str, SecretString)>, Error> {
         let assertion = match self {
             Credential::Secret { secret, .. } => {
@@ -110,11 +195,9 @@ impl Credential {
                 certificate,
                 send_chain,
             } => certificate.assertion(client_id, token_url, *send_chain, SystemTime::now())?,
-            Credential::WorkloadIdentity {
-                token_file,
-                token_file_setting,
-                ..
-            } => read_federated_token_within(token_file, token_file_setting, timeout).await?,
+            Credential::WorkloadIdentity { token_file, .. } => {
+                read_federated_token_within(token_file, origin.token_file(), timeout).await?
+            }
             Credential::ManagedIdentity { .. } => return Ok(Vec::new()),
         };
         Ok(vec![
@@ -178,12 +261,12 @@ mod tests {
         let credential = Credential::WorkloadIdentity {
             client_id: "c".into(),
             token_file: path.clone(),
-            token_file_setting: ENV,
         };
         async fn proof(c: &Credential) -> Vec<String> {
             c.client_proof(
                 "https://login.example.test/t/oauth2/v2.0/token",
                 Duration::from_secs(30),
+                Origin::Environment,
             )
             .await
             .unwrap()

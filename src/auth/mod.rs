@@ -4,8 +4,10 @@
 
 pub mod certificate;
 pub mod credential;
+pub mod load;
 pub mod managed;
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -13,7 +15,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-pub use self::credential::Credential;
+pub use self::credential::{Credential, Origin};
 use crate::error::{Error, Stage};
 use crate::http::{exchange, Answer, Limits};
 use crate::text::one_line;
@@ -26,12 +28,14 @@ const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// that may run ahead, which must not turn every token request into another one.
 const MIN_EXPIRES_ON_LIFETIME: Duration = Duration::from_secs(120);
 
-/// Who the exporter signs in as: the tenant (token endpoint and `tenant` label) and how it
-/// proves itself. Debug output never shows a secret: [`Credential`] redacts its own.
-#[derive(Debug)]
+/// Who the exporter signs in as: the tenant (token endpoint and `tenant` label), how it
+/// proves itself, and where both were configured. Debug output never shows a secret:
+/// [`Credential`] redacts its own.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     pub tenant_id: String,
     pub credential: Credential,
+    pub origin: Origin,
 }
 
 impl Identity {
@@ -43,6 +47,7 @@ impl Identity {
                 client_id: client_id.into(),
                 secret,
             },
+            origin: Origin::Environment,
         }
     }
 }
@@ -50,7 +55,10 @@ impl Identity {
 pub struct TokenSource {
     http: reqwest::Client,
     token_url: Url,
+    tenant_id: String,
     credential: Credential,
+    /// Where the identity was configured: what refusals tell the operator to change.
+    origin: Origin,
     scope: String,
     /// Managed identity endpoints take the resource (the Graph root) instead of a scope.
     resource: String,
@@ -87,7 +95,9 @@ impl TokenSource {
         TokenSource {
             http,
             token_url,
+            tenant_id: identity.tenant_id,
             credential: identity.credential,
+            origin: identity.origin,
             scope: format!("{}/.default", graph.as_str().trim_end_matches('/')),
             resource: graph.as_str().trim_end_matches('/').to_string(),
             limits,
@@ -160,7 +170,7 @@ impl TokenSource {
                 // Built afresh for every request: an assertion is single-use and short-lived,
                 // and a federated token file is rotated by the kubelet.
                 let proof = credential
-                    .client_proof(self.token_url.as_str(), self.limits.timeout)
+                    .client_proof(self.token_url.as_str(), self.limits.timeout, self.origin)
                     .await?;
                 let mut form = vec![
                     ("grant_type", "client_credentials"),
@@ -180,7 +190,7 @@ impl TokenSource {
                 renew_at: Instant::now() + renew_after(lifetime),
             });
         }
-        Err(token_error(&answer))
+        Err(token_error(&answer, self.origin, &self.tenant_id))
     }
 }
 
@@ -259,8 +269,9 @@ fn lifetime_until(on: u64, now: SystemTime) -> Duration {
 }
 
 /// Turns a refused token request into one actionable line, classified by `error_codes` (the
-/// `error` string has changed over the years, the codes have not).
-fn token_error(answer: &Answer) -> Error {
+/// `error` string has changed over the years, the codes have not). `origin` and `tenant_id`
+/// say where the setting to fix is.
+fn token_error(answer: &Answer, origin: Origin, tenant_id: &str) -> Error {
     let status = answer.status.as_u16();
     if status == 429 {
         return Error::Throttled {
@@ -292,7 +303,7 @@ fn token_error(answer: &Answer) -> Error {
     let description = field("error_description")
         .and_then(|d| d.lines().next().map(str::to_string))
         .unwrap_or_default();
-    let detail = match code.and_then(hint) {
+    let detail = match code.and_then(|code| hint(code, origin, tenant_id)) {
         Some(hint) => format!("{hint} ({})", one_line(&error, 80)),
         None => one_line(&format!("{error}: {description}"), 300),
     };
@@ -304,8 +315,11 @@ fn token_error(answer: &Answer) -> Error {
     }
 }
 
-fn hint(code: u64) -> Option<&'static str> {
-    Some(match code {
+fn hint(code: u64, origin: Origin, tenant_id: &str) -> Option<Cow<'static, str>> {
+    if code == 7000215 && origin == Origin::File {
+        return Some(Cow::Owned(format!("invalid client secret: set client_secret (or the content of client_secret_file) of tenant {tenant_id} in --config.file to the secret's value, not its ID")));
+    }
+    Some(Cow::Borrowed(match code {
         7000215 => "invalid client secret: set AZURE_CLIENT_SECRET to the secret's value, not its ID",
         7000222 => "the client secret has expired: create a new one in the app registration",
         700016 => "application not found in the tenant: check AZURE_CLIENT_ID and AZURE_TENANT_ID, and --azure.cloud",
@@ -317,7 +331,7 @@ fn hint(code: u64) -> Option<&'static str> {
         1002012 | 70011 => "the scope was refused: check --graph.url, the token scope is <graph.url>/.default",
         7000112 => "the application is disabled in the tenant",
         _ => return None,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -431,6 +445,7 @@ mod tests {
                     header: SecretString::from("h"),
                 },
             },
+            origin: Origin::Environment,
         };
         let url = Url::parse("https://example.test/").unwrap();
         let source = TokenSource::new(crate::http::test_client(), &url, &url, identity, limits());
@@ -455,26 +470,44 @@ mod tests {
     #[test]
     fn errors_classified_by_code() {
         let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1\r\nCorrelation ID: 2","error_codes":[7000215],"trace_id":"t-1"}"#;
-        let e = token_error(&answer(401, body));
+        // A tenant of --config.file is sent to its keys in the file, not to the environment.
+        let e = token_error(&answer(401, body), Origin::File, "contoso.onmicrosoft.com");
         assert_eq!(e.reason().as_str(), "auth");
         let msg = e.to_string();
         assert_eq!(
             msg,
+            "token request rejected with HTTP 401, AADSTS7000215: invalid client secret: set client_secret (or the content of client_secret_file) of tenant contoso.onmicrosoft.com in --config.file to the secret's value, not its ID (invalid_client) [trace_id t-1]"
+        );
+        let e = token_error(&answer(401, body), Origin::Environment, "t1");
+        assert_eq!(
+            e.to_string(),
             "token request rejected with HTTP 401, AADSTS7000215: invalid client secret: set AZURE_CLIENT_SECRET to the secret's value, not its ID (invalid_client) [trace_id t-1]"
         );
         let body = r#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found.","error_codes":[90002]}"#;
-        assert!(token_error(&answer(400, body))
+        assert!(token_error(&answer(400, body), Origin::Environment, "t1")
             .to_string()
             .contains("tenant not found"));
         let body =
             r#"{"error":"weird","error_description":"AADSTS1: something\nmore","error_codes":[1]}"#;
-        assert!(token_error(&answer(400, body))
+        assert!(token_error(&answer(400, body), Origin::Environment, "t1")
             .to_string()
             .ends_with("weird: AADSTS1: something"));
-        assert_eq!(token_error(&answer(503, "")).reason().as_str(), "http");
-        assert_eq!(token_error(&answer(429, "")).reason().as_str(), "throttled");
         assert_eq!(
-            token_error(&answer(400, "<html>")).reason().as_str(),
+            token_error(&answer(503, ""), Origin::Environment, "t1")
+                .reason()
+                .as_str(),
+            "http"
+        );
+        assert_eq!(
+            token_error(&answer(429, ""), Origin::Environment, "t1")
+                .reason()
+                .as_str(),
+            "throttled"
+        );
+        assert_eq!(
+            token_error(&answer(400, "<html>"), Origin::Environment, "t1")
+                .reason()
+                .as_str(),
             "http"
         );
     }

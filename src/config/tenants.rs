@@ -6,18 +6,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_norway::{Mapping, Value};
 use url::Url;
 
-use crate::auth::certificate::{self, ClientCertificate};
-use crate::auth::credential::read_federated_token;
+use super::cloud::{check_tenant_id, parse_base_url, Cloud};
+use crate::auth::load::{load as load_credential, CredentialInput, SecretInput};
 use crate::auth::managed::ManagedEndpoint;
-use crate::auth::{self, Identity};
-use crate::config::{check_tenant_id, parse_base_url, Cloud, Shard, TenantDefaults};
-use crate::files::{parse_yaml, read_secret, read_text, YamlError};
+use crate::auth::{Identity, Origin};
+use crate::files::{parse_yaml, read_text, YamlError};
 use crate::report::{Period, Periods};
 
 /// A config file of some 300 bytes per tenant stays far below this; the cap keeps a wrong
@@ -41,8 +39,6 @@ const KEYS: [&str; 14] = [
     "periods",
 ];
 
-const FEDERATED_TOKEN_FILE: &str = "federated_token_file";
-
 /// The keys that each name a credential; a tenant has exactly one of them.
 const CREDENTIAL_KEYS: [&str; 5] = [
     "client_secret",
@@ -52,70 +48,57 @@ const CREDENTIAL_KEYS: [&str; 5] = [
     "managed_identity",
 ];
 
-/// How a tenant proves its identity, as the file gives it. Files are read when the file is
-/// loaded and compared by what they hold, so that a reload sees a secret or certificate
-/// rotated in place (a Kubernetes Secret update) and keeps a tenant whose files are unchanged.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Credential {
-    /// From `client_secret`, or the content of `client_secret_file`.
-    ClientSecret(Secret),
-    Certificate {
-        certificate: LoadedCertificate,
-        send_chain: bool,
-    },
-    /// Read again at every token request (the kubelet rotates it), so its path is what counts.
-    FederatedTokenFile(PathBuf),
-    /// The endpoint the environment gives, as for `--azure.credential managed-identity`.
-    ManagedIdentity(ManagedEndpoint),
+/// Which tenants of --config.file this replica keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub count: u64,
+    pub index: u64,
 }
 
-/// A certificate as loaded, equal to another with the same chain (and so the same key).
-#[derive(Clone)]
-pub struct LoadedCertificate(pub Arc<ClientCertificate>);
-
-impl PartialEq for LoadedCertificate {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.fingerprint() == other.0.fingerprint()
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { count: 1, index: 0 }
     }
 }
 
-impl std::fmt::Debug for LoadedCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A secret that compares by value (so a reload sees a rotated secret) and never prints.
-#[derive(Clone)]
-pub struct Secret(pub SecretString);
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.expose_secret() == other.0.expose_secret()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// One tenant, resolved against the defaults: everything needed to start refreshing it. Two
-/// equal specs on reload mean the running tenant is kept as it is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TenantSpec {
-    pub tenant_id: String,
-    pub client_id: String,
-    pub name: Option<String>,
-    pub credential: Credential,
-    pub authority: Url,
-    pub graph: Url,
+/// What a tenant of --config.file takes from the flags and the environment when the file
+/// leaves it out.
+#[derive(Debug, Clone)]
+pub struct TenantDefaults {
+    pub cloud: Cloud,
+    /// AZURE_AUTHORITY_HOST.
+    pub authority_host: Option<Url>,
+    /// --graph.url.
+    pub graph_url: Option<Url>,
     pub periods: Periods,
+    /// Where managed_identity tenants get tokens: chosen from the environment as for
+    /// `--azure.credential managed-identity`. Err says why there is none, for the tenants
+    /// that need one.
+    pub managed_identity: Result<ManagedEndpoint, String>,
 }
 
-/// A tenant ready to start: its identity built (certificate loaded, token file checked).
+impl TenantDefaults {
+    /// The identity platform for a tenant of `cloud` without an authority_host of its own.
+    pub fn authority(&self, cloud: Cloud) -> Url {
+        self.authority_host
+            .clone()
+            .unwrap_or_else(|| Url::parse(cloud.authority()).expect("preset URL is valid"))
+    }
+
+    /// Graph for a tenant of `cloud` without a graph_url of its own.
+    pub fn graph(&self, cloud: Cloud) -> Url {
+        self.graph_url
+            .clone()
+            .unwrap_or_else(|| Url::parse(cloud.graph()).expect("preset URL is valid"))
+    }
+}
+
+/// One tenant, everything needed to start refreshing it: of --config.file (resolved against
+/// the defaults), or the one of the environment or the demo. Two equal tenants on reload mean
+/// the running one is kept as it is.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenant {
+    /// The `name` label of sfb_tenant_info.
     pub name: Option<String>,
     pub identity: Identity,
     pub authority: Url,
@@ -123,65 +106,38 @@ pub struct Tenant {
     pub periods: Periods,
 }
 
-impl TenantSpec {
+impl Tenant {
+    /// The one tenant of the environment or of the demo: unnamed, with the --report.periods.
+    pub fn single(identity: Identity, authority: Url, graph: Url, periods: Periods) -> Tenant {
+        Tenant {
+            name: None,
+            identity,
+            authority,
+            graph,
+            periods,
+        }
+    }
+
+    /// Its tenant ID: the `tenant` label, and the key of its token endpoint.
+    pub fn id(&self) -> &str {
+        &self.identity.tenant_id
+    }
+
     /// Whether `other` is this tenant with at most another name: the name only labels
     /// sfb_tenant_info, so a rename need not restart the tenant.
-    pub fn same_but_name(&self, other: &TenantSpec) -> bool {
+    pub fn same_but_name(&self, other: &Tenant) -> bool {
         // Destructured so that a new field cannot be forgotten here.
-        let TenantSpec {
-            tenant_id,
-            client_id,
+        let Tenant {
             name: _,
-            credential,
+            identity,
             authority,
             graph,
             periods,
         } = self;
-        *tenant_id == other.tenant_id
-            && *client_id == other.client_id
-            && *credential == other.credential
+        *identity == other.identity
             && *authority == other.authority
             && *graph == other.graph
             && *periods == other.periods
-    }
-
-    /// The tenant to start, its identity built from the file's credential into the same kinds
-    /// as the environment's. Cannot fail: loading the file checked everything.
-    pub fn tenant(&self) -> Tenant {
-        let client_id = self.client_id.clone();
-        let credential = match &self.credential {
-            Credential::ClientSecret(secret) => auth::Credential::Secret {
-                client_id,
-                secret: secret.0.clone(),
-            },
-            Credential::Certificate {
-                certificate,
-                send_chain,
-            } => auth::Credential::Certificate {
-                client_id,
-                certificate: Arc::clone(&certificate.0),
-                send_chain: *send_chain,
-            },
-            Credential::FederatedTokenFile(path) => auth::Credential::WorkloadIdentity {
-                client_id,
-                token_file: path.clone(),
-                token_file_setting: FEDERATED_TOKEN_FILE,
-            },
-            Credential::ManagedIdentity(endpoint) => auth::Credential::ManagedIdentity {
-                client_id: Some(client_id).filter(|c| !c.is_empty()),
-                endpoint: endpoint.clone(),
-            },
-        };
-        Tenant {
-            name: self.name.clone(),
-            identity: Identity {
-                tenant_id: self.tenant_id.clone(),
-                credential,
-            },
-            authority: self.authority.clone(),
-            graph: self.graph.clone(),
-            periods: self.periods.clone(),
-        }
     }
 }
 
@@ -202,24 +158,20 @@ pub fn shard_of(tenant_id: &str, count: u64) -> u64 {
 
 /// Reads and validates the whole file, then keeps this replica's shard. Duplicates and errors
 /// are found across the whole file, so that every replica agrees on whether it loads.
-pub fn load(
-    path: &Path,
-    defaults: &TenantDefaults,
-    shard: Shard,
-) -> Result<Vec<TenantSpec>, String> {
+pub fn load(path: &Path, defaults: &TenantDefaults, shard: Shard) -> Result<Vec<Tenant>, String> {
     let text = read_text(path, MAX_FILE_BYTES)
         .map_err(|e| format!("cannot read --config.file {}: {e}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let specs = parse(&text, dir, defaults)
+    let tenants = parse(&text, dir, defaults)
         .map_err(|e| format!("--config.file {}: {e}", path.display()))?;
-    Ok(specs
+    Ok(tenants
         .into_iter()
-        .filter(|s| shard_of(&s.tenant_id, shard.count) == shard.index)
+        .filter(|t| shard_of(t.id(), shard.count) == shard.index)
         .collect())
 }
 
 /// The file's text to tenants; relative paths are resolved against `dir`.
-pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<TenantSpec>, String> {
+pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<Tenant>, String> {
     // A tenants file nests [ ] and { } three deep at most (a list of tenants, each a mapping
     // with a list of periods).
     let root: Value = parse_yaml(text).map_err(|e| match e {
@@ -252,19 +204,19 @@ pub fn parse(text: &str, dir: &Path, defaults: &TenantDefaults) -> Result<Vec<Te
         );
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut specs = Vec::with_capacity(entries.len());
+    let mut tenants = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let position = i + 1;
-        let spec = tenant(entry, position, dir, defaults)?;
-        if let Some(first) = seen.insert(spec.tenant_id.to_lowercase(), position) {
+        let tenant = tenant(entry, position, dir, defaults)?;
+        if let Some(first) = seen.insert(tenant.id().to_lowercase(), position) {
             return Err(format!(
                 "tenant {}: tenant_id: duplicate of tenant #{first}",
-                spec.tenant_id
+                tenant.id()
             ));
         }
-        specs.push(spec);
+        tenants.push(tenant);
     }
-    Ok(specs)
+    Ok(tenants)
 }
 
 /// Reads one tenant entry; errors name it by tenant_id, else by position.
@@ -273,7 +225,7 @@ fn tenant(
     position: usize,
     dir: &Path,
     defaults: &TenantDefaults,
-) -> Result<TenantSpec, String> {
+) -> Result<Tenant, String> {
     let Value::Mapping(map) = entry else {
         return Err(format!("tenant #{position}: expected a mapping of keys"));
     };
@@ -331,53 +283,32 @@ fn tenant(
             ));
         }
     }
-    let credential = match credential {
-        "client_secret" => Credential::ClientSecret(Secret(SecretString::from(
-            fields.required("client_secret")?,
-        ))),
-        "client_secret_file" => {
-            let file = path("client_secret_file")?.unwrap_or_default();
-            Credential::ClientSecret(Secret(SecretString::from(
-                read_secret(&file)
-                    .map_err(|e| format!("{who}: client_secret_file: {} {e}", file.display()))?,
-            )))
-        }
-        "client_certificate_path" => {
-            let password = match path("client_certificate_password_file")? {
-                Some(file) => Some(SecretString::from(read_secret(&file).map_err(|e| {
-                    format!(
-                        "{who}: client_certificate_password_file: {} {e}",
-                        file.display()
-                    )
-                })?)),
-                None => None,
-            };
-            let file = path("client_certificate_path")?.unwrap_or_default();
-            // The error names the key and the file.
-            let certificate = ClientCertificate::load(
-                &file,
-                password.as_ref(),
-                certificate::Settings::CONFIG_FILE,
-            )
-            .map_err(|e| format!("{who}: {e}"))?;
-            Credential::Certificate {
-                certificate: LoadedCertificate(Arc::new(certificate)),
-                send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
-            }
-        }
-        "federated_token_file" => {
-            let file = path("federated_token_file")?.unwrap_or_default();
-            // Read now so that a missing mount fails the load; read again at every request.
-            read_federated_token(&file, FEDERATED_TOKEN_FILE).map_err(|e| format!("{who}: {e}"))?;
-            Credential::FederatedTokenFile(file)
-        }
+    let input = match credential {
+        "client_secret" => CredentialInput::Secret {
+            secret: Some(SecretInput::Value(SecretString::from(
+                fields.required("client_secret")?,
+            ))),
+        },
+        "client_secret_file" => CredentialInput::Secret {
+            secret: Some(SecretInput::File(
+                path("client_secret_file")?.unwrap_or_default(),
+            )),
+        },
+        "client_certificate_path" => CredentialInput::Certificate {
+            password: path("client_certificate_password_file")?.map(SecretInput::File),
+            path: Some(path("client_certificate_path")?.unwrap_or_default()),
+            send_chain: fields.boolean("send_certificate_chain")?.unwrap_or(false),
+        },
+        "federated_token_file" => CredentialInput::WorkloadIdentity {
+            token_file: Some(path("federated_token_file")?.unwrap_or_default()),
+        },
         _ => match fields.boolean("managed_identity")? {
-            Some(true) => Credential::ManagedIdentity(
-                defaults
+            Some(true) => CredentialInput::ManagedIdentity {
+                endpoint: defaults
                     .managed_identity
                     .clone()
                     .map_err(|e| format!("{who}: managed_identity: {e}"))?,
-            ),
+            },
             _ => {
                 return Err(format!(
                     "{who}: managed_identity: only true is meaningful; remove the key otherwise"
@@ -385,12 +316,10 @@ fn tenant(
             }
         },
     };
-    let client_id = match (fields.string("client_id")?, &credential) {
-        (Some(id), _) => id,
-        // A system-assigned managed identity needs no client ID.
-        (None, Credential::ManagedIdentity(_)) => String::new(),
-        (None, _) => return Err(format!("{who}: client_id: missing")),
-    };
+    // The first problem, named by the tenant and the key that gave it.
+    let client_id = fields.string("client_id")?;
+    let credential = load_credential(input, client_id.as_deref(), Origin::File)
+        .map_err(|problems| format!("{who}: {}", problems[0]))?;
     let cloud = match fields.string("cloud")? {
         None => defaults.cloud,
         Some(c) => <Cloud as clap::ValueEnum>::from_str(&c, true).map_err(|_| {
@@ -422,11 +351,13 @@ fn tenant(
         }
         Some(_) => return Err(format!("{who}: periods: expected a list such as [D7, D30]")),
     };
-    Ok(TenantSpec {
-        tenant_id,
-        client_id,
+    Ok(Tenant {
         name: fields.string("name")?,
-        credential,
+        identity: Identity {
+            tenant_id,
+            credential,
+            origin: Origin::File,
+        },
         authority,
         graph,
         periods,
@@ -480,6 +411,7 @@ fn one_line(e: &impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Credential;
 
     fn defaults() -> TenantDefaults {
         TenantDefaults {
@@ -493,7 +425,7 @@ mod tests {
         }
     }
 
-    fn parse_ok(text: &str) -> Vec<TenantSpec> {
+    fn parse_ok(text: &str) -> Vec<Tenant> {
         parse(text, Path::new("/etc/sfb"), &defaults()).unwrap()
     }
 
@@ -750,8 +682,8 @@ mod tests {
   - {tenant_id: 00000000-0000-0000-0000-000000000000, client_id: c, client_secret: s}
 ",
         );
-        assert_eq!(specs[0].tenant_id, "contoso.onmicrosoft.com");
-        assert_eq!(specs[1].tenant_id, "00000000-0000-0000-0000-000000000000");
+        assert_eq!(specs[0].id(), "contoso.onmicrosoft.com");
+        assert_eq!(specs[1].id(), "00000000-0000-0000-0000-000000000000");
     }
 
     /// The managed identity endpoint a managed_identity tenant of --config.file gets.
@@ -784,8 +716,8 @@ mod tests {
             panic!("expected the file source")
         };
         let specs = load(path, defaults, Shard::default())?;
-        match specs[0].tenant().identity.credential {
-            auth::Credential::ManagedIdentity { endpoint, .. } => Ok(endpoint.describe()),
+        match &specs[0].identity.credential {
+            Credential::ManagedIdentity { endpoint, .. } => Ok(endpoint.describe()),
             other => panic!("{other:?}"),
         }
     }
@@ -818,9 +750,57 @@ mod tests {
     fn managed_identity_needs_no_client_id() {
         let specs = parse_ok("tenants:\n  - {tenant_id: t1, managed_identity: true}\n");
         assert!(
-            matches!(specs[0].credential, Credential::ManagedIdentity(_)),
+            matches!(
+                specs[0].identity.credential,
+                Credential::ManagedIdentity {
+                    client_id: None,
+                    ..
+                }
+            ),
             "{specs:?}"
         );
+    }
+
+    /// The identity platform refuses the secret as a secret ID: the tenant is sent to its key
+    /// in the file, not to the environment's variable.
+    #[tokio::test]
+    async fn a_refused_secret_names_the_tenants_key_in_the_file() {
+        let platform = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(401).set_body_json(serde_json::json!({
+                    "error": "invalid_client",
+                    "error_description": "AADSTS7000215: Invalid client secret provided.",
+                    "error_codes": [7000215],
+                })),
+            )
+            .mount(&platform)
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "the-secret-id\n").unwrap();
+        let text = "tenants:\n  - {tenant_id: t1, client_id: c, client_secret_file: secret}\n";
+        let mut tenants = parse(text, dir.path(), &defaults()).unwrap();
+        let tenant = tenants.remove(0);
+        let url = Url::parse(&platform.uri()).unwrap();
+        let limits = crate::http::Limits {
+            timeout: std::time::Duration::from_secs(30),
+            max_body_bytes: 1024,
+            in_flight: None,
+            requests: Default::default(),
+        };
+        let tokens = crate::auth::TokenSource::new(
+            crate::http::test_client(),
+            &url,
+            &url,
+            tenant.identity,
+            limits,
+        );
+        let e = tokens.token().await.unwrap_err().to_string();
+        assert!(
+            e.contains("invalid client secret: set client_secret (or the content of client_secret_file) of tenant t1 in --config.file to the secret's value, not its ID"),
+            "{e}"
+        );
+        assert!(!e.contains("AZURE_"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenSource;
-use crate::config::tenants::{self, Tenant, TenantSpec};
+use crate::config::tenants::{self, Tenant};
 use crate::config::{Shard, TenantDefaults};
 use crate::exposition::publisher::Publisher;
 use crate::graph::GraphClient;
@@ -46,8 +45,9 @@ pub struct Fleet {
 
 struct Member {
     tenant_id: String,
-    /// None for the environment's single tenant, which is never reloaded.
-    spec: Option<TenantSpec>,
+    /// As loaded from --config.file, to compare on reload; None for the environment's single
+    /// tenant, which is never reloaded.
+    loaded: Option<Tenant>,
     cancel: CancellationToken,
     generation: u64,
     /// Dropping the set aborts the tenant's tasks.
@@ -74,48 +74,41 @@ impl Fleet {
         }
     }
 
-    /// Makes the running tenants those of `specs`: new ones start, missing ones stop (their
+    /// Makes the running tenants those of `tenants`: new ones start, missing ones stop (their
     /// series vanish), changed ones restart, equal ones keep their token, schedule and values,
     /// and so do ones whose name alone changed (their sfb_tenant_info series follows).
-    /// Specs come from a file that loaded, which checked everything, so this cannot fail half
-    /// way.
-    pub fn apply(&mut self, specs: Vec<TenantSpec>) -> Changes {
-        let mut wanted: HashMap<String, TenantSpec> = HashMap::with_capacity(specs.len());
-        for spec in specs {
-            wanted.insert(spec.tenant_id.to_lowercase(), spec);
+    /// The tenants come from a file that loaded, which checked everything, so this cannot
+    /// fail half way.
+    pub fn apply(&mut self, tenants: Vec<Tenant>) -> Changes {
+        let mut wanted: HashMap<String, Tenant> = HashMap::with_capacity(tenants.len());
+        for tenant in tenants {
+            wanted.insert(tenant.id().to_lowercase(), tenant);
         }
         let mut unchanged: HashSet<String> = HashSet::new();
         let mut renamed = 0;
         let publisher = &self.shared.publisher;
-        wanted.retain(|key, spec| {
+        wanted.retain(|key, tenant| {
             let Some(member) = self.members.get_mut(key) else {
                 return true;
             };
-            let Some(running) = member.spec.as_mut().filter(|r| r.same_but_name(spec)) else {
+            let Some(running) = member.loaded.as_mut().filter(|r| r.same_but_name(tenant)) else {
                 return true;
             };
             // A new name alone keeps the token, the schedule and the values.
-            if running.name != spec.name {
-                running.name = spec.name.clone();
-                publisher.rename(&member.tenant_id, member.generation, spec.name.clone());
+            if running.name != tenant.name {
+                running.name = tenant.name.clone();
+                publisher.rename(&member.tenant_id, member.generation, tenant.name.clone());
                 renamed += 1;
             }
             unchanged.insert(key.clone());
             false
         });
-        let ready: Vec<(String, TenantSpec, Tenant)> = wanted
-            .into_iter()
-            .map(|(key, spec)| {
-                let tenant = spec.tenant();
-                (key, spec, tenant)
-            })
-            .collect();
         let mut changes = Changes {
             renamed,
             unchanged: unchanged.len() - renamed,
             ..Changes::default()
         };
-        let starting: HashSet<String> = ready.iter().map(|(key, _, _)| key.clone()).collect();
+        let starting: HashSet<String> = wanted.keys().cloned().collect();
         let gone: Vec<String> = self
             .members
             .keys()
@@ -130,16 +123,18 @@ impl Fleet {
             }
             self.stop(&key);
         }
-        changes.added = ready.len() - changes.restarted;
-        for (key, spec, tenant) in ready {
-            self.launch(key, tenant, Some(spec));
+        changes.added = wanted.len() - changes.restarted;
+        for (key, tenant) in wanted {
+            // One copy runs, the other is kept to compare with on the next reload.
+            let loaded = tenant.clone();
+            self.launch(key, tenant, Some(loaded));
         }
         changes
     }
 
     /// Starts the one tenant of the environment (or demo) configuration.
     pub fn start_single(&mut self, tenant: Tenant) {
-        let key = tenant.identity.tenant_id.to_lowercase();
+        let key = tenant.id().to_lowercase();
         self.launch(key, tenant, None);
     }
 
@@ -153,35 +148,28 @@ impl Fleet {
         }
     }
 
-    fn launch(&mut self, key: String, tenant: Tenant, spec: Option<TenantSpec>) {
+    fn launch(&mut self, key: String, tenant: Tenant, loaded: Option<Tenant>) {
         let s = &self.shared;
         // One count per tenant, its token and report exchanges together.
-        let requests = Arc::new(RequestCounts::default());
-        let limits = || Limits {
+        let limits = Limits {
             timeout: s.timeout,
             max_body_bytes: s.max_body_bytes,
             in_flight: Some(Arc::clone(&s.in_flight)),
-            requests: Arc::clone(&requests),
+            requests: Arc::new(RequestCounts::default()),
         };
-        let tenant_id = tenant.identity.tenant_id.clone();
+        let tenant_id = tenant.id().to_string();
         let mut state = State::new(tenant_id.clone(), tenant.periods.iter());
         state.client_certificate_not_after = tenant
             .identity
             .credential
             .certificate()
             .map(|c| c.not_after());
-        let tokens = TokenSource::new(
+        let graph = GraphClient::for_identity(
             s.http.clone(),
-            &tenant.authority,
-            &tenant.graph,
             tenant.identity,
-            limits(),
-        );
-        let graph = GraphClient::new(
-            s.http.clone(),
+            &tenant.authority,
             tenant.graph,
-            tokens,
-            limits(),
+            limits,
             s.retry.clone(),
         );
         let generation = self.next_generation;
@@ -200,7 +188,7 @@ impl Fleet {
             key,
             Member {
                 tenant_id,
-                spec,
+                loaded,
                 cancel,
                 generation,
                 _tasks: tasks,
@@ -237,7 +225,7 @@ impl FileSource {
     /// On a blocking thread: every certificate of the file is loaded (a PKCS#12 key derivation
     /// each), and a file on a slow network filesystem must not stall a runtime worker and the
     /// scrapes it serves.
-    pub async fn load(&self) -> Result<Vec<TenantSpec>, String> {
+    pub async fn load(&self) -> Result<Vec<Tenant>, String> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || tenants::load(&this.path, &this.defaults, this.shard))
             .await
@@ -257,7 +245,7 @@ pub fn serve_reloads(
     let mut last_success = Some(loaded_at);
     let work = async move {
         while let Some(reply) = rx.recv().await {
-            let outcome = source.load().await.map(|specs| fleet.apply(specs));
+            let outcome = source.load().await.map(|tenants| fleet.apply(tenants));
             let publisher = &fleet.shared.publisher;
             let answer = match outcome {
                 Ok(changes) => {

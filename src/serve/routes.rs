@@ -418,7 +418,7 @@ mod properties {
         /// Whatever --web.telemetry-path accepts, the router takes without panicking.
         #[test]
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
-            if let Ok(path) = crate::config::parse_telemetry_path(&path) {
+            if let Ok(path) = crate::config::cli::parse_telemetry_path(&path) {
                 let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
                 let built = std::panic::catch_unwind(|| app(published, &path, None, None, 40, true));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use sfb_exporter::auth::managed::ManagedEndpoint;
-use sfb_exporter::auth::{Credential, Identity};
+use sfb_exporter::auth::{Credential, Identity, Origin};
 use sfb_exporter::config::ServerLimits;
 use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
 use sfb_exporter::http::RetryPolicy;
@@ -117,6 +117,7 @@ pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options
                         client_id: CLIENT_ID.into(),
                         secret: SecretString::from(CLIENT_SECRET),
                     }),
+                    origin: Origin::Environment,
                 },
                 authority: base.clone(),
                 graph: base,

@@ -401,7 +401,6 @@ async fn workload_identity_reads_the_rotated_token_file_at_every_request() {
     let credential = Credential::WorkloadIdentity {
         client_id: CLIENT_ID.into(),
         token_file: file.clone(),
-        token_file_setting: "AZURE_FEDERATED_TOKEN_FILE",
     };
     let app = spawn_with(credential, graph, download).await;
     accepted_at_least(&entra, 1).await;
