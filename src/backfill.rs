@@ -5,7 +5,6 @@
 //! report, and backfilling is how Prometheus takes history (a live exposition never carries
 //! timestamps).
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
@@ -14,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::config::tenants::Tenant;
 use crate::error::{Error, Stage};
 use crate::exposition::metrics::CONFERENCE_TYPES;
+use crate::exposition::writer::{Family, Format, Kind, EOF};
 use crate::graph::{Fetched, GraphClient};
 use crate::http::Limits;
 use crate::http::RetryPolicy;
@@ -114,38 +114,22 @@ async fn fetch(graph: &GraphClient, period: Period) -> Result<Report, Error> {
 /// conference type, each contiguous and in time order, one sample per row at the Report
 /// Date's UTC midnight; HELP, TYPE and the closing `# EOF` that promtool requires.
 pub fn render(reports: &[(String, Report)]) -> String {
-    let mut out = format!("# HELP {METRIC} {HELP}\n# TYPE {METRIC} gauge\n");
+    let mut family = Family::new(Format::OpenMetrics, METRIC, HELP, Kind::Gauge);
     for (tenant, report) in reports {
         let mut rows: Vec<_> = report.rows.iter().collect();
         rows.sort_by_key(|row| row.report_date);
         for (i, kind) in CONFERENCE_TYPES.into_iter().enumerate() {
-            let series = format!(
-                "{METRIC}{{tenant=\"{}\",conference_type=\"{kind}\"}}",
-                escape(tenant)
-            );
+            let labels = [("tenant", tenant.as_str()), ("conference_type", kind)];
             for row in &rows {
-                let minutes = [
-                    row.audio_video_minutes,
-                    row.dial_in_microsoft_minutes,
-                    row.dial_out_microsoft_minutes,
-                ][i];
-                let seconds = u128::from(minutes) * 60;
                 let at = row.report_date.midnight().assume_utc().unix_timestamp();
-                // Writing to a String cannot fail.
-                let _ = writeln!(out, "{series} {seconds} {at}");
+                family.sample_at(&labels, u128::from(row.minutes()[i]) * 60, at);
             }
         }
     }
-    out.push_str("# EOF\n");
+    let mut out = String::with_capacity(family.head.len() + family.samples.len() + EOF.len());
+    family.write_to(&mut out);
+    out.push_str(EOF);
     out
-}
-
-/// A label value as OpenMetrics quotes it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', r"\\")
-        .replace('"', r#"\""#)
-        .replace('\n', r"\n")
 }
 
 /// Writes `text` where `--output` says: standard output without it or for `-`; a FIFO or a

@@ -103,6 +103,17 @@ pub struct Row {
     pub dial_out_microsoft_minutes: u64,
 }
 
+impl Row {
+    /// Audio/Video, Dial-in Microsoft and Dial-out Microsoft, in the order of Graph's columns.
+    pub fn minutes(&self) -> [u64; 3] {
+        [
+            self.audio_video_minutes,
+            self.dial_in_microsoft_minutes,
+            self.dial_out_microsoft_minutes,
+        ]
+    }
+}
+
 /// A report whose rows have distinct Report Dates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -138,6 +149,17 @@ pub struct Totals {
     pub audio_video_minutes: u128,
     pub dial_in_microsoft_minutes: u128,
     pub dial_out_microsoft_minutes: u128,
+}
+
+impl Totals {
+    /// Audio/Video, Dial-in Microsoft and Dial-out Microsoft, in the order of Graph's columns.
+    pub fn minutes(&self) -> [u128; 3] {
+        [
+            self.audio_video_minutes,
+            self.dial_in_microsoft_minutes,
+            self.dial_out_microsoft_minutes,
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,18 +3,19 @@
 //! Each tenant's series are rendered once per refresh of that tenant into a [`Fragment`], cut
 //! into metric families; the body is assembled from the fragments so that each family stays
 //! contiguous under one HELP and TYPE, and a refresh of one tenant never re-renders the others.
-//! A fresh registry per render keeps this a pure function of the state: no series outlives
-//! the state it came from, and nothing global is touched.
+//! A tenant's fragment is a pure function of its state, written by [`crate::exposition::writer`]
+//! in the order the `prometheus` crate's registry would gather it (series by label values,
+//! label names in order); the exporter's own series are a registry of their own ([`Globals`]).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::core::Collector;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{GaugeVec, Opts, Registry};
 use time::Date;
 
 use crate::error::Reason;
-use crate::state::{Attempt, ReloadStatus, State};
+use crate::exposition::writer::{Family, Format, Kind};
+use crate::state::{Attempt, PeriodState, ReloadStatus, State};
 
 /// `conference_type` label values, in the order of Graph's columns Audio/Video, Dial-in
 /// Microsoft, Dial-out Microsoft.
@@ -38,249 +39,277 @@ impl BuildInfo {
 
 const ACTIVITY_HELP: &str = "Conference time organized in the tenant on the newest day of the Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (Graph's minutes x 60). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
 
-/// One metric family of a rendered text: its HELP and TYPE lines, and its sample lines.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Family {
-    pub name: String,
-    pub head: String,
-    pub samples: String,
-}
-
-/// Rendered series cut into families, in name order.
-pub type Fragment = Vec<Family>;
-
-/// What the exporter says about itself and its configuration, outside any one tenant.
-#[derive(Debug, Clone, Default)]
-pub struct Globals<'a> {
-    /// `sfb_tenant_info`: tenants that have a name, as (tenant, name).
-    pub tenant_names: Vec<(&'a str, &'a str)>,
-    pub reload: Option<ReloadStatus>,
-}
-
 const PERIOD_ACTIVITY_HELP: &str = "Conference time organized in the tenant over every day of the period's Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (the sum of Graph's minutes x 60 over all rows). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
 
+/// Rendered series cut into families, in name order; a family without samples is left out.
+pub type Fragment = Vec<Family>;
+
 /// The whole exposition for a single tenant, as served without --config.file.
-pub fn render(state: &State, build: &BuildInfo) -> Result<String, prometheus::Error> {
-    let globals = render_globals(build, &Globals::default())?;
-    let tenant = render_tenant(state)?;
-    Ok(assemble([&globals, &tenant]))
+pub fn render(state: &State, build: &BuildInfo) -> String {
+    assemble([&Globals::new(build).render(), &render_tenant(state)])
 }
 
-/// The series of the exporter itself: build and tenant info, reload status.
-pub fn render_globals(build: &BuildInfo, globals: &Globals) -> Result<Fragment, prometheus::Error> {
-    let registry = Registry::new();
-    let build_info = gauge(
-        &registry,
-        "sfb_build_info",
-        "A metric with a constant 1 value labelled by the version and the source revision of the exporter.",
-        &["version", "revision"],
-    )?;
-    build_info
-        .with_label_values(&[build.version, build.revision])
-        .set(1.0);
-    let tenant_info = gauge(
-        &registry,
-        "sfb_tenant_info",
-        "A metric with a constant 1 value for each tenant of --config.file that has a name; join on tenant to label series with it.",
-        &["tenant", "name"],
-    )?;
-    for (tenant, name) in &globals.tenant_names {
-        tenant_info.with_label_values(&[tenant, name]).set(1.0);
-    }
-    if let Some(reload) = globals.reload {
-        let ok = gauge(
+/// What the exporter says about itself and its configuration, outside any one tenant: build
+/// and tenant info, reload status. Registered once and kept up to date as things change, so
+/// that an assembly only gathers them.
+pub struct Globals {
+    registry: Registry,
+    tenant_info: GaugeVec,
+    reload_successful: GaugeVec,
+    reload_success_timestamp: GaugeVec,
+}
+
+impl Globals {
+    pub fn new(build: &BuildInfo) -> Globals {
+        let registry = Registry::new();
+        let build_info = gauge(
             &registry,
-            "sfb_config_last_reload_successful",
-            "1 if the last load of --config.file succeeded, else 0.",
-            &[],
-        )?;
-        ok.with_label_values::<&str>(&[])
-            .set(if reload.successful { 1.0 } else { 0.0 });
-        let at = gauge(
-            &registry,
-            "sfb_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful load of --config.file.",
-            &[],
-        )?;
-        at.with_label_values::<&str>(&[])
-            .set(reload.last_success.map_or(0.0, unix_seconds));
+            "sfb_build_info",
+            "A metric with a constant 1 value labelled by the version and the source revision of the exporter.",
+            &["version", "revision"],
+        );
+        build_info
+            .with_label_values(&[build.version, build.revision])
+            .set(1.0);
+        // The reload series have no labels; as vectors they stay out of the exposition until
+        // the first load of --config.file sets them.
+        Globals {
+            tenant_info: gauge(
+                &registry,
+                "sfb_tenant_info",
+                "A metric with a constant 1 value for each tenant of --config.file that has a name; join on tenant to label series with it.",
+                &["tenant", "name"],
+            ),
+            reload_successful: gauge(
+                &registry,
+                "sfb_config_last_reload_successful",
+                "1 if the last load of --config.file succeeded, else 0.",
+                &[],
+            ),
+            reload_success_timestamp: gauge(
+                &registry,
+                "sfb_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of --config.file.",
+                &[],
+            ),
+            registry,
+        }
     }
-    encode(&registry)
+
+    pub fn set_reload(&self, status: ReloadStatus) {
+        let successful = if status.successful { 1.0 } else { 0.0 };
+        let at = status.last_success.map_or(0.0, unix_seconds);
+        self.reload_successful
+            .with_label_values::<&str>(&[])
+            .set(successful);
+        self.reload_success_timestamp
+            .with_label_values::<&str>(&[])
+            .set(at);
+    }
+
+    /// `tenant` was named `old` in sfb_tenant_info and is named `new` from now on.
+    pub fn rename(&self, tenant: &str, old: Option<&str>, new: Option<&str>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            // Set when the tenant took that name; an error would only say it is gone already.
+            let _ = self.tenant_info.remove_label_values(&[tenant, old]);
+        }
+        if let Some(new) = new {
+            self.tenant_info.with_label_values(&[tenant, new]).set(1.0);
+        }
+    }
+
+    /// The series as they are now.
+    pub fn render(&self) -> Fragment {
+        self.registry
+            .gather()
+            .iter()
+            .map(|gathered| {
+                // Globals registers gauges only.
+                let mut family =
+                    Family::new(Format::Text, gathered.name(), gathered.help(), Kind::Gauge);
+                for metric in gathered.get_metric() {
+                    let labels: Vec<(&str, &str)> = metric
+                        .get_label()
+                        .iter()
+                        .map(|pair| (pair.name(), pair.value()))
+                        .collect();
+                    family.sample(&labels, metric.get_gauge().get_value());
+                }
+                family
+            })
+            .collect()
+    }
+}
+
+/// A gauge vector registered in `registry`. The names are constants, so an error here is a
+/// bug every test shows at once, never something input can cause.
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let gauge = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric definition");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("each metric registered once");
+    gauge
 }
 
 /// One tenant's series.
-pub fn render_tenant(state: &State) -> Result<Fragment, prometheus::Error> {
-    let registry = Registry::new();
-    let per_period = ["tenant", "period"];
+pub fn render_tenant(state: &State) -> Fragment {
+    let tenant = state.tenant.as_str();
+    let family = |name, help, kind| Family::new(Format::Text, name, help, kind);
+    // Series go out sorted by their label values, label names in order, as a registry gathers
+    // them: "D180" < "D30" < "D7" < "D90", "200" < "error", "auth" < "forbidden" < ...
+    let mut periods: Vec<(&str, &PeriodState)> =
+        state.periods.iter().map(|(p, s)| (p.as_str(), s)).collect();
+    periods.sort_unstable_by_key(|(period, _)| *period);
+    let mut reasons = Reason::ALL;
+    reasons.sort_unstable_by_key(|r| r.as_str());
 
-    let activity = gauge(
-        &registry,
-        "sfb_organizer_activity_seconds",
-        ACTIVITY_HELP,
-        &["tenant", "period", "conference_type"],
-    )?;
-    let period_activity = gauge(
-        &registry,
-        "sfb_organizer_activity_period_seconds",
-        PERIOD_ACTIVITY_HELP,
-        &["tenant", "period", "conference_type"],
-    )?;
-    let report_date = gauge(
-        &registry,
-        "sfb_report_date_timestamp_seconds",
-        "Report Date of the newest row of the last accepted report, as the Unix time of its UTC midnight.",
-        &per_period,
-    )?;
-    let refresh_date = gauge(
-        &registry,
-        "sfb_report_refresh_timestamp_seconds",
-        "Report Refresh Date of the newest row of the last accepted report (when Graph last refreshed its data), as the Unix time of its UTC midnight.",
-        &per_period,
-    )?;
-    let rows = gauge(
-        &registry,
-        "sfb_report_rows",
-        "Data rows in the last accepted report; 0 for a header-only report.",
-        &per_period,
-    )?;
-    let success = gauge(
-        &registry,
-        "sfb_refresh_success",
-        "1 if the last refresh of the report succeeded, else 0.",
-        &per_period,
-    )?;
-    let last_success = gauge(
-        &registry,
-        "sfb_refresh_last_success_timestamp_seconds",
-        "Unix time of the last successful refresh of the report.",
-        &per_period,
-    )?;
-    let failures = counter(
-        &registry,
-        "sfb_refresh_failures_total",
-        "Failed refreshes of the report, by reason: auth, forbidden, throttled, http, timeout, parse, too_large, network.",
-        &["tenant", "period", "reason"],
-    )?;
-    let graph_requests = counter(
-        &registry,
+    let mut certificate = family(
+        "sfb_client_certificate_expiry_timestamp_seconds",
+        "notAfter of the client certificate the exporter signs in with, as a Unix time.",
+        Kind::Gauge,
+    );
+    if let Some(not_after) = state.client_certificate_not_after {
+        certificate.sample(&[("tenant", tenant)], unix_seconds(not_after));
+    }
+
+    let mut graph_requests = family(
         "sfb_graph_requests_total",
         "HTTP exchanges with the identity platform and Graph, retries included, by stage (token, report, download) and HTTP status code (error: no answer came back).",
-        &["tenant", "stage", "code"],
-    )?;
-    let panics = counter(
-        &registry,
-        "sfb_refresh_panics_total",
-        "Times the refresh task of the report panicked; each is logged as an error, shown in /readyz and followed by a restart after a backoff.",
-        &per_period,
-    )?;
-    let duration = gauge(
-        &registry,
+        Kind::Counter,
+    );
+    let mut requests: Vec<(String, &str, u64)> = state
+        .graph_requests
+        .iter()
+        .map(|((stage, status), count)| {
+            let code = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+            (code, stage.label(), *count)
+        })
+        .collect();
+    requests.sort_unstable();
+    for (code, stage, count) in requests {
+        graph_requests.sample(
+            &[("code", &code), ("stage", stage), ("tenant", tenant)],
+            count,
+        );
+    }
+
+    let mut period_activity = family(
+        "sfb_organizer_activity_period_seconds",
+        PERIOD_ACTIVITY_HELP,
+        Kind::Gauge,
+    );
+    let mut activity = family("sfb_organizer_activity_seconds", ACTIVITY_HELP, Kind::Gauge);
+    for (i, kind) in CONFERENCE_TYPES.into_iter().enumerate() {
+        for (period, p) in &periods {
+            let Some(accepted) = &p.accepted else {
+                continue;
+            };
+            let labels = [
+                ("conference_type", kind),
+                ("period", period),
+                ("tenant", tenant),
+            ];
+            if let Some(totals) = &accepted.totals {
+                period_activity.sample(&labels, totals.minutes()[i] as f64 * 60.0);
+            }
+            if let Some(row) = &accepted.newest {
+                activity.sample(&labels, row.minutes()[i] as f64 * 60.0);
+            }
+        }
+    }
+
+    let mut duration = family(
         "sfb_refresh_duration_seconds",
         "How long the last refresh of the report took, retry waits included.",
-        &per_period,
-    )?;
-
-    let tenant = state.tenant.as_str();
-    if let Some(not_after) = state.client_certificate_not_after {
-        gauge(
-            &registry,
-            "sfb_client_certificate_expiry_timestamp_seconds",
-            "notAfter of the client certificate the exporter signs in with, as a Unix time.",
-            &["tenant"],
-        )?
-        .with_label_values(&[tenant])
-        .set(unix_seconds(not_after));
-    }
-    for ((stage, status), count) in &state.graph_requests {
-        let code = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        graph_requests
-            .with_label_values(&[tenant, stage.label(), code.as_str()])
-            .inc_by(*count);
-    }
-    for (period, p) in &state.periods {
-        let labels = [tenant, period.as_str()];
+        Kind::Gauge,
+    );
+    let mut failures = family(
+        "sfb_refresh_failures_total",
+        "Failed refreshes of the report, by reason: auth, forbidden, throttled, http, timeout, parse, too_large, network.",
+        Kind::Counter,
+    );
+    let mut last_success = family(
+        "sfb_refresh_last_success_timestamp_seconds",
+        "Unix time of the last successful refresh of the report.",
+        Kind::Gauge,
+    );
+    let mut panics = family(
+        "sfb_refresh_panics_total",
+        "Times the refresh task of the report panicked; each is logged as an error, shown in /readyz and followed by a restart after a backoff.",
+        Kind::Counter,
+    );
+    let mut success = family(
+        "sfb_refresh_success",
+        "1 if the last refresh of the report succeeded, else 0.",
+        Kind::Gauge,
+    );
+    let mut report_date = family(
+        "sfb_report_date_timestamp_seconds",
+        "Report Date of the newest row of the last accepted report, as the Unix time of its UTC midnight.",
+        Kind::Gauge,
+    );
+    let mut refresh_date = family(
+        "sfb_report_refresh_timestamp_seconds",
+        "Report Refresh Date of the newest row of the last accepted report (when Graph last refreshed its data), as the Unix time of its UTC midnight.",
+        Kind::Gauge,
+    );
+    let mut rows = family(
+        "sfb_report_rows",
+        "Data rows in the last accepted report; 0 for a header-only report.",
+        Kind::Gauge,
+    );
+    for (period, p) in &periods {
+        let labels = [("period", *period), ("tenant", tenant)];
         if let Some(took) = p.last_duration {
-            duration.with_label_values(&labels).set(took.as_secs_f64());
+            duration.sample(&labels, took.as_secs_f64());
         }
-        panics.with_label_values(&labels).inc_by(p.panics);
-        for reason in Reason::ALL {
+        for reason in reasons {
             let count = p.failures.get(&reason).copied().unwrap_or(0);
-            failures
-                .with_label_values(&[tenant, period.as_str(), reason.as_str()])
-                .inc_by(count);
-        }
-        if let Some(attempt) = &p.last_attempt {
-            let ok = matches!(attempt, Attempt::Succeeded);
-            success
-                .with_label_values(&labels)
-                .set(if ok { 1.0 } else { 0.0 });
+            let labels = [
+                ("period", *period),
+                ("reason", reason.as_str()),
+                ("tenant", tenant),
+            ];
+            failures.sample(&labels, count);
         }
         if let Some(at) = p.last_success {
-            last_success
-                .with_label_values(&labels)
-                .set(unix_seconds(at));
+            last_success.sample(&labels, unix_seconds(at));
+        }
+        panics.sample(&labels, p.panics);
+        if let Some(attempt) = &p.last_attempt {
+            let ok = matches!(attempt, Attempt::Succeeded);
+            success.sample(&labels, if ok { 1.0 } else { 0.0 });
         }
         let Some(accepted) = &p.accepted else {
             continue;
         };
-        rows.with_label_values(&labels).set(accepted.rows as f64);
-        if let Some(t) = &accepted.totals {
-            let minutes = [
-                t.audio_video_minutes,
-                t.dial_in_microsoft_minutes,
-                t.dial_out_microsoft_minutes,
-            ];
-            set_seconds(&period_activity, &labels, minutes.map(|m| m as f64));
+        if let Some(row) = &accepted.newest {
+            report_date.sample(&labels, midnight_utc(row.report_date));
+            refresh_date.sample(&labels, midnight_utc(row.report_refresh_date));
         }
-        let Some(row) = &accepted.newest else {
-            continue;
-        };
-        report_date
-            .with_label_values(&labels)
-            .set(midnight_utc(row.report_date));
-        refresh_date
-            .with_label_values(&labels)
-            .set(midnight_utc(row.report_refresh_date));
-        let minutes = [
-            row.audio_video_minutes,
-            row.dial_in_microsoft_minutes,
-            row.dial_out_microsoft_minutes,
-        ];
-        set_seconds(&activity, &labels, minutes.map(|m| m as f64));
+        rows.sample(&labels, accepted.rows as u64);
     }
 
-    encode(&registry)
-}
-
-fn encode(registry: &Registry) -> Result<Fragment, prometheus::Error> {
-    let mut out = Vec::with_capacity(4096);
-    TextEncoder::new().encode(&registry.gather(), &mut out)?;
-    let text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
-    Ok(families(&text))
-}
-
-/// Cuts a text exposition into its families; each begins at its `# HELP` line.
-fn families(text: &str) -> Fragment {
-    let mut out: Fragment = Vec::new();
-    for line in text.split_inclusive('\n') {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let name = rest.split(' ').next().unwrap_or_default().trim_end();
-            out.push(Family {
-                name: name.to_string(),
-                head: String::new(),
-                samples: String::new(),
-            });
-        }
-        let Some(family) = out.last_mut() else {
-            continue;
-        };
-        if line.starts_with('#') {
-            family.head.push_str(line);
-        } else {
-            family.samples.push_str(line);
-        }
-    }
-    out
+    [
+        certificate,
+        graph_requests,
+        period_activity,
+        activity,
+        duration,
+        failures,
+        last_success,
+        panics,
+        success,
+        report_date,
+        refresh_date,
+        rows,
+    ]
+    .into_iter()
+    .filter(|f| !f.is_empty())
+    .collect()
 }
 
 /// The exposition from fragments: families in name order, each under one HELP and TYPE with
@@ -304,38 +333,6 @@ pub fn assemble<'a>(fragments: impl IntoIterator<Item = &'a Fragment>) -> String
         }
     }
     out
-}
-
-fn gauge(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<GaugeVec, prometheus::Error> {
-    let g = GaugeVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(g.clone()) as Box<dyn Collector>)?;
-    Ok(g)
-}
-
-fn counter(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, prometheus::Error> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(c.clone()) as Box<dyn Collector>)?;
-    Ok(c)
-}
-
-/// Sets the `conference_type` series of `gauge` for `[tenant, period]` to Graph's minutes
-/// (Audio/Video, Dial-in Microsoft, Dial-out Microsoft) in seconds.
-fn set_seconds(gauge: &GaugeVec, [tenant, period]: &[&str; 2], minutes: [f64; 3]) {
-    for (kind, minutes) in CONFERENCE_TYPES.into_iter().zip(minutes) {
-        gauge
-            .with_label_values(&[tenant, period, kind])
-            .set(minutes * 60.0);
-    }
 }
 
 fn midnight_utc(date: Date) -> f64 {
@@ -446,12 +443,12 @@ mod tests {
 
     #[test]
     fn exposition_snapshot() {
-        insta::assert_snapshot!(render(&sample_state(), &BUILD).unwrap());
+        insta::assert_snapshot!(render(&sample_state(), &BUILD));
     }
 
     #[test]
     fn fresh_state_has_no_made_up_values() {
-        let body = render(&State::new("t", [Period::D7]), &BUILD).unwrap();
+        let body = render(&State::new("t", [Period::D7]), &BUILD);
         for absent in [
             "sfb_organizer_activity_seconds{",
             "sfb_organizer_activity_period_seconds{",
@@ -469,17 +466,15 @@ mod tests {
 
     #[test]
     fn fragments_assemble_into_contiguous_families() {
-        let a = render_tenant(&sample_state()).unwrap();
-        let b = render_tenant(&State::new("tenant-2", [Period::D7])).unwrap();
-        let globals = Globals {
-            tenant_names: vec![("tenant-2", "Fabrikam")],
-            reload: Some(ReloadStatus {
-                successful: true,
-                last_success: Some(UNIX_EPOCH + Duration::from_secs(7)),
-            }),
-        };
-        let globals = render_globals(&BUILD, &globals).unwrap();
-        let body = assemble([&globals, &a, &b]);
+        let a = render_tenant(&sample_state());
+        let b = render_tenant(&State::new("tenant-2", [Period::D7]));
+        let globals = Globals::new(&BUILD);
+        globals.rename("tenant-2", None, Some("Fabrikam"));
+        globals.set_reload(ReloadStatus {
+            successful: true,
+            last_success: Some(UNIX_EPOCH + Duration::from_secs(7)),
+        });
+        let body = assemble([&globals.render(), &a, &b]);
         let helps: Vec<&str> = body.lines().filter(|l| l.starts_with("# HELP")).collect();
         let mut unique = helps.clone();
         unique.dedup();
@@ -494,14 +489,49 @@ mod tests {
         assert!(body.contains("sfb_config_last_reload_successful 1\n"));
         assert!(body.contains("sfb_config_last_reload_success_timestamp_seconds 7\n"));
         assert_eq!(
-            render(&sample_state(), &BUILD).unwrap(),
-            assemble([&render_globals(&BUILD, &Globals::default()).unwrap(), &a])
+            render(&sample_state(), &BUILD),
+            assemble([&Globals::new(&BUILD).render(), &a])
+        );
+    }
+
+    #[test]
+    fn tenant_info_follows_renames_and_a_reload_shows_once_set() {
+        let globals = Globals::new(&BUILD);
+        let body = assemble([&globals.render()]);
+        assert!(
+            !body.contains("sfb_tenant_info") && !body.contains("reload"),
+            "{body}"
+        );
+        globals.rename("t", None, Some("Fabrikam"));
+        globals.rename("t", Some("Fabrikam"), Some("Contoso"));
+        globals.rename("u", None, Some("Contoso"));
+        let body = assemble([&globals.render()]);
+        assert!(!body.contains("Fabrikam"), "{body}");
+        assert!(
+            body.contains("sfb_tenant_info{name=\"Contoso\",tenant=\"t\"} 1\nsfb_tenant_info{name=\"Contoso\",tenant=\"u\"} 1\n"),
+            "{body}"
+        );
+        globals.rename("t", Some("Contoso"), None);
+        globals.rename("u", Some("Contoso"), None);
+        globals.set_reload(ReloadStatus {
+            successful: false,
+            last_success: None,
+        });
+        let body = assemble([&globals.render()]);
+        assert!(!body.contains("sfb_tenant_info"), "{body}");
+        assert!(
+            body.contains("sfb_config_last_reload_successful 0\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("sfb_config_last_reload_success_timestamp_seconds 0\n"),
+            "{body}"
         );
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let body = render(&State::new("a\"b\\c\nd", [Period::D7]), &BUILD).unwrap();
+        let body = render(&State::new("a\"b\\c\nd", [Period::D7]), &BUILD);
         assert!(body.contains(r#"tenant="a\"b\\c\nd""#), "{body}");
     }
 }

@@ -4,3 +4,4 @@ pub mod gzip;
 pub mod metrics;
 pub mod process;
 pub mod publisher;
+pub mod writer;

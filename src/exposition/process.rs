@@ -14,6 +14,7 @@ use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 
 use crate::exposition::publisher::Published;
+use crate::exposition::writer::{Family, Format, Kind};
 
 /// How long one reading of /proc/self is served.
 const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -132,46 +133,46 @@ impl ProcessMetrics {
             (
                 "process_cpu_seconds_total",
                 "Total user and system CPU time spent in seconds.",
-                "counter",
+                Kind::Counter,
                 cpu,
             ),
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
-                "gauge",
+                Kind::Gauge,
                 open_files_limit().map(|n| n as f64),
             ),
             (
                 "process_open_fds",
                 "Number of open file descriptors.",
-                "gauge",
+                Kind::Gauge,
                 open_fds,
             ),
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
-                "gauge",
+                Kind::Gauge,
                 field(24).map(|pages| pages * self.page_size),
             ),
             (
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds.",
-                "gauge",
+                Kind::Gauge,
                 self.start_time,
             ),
             (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes.",
-                "gauge",
+                Kind::Gauge,
                 field(23),
             ),
         ];
         let mut out = String::with_capacity(1024);
         for (name, help, kind, value) in families {
             if let Some(value) = value {
-                out.push_str(&format!(
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-                ));
+                let mut family = Family::new(Format::Text, name, help, kind);
+                family.sample(&[], value);
+                family.write_to(&mut out);
             }
         }
         out

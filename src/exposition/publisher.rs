@@ -16,9 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::exposition::gzip::Gzip;
-use crate::exposition::metrics::{
-    assemble, render_globals, render_tenant, BuildInfo, Fragment, Globals,
-};
+use crate::exposition::metrics::{assemble, render_tenant, BuildInfo, Fragment, Globals};
 use crate::state::{ReloadStatus, State};
 
 const MIN_GAP: Duration = Duration::from_millis(250);
@@ -31,10 +29,10 @@ pub struct Publisher {
     per_tenant: bool,
 }
 
-#[derive(Default)]
 struct Inner {
     tenants: BTreeMap<String, Entry>,
-    reload: Option<ReloadStatus>,
+    /// Changed under the lock with `tenants`, so that sfb_tenant_info names what they hold.
+    globals: Globals,
     /// Counts the snapshots taken of the entries, so that of two assemblies running at once
     /// (the publishing task's and a reload's) the older cannot replace the newer.
     taken: u64,
@@ -54,7 +52,12 @@ impl Publisher {
     /// `per_tenant`: readiness and /readyz as with --config.file.
     pub fn new(per_tenant: bool) -> Arc<Publisher> {
         let publisher = Arc::new(Publisher {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                tenants: BTreeMap::new(),
+                globals: Globals::new(&BuildInfo::CURRENT),
+                taken: 0,
+                stored: 0,
+            }),
             stale: Notify::new(),
             published: Arc::new(ArcSwap::from_pointee(Published::assembled(
                 BTreeMap::new(),
@@ -74,10 +77,15 @@ impl Publisher {
 
     /// Adds or replaces a tenant, owned from now on by `generation`.
     pub fn insert(&self, generation: u64, name: Option<String>, state: State) {
-        let Some(fragment) = fragment(&state) else {
-            return;
-        };
+        let fragment = Arc::new(render_tenant(&state));
         let tenant = state.tenant.clone();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let old = inner
+            .tenants
+            .get(&tenant)
+            .and_then(|e| e.view.name.as_deref());
+        inner.globals.rename(&tenant, old, name.as_deref());
         let entry = Entry {
             generation,
             view: TenantView {
@@ -86,7 +94,8 @@ impl Publisher {
             },
             fragment,
         };
-        self.lock().tenants.insert(tenant, entry);
+        inner.tenants.insert(tenant, entry);
+        drop(guard);
         self.stale.notify_one();
     }
 
@@ -94,9 +103,7 @@ impl Publisher {
     pub fn update(&self, generation: u64, state: State) {
         // Rendered before taking the lock, so that tenants refreshing together render in
         // parallel.
-        let Some(fragment) = fragment(&state) else {
-            return;
-        };
+        let fragment = Arc::new(render_tenant(&state));
         let mut inner = self.lock();
         let Some(entry) = inner
             .tenants
@@ -114,7 +121,8 @@ impl Publisher {
     /// Gives a tenant a new name (its sfb_tenant_info series), if `generation` still owns it;
     /// its values stay as they are.
     pub fn rename(&self, tenant: &str, generation: u64, name: Option<String>) {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let Some(entry) = inner
             .tenants
             .get_mut(tenant)
@@ -122,8 +130,11 @@ impl Publisher {
         else {
             return;
         };
-        entry.view.name = name;
-        drop(inner);
+        let old = std::mem::replace(&mut entry.view.name, name);
+        inner
+            .globals
+            .rename(tenant, old.as_deref(), entry.view.name.as_deref());
+        drop(guard);
         self.stale.notify_one();
     }
 
@@ -133,16 +144,18 @@ impl Publisher {
         if inner
             .tenants
             .get(tenant)
-            .is_some_and(|e| e.generation == generation)
+            .is_none_or(|e| e.generation != generation)
         {
-            inner.tenants.remove(tenant);
-            drop(inner);
-            self.stale.notify_one();
+            return;
         }
+        let old = inner.tenants.remove(tenant).and_then(|e| e.view.name);
+        inner.globals.rename(tenant, old.as_deref(), None);
+        drop(inner);
+        self.stale.notify_one();
     }
 
     pub fn set_reload(&self, status: ReloadStatus) {
-        self.lock().reload = Some(status);
+        self.lock().globals.set_reload(status);
         self.stale.notify_one();
     }
 
@@ -165,14 +178,13 @@ impl Publisher {
 
     /// Builds and stores a new snapshot from the current fragments.
     pub fn assemble(&self) {
-        if let Some((number, published)) = self.build() {
-            self.store(number, published);
-        }
+        let (number, published) = self.build();
+        self.store(number, published);
     }
 
     /// A snapshot of the current fragments, assembled and compressed, and its number.
-    fn build(&self) -> Option<(u64, Published)> {
-        let (number, tenants, fragments, reload) = {
+    fn build(&self) -> (u64, Published) {
+        let (number, tenants, fragments, globals) = {
             let mut inner = self.lock();
             inner.taken += 1;
             let tenants: BTreeMap<String, TenantView> = inner
@@ -185,27 +197,13 @@ impl Publisher {
                 .values()
                 .map(|e| Arc::clone(&e.fragment))
                 .collect();
-            (inner.taken, tenants, fragments, inner.reload)
-        };
-        let globals = Globals {
-            tenant_names: tenants
-                .iter()
-                .filter_map(|(id, t)| Some((id.as_str(), t.name.as_deref()?)))
-                .collect(),
-            reload,
-        };
-        let globals = match render_globals(&BuildInfo::CURRENT, &globals) {
-            Ok(globals) => globals,
-            Err(e) => {
-                tracing::error!("cannot render metrics, keeping the previous exposition: {e}");
-                return None;
-            }
+            (inner.taken, tenants, fragments, inner.globals.render())
         };
         let body = assemble(std::iter::once(&globals).chain(fragments.iter().map(|f| &**f)));
-        Some((
+        (
             number,
             Published::assembled(tenants, self.per_tenant, body.into()),
-        ))
+        )
     }
 
     /// Publishes snapshot `number` unless a newer one already is.
@@ -220,16 +218,6 @@ impl Publisher {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Entries are replaced whole under the lock, so the map is consistent even after a panic.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn fragment(state: &State) -> Option<Arc<Fragment>> {
-    match render_tenant(state) {
-        Ok(f) => Some(Arc::new(f)),
-        Err(e) => {
-            tracing::error!(tenant = %state.tenant, "cannot render metrics, keeping the previous exposition: {e}");
-            None
-        }
     }
 }
 
@@ -304,13 +292,38 @@ mod tests {
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let publisher = Publisher::new(true);
-        let (older, older_snapshot) = publisher.build().unwrap();
+        let (older, older_snapshot) = publisher.build();
         publisher.insert(1, None, State::new("a", [Period::D7]));
-        let (newer, newer_snapshot) = publisher.build().unwrap();
+        let (newer, newer_snapshot) = publisher.build();
         publisher.store(newer, newer_snapshot);
         // The publishing task finishes compressing its (older) snapshot only now.
         publisher.store(older, older_snapshot);
         assert!(publisher.published().load().tenants.contains_key("a"));
+    }
+
+    #[test]
+    fn tenant_info_names_the_tenants_the_publisher_holds() {
+        let publisher = Publisher::new(true);
+        let body = || {
+            let (_, published) = publisher.build();
+            String::from_utf8(published.metrics.to_vec()).unwrap()
+        };
+        publisher.insert(1, Some("A".into()), State::new("a", [Period::D7]));
+        publisher.insert(1, Some("B".into()), State::new("b", [Period::D7]));
+        publisher.rename("a", 1, Some("A2".into()));
+        publisher.rename("b", 0, Some("stale".into()));
+        let names = body();
+        assert!(
+            names.contains("sfb_tenant_info{name=\"A2\",tenant=\"a\"} 1\nsfb_tenant_info{name=\"B\",tenant=\"b\"} 1\n"),
+            "{names}"
+        );
+        assert!(
+            !names.contains("name=\"A\"") && !names.contains("stale"),
+            "{names}"
+        );
+        publisher.remove("b", 1);
+        publisher.insert(2, None, State::new("a", [Period::D7]));
+        assert!(!body().contains("sfb_tenant_info"), "{}", body());
     }
 
     #[tokio::test(start_paused = true)]
