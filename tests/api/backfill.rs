@@ -15,7 +15,6 @@ use crate::e2e::{dashboard_expressions, Prometheus};
 use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, exporter_against, run};
 use crate::promtool::have;
-use crate::tenants::{minutes, tenant, Behaviour, Fleet};
 
 /// 180 days of Graph's rows, newest first, the day before yesterday the newest: (day, minutes
 /// by conference type). Day 5 has an empty Dial-in cell, which counts 0.
@@ -97,7 +96,7 @@ async fn backfilled_history_reaches_prometheus_and_the_history_panel() {
     let today = OffsetDateTime::now_utc().date();
     let (csv, rows) = history(today);
     // One report request, for D180 only.
-    let (graph, _download) = Scenario::new()
+    let fakes = Scenario::new()
         .await
         .token_ok()
         .redirect(Period::D180)
@@ -109,7 +108,7 @@ async fn backfilled_history_reaches_prometheus_and_the_history_panel() {
     let om = dir.path().join("history.om");
     std::fs::write(&om, "yesterday's history\n").unwrap();
     let (code, stderr) = run(&mut exporter_against(
-        &graph.uri(),
+        &fakes.graph.uri(),
         &["backfill", "--output", om.to_str().unwrap()],
     ));
     assert_eq!(code, 0, "{stderr}");
@@ -173,7 +172,7 @@ async fn a_failed_backfill_says_why_in_one_line_and_leaves_the_output_untouched(
     let forbidden = ResponseTemplate::new(403).set_body_json(serde_json::json!({
         "error": {"code": "S2SUnauthorized", "message": "Invalid scope claims/roles."}
     }));
-    let (graph, _download) = Scenario::new()
+    let fakes = Scenario::new()
         .await
         .token_ok()
         .report_answers(Period::D180, forbidden)
@@ -185,7 +184,7 @@ async fn a_failed_backfill_says_why_in_one_line_and_leaves_the_output_untouched(
     std::fs::write(&om, "yesterday's history\n").unwrap();
     let output = ["backfill", "--output", om.to_str().unwrap()];
 
-    let (code, stderr) = run(&mut exporter_against(&graph.uri(), &output));
+    let (code, stderr) = run(&mut exporter_against(&fakes.graph.uri(), &output));
     assert_ne!(code, 0);
     assert_one_line(&stderr, &[TENANT, "D180", "403", "Reports.Read.All"]);
     assert!(!stderr.contains(CLIENT_SECRET) && !stderr.contains(ACCESS_TOKEN));
@@ -231,15 +230,16 @@ fn demo_backfill_writes_every_day_to_stdout_and_starts_no_server() {
 
 #[tokio::test]
 async fn every_tenant_of_the_config_file_goes_into_one_output() {
-    let fleet = Fleet::new().await;
     let ids = ["tenant-a", "tenant-b", "tenant-c"];
     let healthy = ids.map(|id| tenant(id, Behaviour::Healthy));
-    for t in &healthy {
-        fleet.mount(t, &[Period::D180]).await;
-    }
     let broken = tenant("tenant-x", Behaviour::BadSecret);
-    fleet.mount(&broken, &[Period::D180]).await;
-    let base = fleet.graph.uri();
+    let fakes = Scenario::new()
+        .await
+        .tenants(&healthy)
+        .tenant(&broken)
+        .servers()
+        .await;
+    let base = fakes.graph.uri();
     let dir = tempfile::tempdir().unwrap();
     let om = dir.path().join("history.om");
     let backfill = |file: &Path| {
@@ -257,7 +257,7 @@ async fn every_tenant_of_the_config_file_goes_into_one_output() {
         ]))
     };
 
-    let (code, stderr) = backfill(&fleet.write(&healthy.iter().collect::<Vec<_>>()));
+    let (code, stderr) = backfill(&fakes.write_tenants(&healthy.iter().collect::<Vec<_>>()));
     assert_eq!(code, 0, "{stderr}");
     let text = std::fs::read_to_string(&om).unwrap();
     // The fake's one row: 2024-03-04, each tenant's own minutes.
@@ -269,7 +269,7 @@ async fn every_tenant_of_the_config_file_goes_into_one_output() {
         assert!(text.contains(&sample), "{sample} not in:\n{text}");
     }
     assert_eq!(text.matches(&format!("{METRIC}{{")).count(), 3 * ids.len());
-    let reports: Vec<_> = fleet
+    let reports: Vec<_> = fakes
         .graph
         .received_requests()
         .await
@@ -294,7 +294,7 @@ async fn every_tenant_of_the_config_file_goes_into_one_output() {
     // One tenant the identity platform refuses: the run fails naming it, the history stays.
     let mut with_broken: Vec<_> = healthy.iter().collect();
     with_broken.insert(1, &broken);
-    let (code, stderr) = backfill(&fleet.write(&with_broken));
+    let (code, stderr) = backfill(&fakes.write_tenants(&with_broken));
     assert_ne!(code, 0);
     assert_one_line(&stderr, &["tenant-x", "AADSTS7000215"]);
     assert_eq!(std::fs::read_to_string(&om).unwrap(), text);

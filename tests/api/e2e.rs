@@ -102,6 +102,27 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// Whether the rule group has been evaluated `n` more times, as its lastEvaluation says,
+    /// before the deadline.
+    async fn evaluations(&self, n: usize) -> bool {
+        let last = || async {
+            let rules = self.get("/api/v1/rules", &[]).await?;
+            rules["groups"][0]["lastEvaluation"]
+                .as_str()
+                .map(str::to_string)
+        };
+        let before = last().await;
+        let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+        let (last, before, seen) = (&last, &before, &seen);
+        eventually(|| async move {
+            if let Some(at) = last().await.filter(|at| Some(at) != before.as_ref()) {
+                seen.borrow_mut().insert(at);
+            }
+            seen.borrow().len() >= n
+        })
+        .await
+    }
+
     async fn alerts(&self) -> Vec<Value> {
         let data = self.get("/api/v1/alerts", &[]).await;
         data.and_then(|d| d["alerts"].as_array().cloned())
@@ -154,17 +175,14 @@ async fn a_real_prometheus_scrapes_evaluates_the_rules_and_answers_every_dashboa
     if !have("prometheus") {
         return;
     }
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    for period in Period::ALL {
-        mount_report(&graph, &download, period, &fresh_report()).await;
-    }
-    let options = Options {
-        periods: Period::ALL.to_vec(),
-        interval: Duration::from_secs(2),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .reports(Period::ALL, &fresh_report())
+        .periods(Period::ALL)
+        .interval(Duration::from_secs(2))
+        .spawn()
+        .await;
     let prometheus = Prometheus::start(&app.addr.to_string());
 
     let scraped =
@@ -211,7 +229,10 @@ async fn a_real_prometheus_scrapes_evaluates_the_rules_and_answers_every_dashboa
     })
     .await;
     assert!(evaluated, "the shipped rules were not loaded");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        prometheus.evaluations(3).await,
+        "the rules were not evaluated three times"
+    );
     let alerts = prometheus.alerts().await;
     assert!(alerts.is_empty(), "alerts while healthy: {alerts:#?}");
 

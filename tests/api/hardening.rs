@@ -12,10 +12,10 @@ use sfb_exporter::config::ServerLimits;
 use sfb_exporter::serve::server::{limit_in_flight, serve, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::H2;
+use crate::helpers::{TestCa, H2};
 use crate::process::{demo_json, exporter, Process};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: exporter\r\n\r\n";
@@ -50,6 +50,26 @@ async fn start(app: Router, tls: Option<TlsConfig>, limits: ServerLimits) -> Ser
 
 fn hello() -> Router {
     Router::new().route("/", get(|| async { "hello\n" }))
+}
+
+/// `router` with a route at `path` that answers `body` only once released: `entered` gains a
+/// permit as each request arrives, and `release` lets the waiting ones answer.
+fn held(router: Router, path: &str, body: &'static str) -> (Router, Arc<Notify>, Arc<Semaphore>) {
+    let release = Arc::new(Notify::new());
+    let entered = Arc::new(Semaphore::new(0));
+    let (held, arrived) = (Arc::clone(&release), Arc::clone(&entered));
+    let router = router.route(
+        path,
+        get(move || {
+            let (held, arrived) = (Arc::clone(&held), Arc::clone(&arrived));
+            async move {
+                arrived.add_permits(1);
+                held.notified().await;
+                body
+            }
+        }),
+    );
+    (router, release, entered)
 }
 
 /// Whether the peer has closed `stream`: EOF or a reset, rather than data or a pause.
@@ -257,30 +277,11 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose,
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &issuer)
-            .unwrap();
-        let client_key = KeyPair::generate().unwrap();
-        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        let ca = TestCa::new("sfb-exporter test CA");
+        let (server, server_key) = ca.server(&["localhost"]);
+        let (client, client_key) = ca.client();
         Pki {
-            ca: ca.der().clone(),
+            ca: ca.cert.der().clone(),
             server: (server.der().clone(), server_key.serialize_der()),
             client: (client.der().clone(), client_key.serialize_der()),
         }
@@ -397,20 +398,7 @@ async fn ends_soon<S: AsyncReadExt + Unpin>(stream: &mut S) -> bool {
 /// answered under the old rules.
 #[tokio::test(start_paused = true)]
 async fn open_tls_connections_are_closed_after_a_reload_once_their_request_is_answered() {
-    let release = Arc::new(Notify::new());
-    let entered = Arc::new(tokio::sync::Semaphore::new(0));
-    let (held, arrived) = (Arc::clone(&release), Arc::clone(&entered));
-    let app = hello().route(
-        "/slow",
-        get(move || {
-            let (held, arrived) = (Arc::clone(&held), Arc::clone(&arrived));
-            async move {
-                arrived.add_permits(1);
-                held.notified().await;
-                "slow\n"
-            }
-        }),
-    );
+    let (app, release, entered) = held(hello(), "/slow", "slow\n");
     let pki = Pki::new();
     let tls = TlsConfig::new(pki.server(false));
     let server = start(app, Some(tls.clone()), limits()).await;
@@ -640,20 +628,7 @@ async fn a_flood_of_silent_connections_never_locks_a_scrape_out() {
 
 #[tokio::test(start_paused = true)]
 async fn connections_answering_a_request_are_never_closed_to_make_room() {
-    let release = Arc::new(Notify::new());
-    let entered = Arc::new(tokio::sync::Semaphore::new(0));
-    let (held, arrived) = (Arc::clone(&release), Arc::clone(&entered));
-    let app = hello().route(
-        "/slow",
-        get(move || {
-            let (held, arrived) = (Arc::clone(&held), Arc::clone(&arrived));
-            async move {
-                arrived.add_permits(1);
-                held.notified().await;
-                "slow\n"
-            }
-        }),
-    );
+    let (app, release, entered) = held(hello(), "/slow", "slow\n");
     let server = start(app, None, capped(4)).await;
     const SLOW: &[u8] = b"GET /slow HTTP/1.1\r\nHost: exporter\r\n\r\n";
     let mut busy = Vec::new();
@@ -692,20 +667,7 @@ async fn connections_answering_a_request_are_never_closed_to_make_room() {
 
 #[tokio::test(start_paused = true)]
 async fn requests_beyond_max_requests_get_503_at_once() {
-    let release = Arc::new(Notify::new());
-    let entered = Arc::new(tokio::sync::Semaphore::new(0));
-    let (held, arrived) = (Arc::clone(&release), Arc::clone(&entered));
-    let slow = Router::new().route(
-        "/",
-        get(move || {
-            let (held, arrived) = (Arc::clone(&held), Arc::clone(&arrived));
-            async move {
-                arrived.add_permits(1);
-                held.notified().await;
-                "hello\n"
-            }
-        }),
-    );
+    let (slow, release, entered) = held(Router::new(), "/", "hello\n");
     let server = start(limit_in_flight(slow, 2), None, limits()).await;
     let mut first = TcpStream::connect(server.addr).await.unwrap();
     let mut second = TcpStream::connect(server.addr).await.unwrap();
@@ -843,34 +805,16 @@ fn a_fifo_given_as_a_file_is_refused_at_once() {
 async fn a_token_with_control_characters_is_refused_as_auth_and_never_cached() {
     use crate::helpers::*;
     use sfb_exporter::report::Period;
-    use wiremock::matchers::{method, path};
-    use wiremock::{Mock, ResponseTemplate};
 
-    let (graph, download) = mock_servers().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "token_type": "Bearer",
-            "expires_in": 3599,
-            "access_token": "broken\r\ntoken",
-        })))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_answers(issued_token("broken\r\ntoken", 3599))
+        .first(1)
+        .token_ok()
+        .report(Period::D7, ONE_DAY)
+        .interval(Duration::from_millis(100))
+        .spawn()
         .await;
-    token_mock(3599).mount(&graph).await;
-    mount_report(
-        &graph,
-        &download,
-        Period::D7,
-        &format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"),
-    )
-    .await;
-    let options = Options {
-        interval: Duration::from_millis(100),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app
         .metrics_when("a success after the refused token", |b| {
             sample(b, &success(Period::D7)) == Some(1.0)

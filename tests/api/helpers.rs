@@ -1,6 +1,16 @@
+//! The fake Graph and identity platform of every test, and the exporter started against them.
+//!
+//! One builder, [`Scenario`], sets up both: the answers of the token endpoint, the report
+//! requests and the download host, the tenants of a --config.file, and how the exporter is
+//! configured (web config, credential, exporter metrics, limits). It starts the exporter in
+//! this process ([`Scenario::spawn`]) or hands the fakes to a child process
+//! ([`Scenario::servers`]).
+
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -22,9 +32,32 @@ pub const ACCESS_TOKEN: &str = "access-token-value-Z9k";
 /// The query that makes a download URL a credential; it must never leak.
 pub const DOWNLOAD_SIG: &str = "sig=download-signature-W3m";
 
-pub const HEADER: &str =
-    "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft";
+/// The report's header, as a literal, so that [`ONE_DAY`] can be built from it at compile time.
+macro_rules! header {
+    () => {
+        "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft"
+    };
+}
 
+pub const HEADER: &str = header!();
+
+/// The report most tests serve: refreshed 2024-03-05, one row for 2024-03-04 of D7 with 1, 2
+/// and 3 minutes of audio/video, dial-in and dial-out.
+pub const ONE_DAY: &str = concat!(header!(), "\n2024-03-05,2024-03-04,7,1,2,3\n");
+
+/// How many times slower than a developer's machine a loaded CI runner may be. An upper bound
+/// on real time is written as what an idle machine needs times this factor, and only where the
+/// exporter runs as a child process, whose clock a test cannot pause (in this process, bounds
+/// use tokio's paused clock). Raise it here, in one place, if a slow machine trips such a bound.
+pub const SLOWNESS: u32 = 3;
+
+/// A generous bound on waiting for something that must happen: it stops a hang and is not a
+/// performance target.
+const DEADLINE: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(25);
+
+/// The exporter started in this process by [`Scenario::spawn`], with the fakes it talks to.
+/// Dropped, it is cancelled; [`TestApp::stop`] also waits for it to wind down.
 pub struct TestApp {
     pub addr: SocketAddr,
     /// Serves the token endpoint and the report requests.
@@ -32,112 +65,16 @@ pub struct TestApp {
     /// Another host, standing in for the pre-authenticated download.
     pub download: MockServer,
     pub http: reqwest::Client,
+    /// Where the tenants file and its secrets are written.
+    files: tempfile::TempDir,
+    logs: Logs,
     cancel: CancellationToken,
     running: Option<sfb_exporter::Running>,
 }
 
-pub struct Options {
-    pub periods: Vec<Period>,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub max_body_bytes: u64,
-    pub retry: RetryPolicy,
-    pub web_config: Option<std::path::PathBuf>,
-    /// How the exporter signs in; None: the client secret the token mock expects.
-    pub credential: Option<Credential>,
-    /// --config.file; its tenants default to the fake Graph as authority and Graph.
-    pub tenants_file: Option<std::path::PathBuf>,
-    pub enable_lifecycle: bool,
-    pub max_concurrency: usize,
-    pub shard: Shard,
-    pub server: ServerLimits,
-    pub exporter_metrics: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            periods: vec![Period::D7],
-            interval: Duration::from_secs(3600),
-            timeout: Duration::from_secs(5),
-            max_body_bytes: 4 * 1024 * 1024,
-            // The production schedule, compressed so retries take milliseconds.
-            retry: RetryPolicy {
-                max_retries: 3,
-                base_delay: Duration::from_millis(20),
-                max_delay: Duration::from_secs(2),
-                max_retry_after: Duration::from_secs(2),
-            },
-            web_config: None,
-            credential: None,
-            tenants_file: None,
-            enable_lifecycle: false,
-            max_concurrency: 8,
-            shard: Shard::default(),
-            server: ServerLimits::default(),
-            exporter_metrics: true,
-        }
-    }
-}
-
-/// Starts the mock servers; call `start` once their mocks are mounted.
-pub async fn mock_servers() -> (MockServer, MockServer) {
-    (MockServer::start().await, MockServer::start().await)
-}
-
-pub async fn spawn_app(graph: MockServer, download: MockServer, options: Options) -> TestApp {
-    let base = Url::parse(&graph.uri()).unwrap();
-    let config = Config {
-        listen_address: "127.0.0.1:0".parse().unwrap(),
-        web_config_file: options.web_config,
-        web_config_check_interval: Duration::from_millis(100),
-        telemetry_path: "/metrics".into(),
-        server: options.server,
-        exporter_metrics: options.exporter_metrics,
-        periods: Periods::new(options.periods.clone()).unwrap(),
-        refresh_interval: options.interval,
-        graph_timeout: options.timeout,
-        max_body_bytes: options.max_body_bytes,
-        retry: options.retry,
-        source: match options.tenants_file {
-            Some(path) => Source::File {
-                path,
-                defaults: TenantDefaults {
-                    cloud: Cloud::Global,
-                    authority_host: Some(base.clone()),
-                    graph_url: Some(base.clone()),
-                    periods: Periods::new(options.periods).unwrap(),
-                    managed_identity: Ok(ManagedEndpoint::Imds { host: base }),
-                },
-            },
-            None => Source::Azure {
-                identity: Identity {
-                    tenant_id: TENANT.into(),
-                    credential: options.credential.unwrap_or_else(|| Credential::Secret {
-                        client_id: CLIENT_ID.into(),
-                        secret: SecretString::from(CLIENT_SECRET),
-                    }),
-                    origin: Origin::Environment,
-                },
-                authority: base.clone(),
-                graph: base,
-            },
-        },
-        max_concurrency: options.max_concurrency,
-        shard: options.shard,
-        enable_lifecycle: options.enable_lifecycle,
-    };
-    let cancel = CancellationToken::new();
-    let running = sfb_exporter::start(config, cancel.clone())
-        .await
-        .expect("exporter starts");
-    TestApp {
-        addr: running.local_addr,
-        graph,
-        download,
-        http: test_client(),
-        cancel,
-        running: Some(running),
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 
@@ -214,6 +151,37 @@ impl TestApp {
             .collect()
     }
 
+    /// The first log line (JSON, as `--log.format json` writes it) after the last one this
+    /// returned that `matches`; waits for it until the deadline.
+    pub async fn log_line(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.logs.next_matching(&matches) {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for a log line: {what}; logged:\n{}",
+                self.logs.text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The tenants file [`Scenario::tenants_file`] wrote.
+    pub fn tenants_file(&self) -> PathBuf {
+        self.files.path().join(TENANTS_FILE)
+    }
+
+    /// Rewrites the tenants file to list `tenants`, as [`Scenario::tenants_file`] wrote it.
+    pub fn write_tenants(&self, tenants: &[&FakeTenant]) -> PathBuf {
+        write_tenants(self.files.path(), tenants)
+    }
+
     pub async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(running) = self.running.take() {
@@ -222,6 +190,196 @@ impl TestApp {
                 .expect("exporter stops within 5s of cancellation");
         }
     }
+}
+
+/// The fakes of a [`Scenario`] for an exporter started another way (a child process).
+pub struct Fakes {
+    pub graph: MockServer,
+    pub download: MockServer,
+    files: tempfile::TempDir,
+}
+
+impl Fakes {
+    /// Writes a tenants file listing `tenants`, as [`Scenario::tenants_file`] does.
+    pub fn write_tenants(&self, tenants: &[&FakeTenant]) -> PathBuf {
+        write_tenants(self.files.path(), tenants)
+    }
+}
+
+/// What the exporter writes, caught on the test's thread. A `#[tokio::test]` runs the exporter
+/// in this process on a current-thread runtime, so every task logs there (what runs on
+/// blocking threads is not caught). The latest `TestApp` of a test catches them until dropped.
+struct Logs {
+    buffer: LogBuffer,
+    /// Lines already returned by `next_matching`, or passed over by it.
+    read: Mutex<usize>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let buffer = LogBuffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        Logs {
+            buffer,
+            read: Mutex::new(0),
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.0.lock().unwrap()).into_owned()
+    }
+
+    fn next_matching(
+        &self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let text = self.text();
+        let mut read = self.read.lock().unwrap();
+        // Only whole lines: the last may be cut short while it is written.
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        for (i, line) in lines.iter().enumerate().skip(*read) {
+            if !line.ends_with('\n') {
+                break;
+            }
+            let json =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            *read = i + 1;
+            if matches(&json) {
+                return Some(json);
+            }
+        }
+        None
+    }
+}
+
+/// Where the subscriber of [`Logs`] writes.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A certificate authority made for one test, and what it signs: certificates for servers, by
+/// name, and for clients.
+pub struct TestCa {
+    pub cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, DnType, IsCa, KeyUsagePurpose};
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses), and its key.
+    pub fn server(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert, key)
+    }
+
+    /// A client certificate, CN=prometheus, and its key.
+    pub fn client(&self) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "prometheus");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert, key)
+    }
+}
+
+/// How a fake tenant of a --config.file behaves.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    Healthy,
+    /// The identity platform refuses its secret.
+    BadSecret,
+    /// Its token request never answers.
+    Hung,
+}
+
+/// A tenant of a --config.file, with its own secret, token and download, so that one tenant's
+/// data can only come from its own exchanges.
+pub struct FakeTenant {
+    pub id: String,
+    pub name: Option<&'static str>,
+    pub behaviour: Behaviour,
+}
+
+pub fn tenant(id: &str, behaviour: Behaviour) -> FakeTenant {
+    FakeTenant {
+        id: id.to_string(),
+        name: None,
+        behaviour,
+    }
+}
+
+/// The client secret of tenant `id`, in its secret file.
+pub fn secret(id: &str) -> String {
+    format!("secret-of-{id}")
+}
+
+/// Audio/video minutes of a tenant's report, distinct per tenant so a mix-up shows.
+pub fn minutes(id: &str) -> u64 {
+    10 + id.bytes().map(u64::from).sum::<u64>() % 1000
+}
+
+const TENANTS_FILE: &str = "tenants.yml";
+
+/// Writes the config file listing `tenants` in `dir`, their secrets in files next to it (a
+/// relative path, resolved against the file's directory).
+fn write_tenants(dir: &Path, tenants: &[&FakeTenant]) -> PathBuf {
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    let mut yaml = String::from("tenants:\n");
+    for t in tenants {
+        std::fs::write(dir.join("secrets").join(&t.id), secret(&t.id) + "\n").unwrap();
+        yaml.push_str(&format!(
+            "  - tenant_id: {}\n    client_id: client-{}\n    client_secret_file: secrets/{}\n",
+            t.id, t.id, t.id
+        ));
+        if let Some(name) = t.name {
+            yaml.push_str(&format!("    name: {name}\n"));
+        }
+    }
+    let file = dir.join(TENANTS_FILE);
+    std::fs::write(&file, yaml).unwrap();
+    file
 }
 
 /// reqwest for the tests' own requests. It is built without a crypto provider of its own (the
@@ -236,11 +394,7 @@ pub fn test_client() -> reqwest::Client {
     test_client_builder().build().unwrap()
 }
 
-const DEADLINE: Duration = Duration::from_secs(15);
-const POLL: Duration = Duration::from_millis(25);
-
-/// Retries `check` until it holds or a generous deadline passes; the deadline bounds a hang
-/// and is not a performance target.
+/// Retries `check` until it holds or the deadline passes.
 pub async fn eventually<F, Fut>(mut check: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -256,60 +410,50 @@ where
     false
 }
 
-pub fn report_path(period: Period) -> String {
+fn report_path(period: Period) -> String {
     format!("/v1.0/reports/getSkypeForBusinessOrganizerActivityMinuteCounts(period='{period}')")
 }
 
+/// The token endpoint's path for tenant `id`.
+fn token_path(id: &str) -> String {
+    format!("/{id}/oauth2/v2.0/token")
+}
+
+/// The identity platform issuing [`ACCESS_TOKEN`] for `expires_in` seconds.
 pub fn token_response(expires_in: u64) -> ResponseTemplate {
+    issued_token(ACCESS_TOKEN, expires_in)
+}
+
+/// The identity platform issuing `access_token` for `expires_in` seconds.
+pub fn issued_token(access_token: &str, expires_in: u64) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(serde_json::json!({
         "token_type": "Bearer",
         "expires_in": expires_in,
         "ext_expires_in": expires_in,
-        "access_token": ACCESS_TOKEN,
+        "access_token": access_token,
     }))
 }
 
-/// The token endpoint, answering only the exact client credentials form.
-pub fn token_mock(expires_in: u64) -> Mock {
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .and(body_string_contains("grant_type=client_credentials"))
-        .and(body_string_contains(format!("client_id={CLIENT_ID}")))
-        .and(body_string_contains(format!(
-            "client_secret={CLIENT_SECRET}"
-        )))
-        .and(body_string_contains("scope=http%3A%2F%2F127.0.0.1"))
-        .and(body_string_contains("%2F.default"))
-        .respond_with(token_response(expires_in))
+/// The identity platform refusing a client secret, as Entra ID words it.
+pub fn invalid_client_secret() -> ResponseTemplate {
+    ResponseTemplate::new(401).set_body_json(serde_json::json!({
+        "error": "invalid_client",
+        "error_description": "AADSTS7000215: Invalid client secret provided.",
+        "error_codes": [7000215],
+    }))
 }
 
-/// The report request with the bearer token, redirected to the download host.
-pub fn redirect_mock(period: Period, download: &MockServer) -> Mock {
-    Mock::given(method("GET"))
-        .and(path(report_path(period)))
-        .and(header(
-            "authorization",
-            format!("Bearer {ACCESS_TOKEN}").as_str(),
-        ))
-        .respond_with(
-            ResponseTemplate::new(302)
-                .insert_header("location", download_url(download, period).as_str()),
-        )
+/// Graph throttling: 429 with `Retry-After: retry_after` (seconds), or without one.
+pub fn throttled(retry_after: Option<&str>) -> ResponseTemplate {
+    let answer = ResponseTemplate::new(429);
+    match retry_after {
+        Some(seconds) => answer.insert_header("retry-after", seconds),
+        None => answer,
+    }
 }
 
-pub fn download_url(download: &MockServer, period: Period) -> String {
-    format!("{}/reports/{period}.csv?{DOWNLOAD_SIG}", download.uri())
-}
-
-/// The download, served only to requests without an Authorization header.
-pub fn download_mock(period: Period, body: impl Into<Vec<u8>>) -> Mock {
-    Mock::given(method("GET"))
-        .and(path(format!("/reports/{period}.csv")))
-        .and(NoAuthorization)
-        .respond_with(ResponseTemplate::new(200).set_body_bytes(body.into()))
-}
-
-pub struct NoAuthorization;
+/// Matches requests without an Authorization header: the download must not carry the token.
+struct NoAuthorization;
 
 impl Match for NoAuthorization {
     fn matches(&self, request: &Request) -> bool {
@@ -317,18 +461,16 @@ impl Match for NoAuthorization {
     }
 }
 
-/// Mounts a complete happy path for `period` serving `csv`.
-pub async fn mount_report(graph: &MockServer, download: &MockServer, period: Period, csv: &str) {
-    redirect_mock(period, download).mount(graph).await;
-    download_mock(period, csv.as_bytes().to_vec())
-        .mount(download)
-        .await;
-}
-
 /// The value of the one sample of `series` (name and labels exactly as exposed), if present.
 pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Asserts the value of the one sample of `series` in the exposition `body` (`None`: absent).
+#[track_caller]
+pub fn assert_sample(body: &str, series: &str, expected: Option<f64>) {
+    assert_eq!(sample(body, series), expected, "{series} in:\n{body}");
 }
 
 /// An address that accepts connections and drops them at once: a dependable connection error
@@ -359,11 +501,102 @@ pub fn failures(period: impl Display, reason: &str) -> String {
     )
 }
 
+/// How the exporter is configured; [`Scenario`]'s methods change it.
+struct Options {
+    periods: Vec<Period>,
+    interval: Duration,
+    timeout: Duration,
+    max_body_bytes: u64,
+    retry: RetryPolicy,
+    web_config: Option<PathBuf>,
+    /// How the exporter signs in; None: the client secret the token mock expects.
+    credential: Option<Credential>,
+    /// --config.file; its tenants default to the fake Graph as authority and Graph.
+    tenants_file: Option<PathBuf>,
+    enable_lifecycle: bool,
+    max_concurrency: usize,
+    shard: Shard,
+    server: ServerLimits,
+    exporter_metrics: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            periods: vec![Period::D7],
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+            max_body_bytes: 4 * 1024 * 1024,
+            // The production schedule, compressed so retries take milliseconds.
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_secs(2),
+                max_retry_after: Duration::from_secs(2),
+            },
+            web_config: None,
+            credential: None,
+            tenants_file: None,
+            enable_lifecycle: false,
+            max_concurrency: 8,
+            shard: Shard::default(),
+            server: ServerLimits::default(),
+            exporter_metrics: true,
+        }
+    }
+}
+
+impl Options {
+    fn config(self, graph: &MockServer) -> Config {
+        let base = Url::parse(&graph.uri()).unwrap();
+        Config {
+            listen_address: "127.0.0.1:0".parse().unwrap(),
+            web_config_file: self.web_config,
+            web_config_check_interval: Duration::from_millis(100),
+            telemetry_path: "/metrics".into(),
+            server: self.server,
+            exporter_metrics: self.exporter_metrics,
+            periods: Periods::new(self.periods.clone()).unwrap(),
+            refresh_interval: self.interval,
+            graph_timeout: self.timeout,
+            max_body_bytes: self.max_body_bytes,
+            retry: self.retry,
+            source: match self.tenants_file {
+                Some(path) => Source::File {
+                    path,
+                    defaults: TenantDefaults {
+                        cloud: Cloud::Global,
+                        authority_host: Some(base.clone()),
+                        graph_url: Some(base.clone()),
+                        periods: Periods::new(self.periods).unwrap(),
+                        managed_identity: Ok(ManagedEndpoint::Imds { host: base }),
+                    },
+                },
+                None => Source::Azure {
+                    identity: Identity {
+                        tenant_id: TENANT.into(),
+                        credential: self.credential.unwrap_or_else(|| Credential::Secret {
+                            client_id: CLIENT_ID.into(),
+                            secret: SecretString::from(CLIENT_SECRET),
+                        }),
+                        origin: Origin::Environment,
+                    },
+                    authority: base.clone(),
+                    graph: base,
+                },
+            },
+            max_concurrency: self.max_concurrency,
+            shard: self.shard,
+            enable_lifecycle: self.enable_lifecycle,
+        }
+    }
+}
+
 /// The fake Graph of one test, set up in one expression: which answers the identity platform,
 /// the report requests and the download host give, and how the exporter is configured.
 ///
-/// `Scenario::new().await.token_ok().report(Period::D7, csv).spawn().await`. Answers are mounted
-/// in the order given; `first(n)` makes the last one answer only the first `n` matching
+/// `Scenario::new().await.token_ok().report(Period::D7, ONE_DAY).spawn().await`. Answers are
+/// mounted in the order given; `first(n)` makes the last one answer only the first `n` matching
 /// requests, ahead of those without it, so sequences read top to bottom.
 pub struct Scenario {
     graph: MockServer,
@@ -372,6 +605,7 @@ pub struct Scenario {
     /// Priority of the next `first(n)` answer: 1, 2, ... ahead of wiremock's default 5.
     next_priority: u8,
     options: Options,
+    files: tempfile::TempDir,
 }
 
 #[derive(Clone, Copy)]
@@ -382,25 +616,45 @@ enum Host {
 
 impl Scenario {
     pub async fn new() -> Scenario {
-        let (graph, download) = mock_servers().await;
         Scenario {
-            graph,
-            download,
+            graph: MockServer::start().await,
+            download: MockServer::start().await,
             mocks: Vec::new(),
             next_priority: 1,
             options: Options::default(),
+            files: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// What most tests need: a token, and D7 serving [`ONE_DAY`].
+    pub async fn healthy() -> Scenario {
+        Scenario::new().await.token_ok().report(Period::D7, ONE_DAY)
     }
 
     /// The token endpoint issues a one-hour token for the exact client credentials form.
     pub fn token_ok(self) -> Scenario {
-        self.on(Host::Graph, token_mock(3599))
+        let mock = Mock::given(method("POST"))
+            .and(path(token_path(TENANT)))
+            .and(body_string_contains("grant_type=client_credentials"))
+            .and(body_string_contains(format!("client_id={CLIENT_ID}")))
+            .and(body_string_contains(format!(
+                "client_secret={CLIENT_SECRET}"
+            )))
+            .and(body_string_contains("scope=http%3A%2F%2F127.0.0.1"))
+            .and(body_string_contains("%2F.default"))
+            .respond_with(token_response(3599));
+        self.on(Host::Graph, mock)
+    }
+
+    /// The token endpoint answers only after 30 s, past any timeout of the tests.
+    pub fn token_hangs(self) -> Scenario {
+        self.token_answers(token_response(3599).set_delay(Duration::from_secs(30)))
     }
 
     /// The token endpoint (any form) answers `answer`.
     pub fn token_answers(self, answer: impl Respond + 'static) -> Scenario {
         let mock = Mock::given(method("POST"))
-            .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+            .and(path(token_path(TENANT)))
             .respond_with(answer);
         self.on(Host::Graph, mock)
     }
@@ -445,7 +699,16 @@ impl Scenario {
 
     /// The report request for `period` with the bearer token redirects to the download host.
     pub fn redirect(self, period: Period) -> Scenario {
-        let mock = redirect_mock(period, &self.download);
+        let mock = Mock::given(method("GET"))
+            .and(path(report_path(period)))
+            .and(header(
+                "authorization",
+                format!("Bearer {ACCESS_TOKEN}").as_str(),
+            ))
+            .respond_with(
+                ResponseTemplate::new(302)
+                    .insert_header("location", self.download_url(period).as_str()),
+            );
         self.on(Host::Graph, mock)
     }
 
@@ -464,6 +727,63 @@ impl Scenario {
             period,
             ResponseTemplate::new(200).set_body_bytes(body.into()),
         )
+    }
+
+    /// A tenant of a --config.file, answered for every period: its token for its own secret
+    /// only (or as its behaviour says), its report for its own token, and its own download.
+    pub fn tenant(self, t: &FakeTenant) -> Scenario {
+        let token = Mock::given(method("POST"))
+            .and(path(token_path(&t.id)))
+            .and(body_string_contains(format!(
+                "client_secret={}",
+                secret(&t.id)
+            )));
+        let answer = match t.behaviour {
+            Behaviour::Healthy => issued_token(&format!("token-{}", t.id), 3599),
+            Behaviour::BadSecret => invalid_client_secret(),
+            Behaviour::Hung => ResponseTemplate::new(200).set_delay(Duration::from_secs(600)),
+        };
+        let mut scenario = self.on(Host::Graph, token.respond_with(answer));
+        for period in Period::ALL {
+            let file = format!("/{}/{period}.csv", t.id);
+            let location = format!("{}{file}?{DOWNLOAD_SIG}", scenario.download.uri());
+            let redirect = Mock::given(method("GET"))
+                .and(path(report_path(period)))
+                .and(header(
+                    "authorization",
+                    format!("Bearer token-{}", t.id).as_str(),
+                ))
+                .respond_with(
+                    ResponseTemplate::new(302).insert_header("location", location.as_str()),
+                );
+            let csv = format!(
+                "{HEADER}\n2024-03-05,2024-03-04,{},{},1,0\n",
+                period.days(),
+                minutes(&t.id)
+            );
+            let download = Mock::given(method("GET"))
+                .and(path(file))
+                .and(NoAuthorization)
+                .respond_with(ResponseTemplate::new(200).set_body_string(csv));
+            scenario = scenario
+                .on(Host::Graph, redirect)
+                .on(Host::Download, download);
+        }
+        scenario
+    }
+
+    /// `tenant` for each of `tenants`.
+    pub fn tenants<'a>(self, tenants: impl IntoIterator<Item = &'a FakeTenant>) -> Scenario {
+        tenants
+            .into_iter()
+            .fold(self, |scenario, t| scenario.tenant(t))
+    }
+
+    /// The exporter reads its tenants from a --config.file listing `tenants`, their secrets
+    /// in files next to it; [`TestApp::write_tenants`] rewrites it.
+    pub fn tenants_file(mut self, tenants: &[&FakeTenant]) -> Scenario {
+        self.options.tenants_file = Some(write_tenants(self.files.path(), tenants));
+        self
     }
 
     /// The last answer given serves only the first `n` requests it matches, before the answers
@@ -500,27 +820,95 @@ impl Scenario {
         self
     }
 
+    /// Retries after the first try of a Graph exchange (3 unless set).
+    pub fn max_retries(mut self, max_retries: u32) -> Scenario {
+        self.options.retry.max_retries = max_retries;
+        self
+    }
+
+    /// --web.config.file.
+    pub fn web_config(mut self, path: PathBuf) -> Scenario {
+        self.options.web_config = Some(path);
+        self
+    }
+
+    /// How the exporter signs in, instead of the client secret `token_ok` expects.
+    pub fn credential(mut self, credential: Credential) -> Scenario {
+        self.options.credential = Some(credential);
+        self
+    }
+
+    /// --web.disable-exporter-metrics.
+    pub fn without_exporter_metrics(mut self) -> Scenario {
+        self.options.exporter_metrics = false;
+        self
+    }
+
+    /// --web.enable-lifecycle.
+    pub fn enable_lifecycle(mut self) -> Scenario {
+        self.options.enable_lifecycle = true;
+        self
+    }
+
+    /// --graph.max-concurrency.
+    pub fn max_concurrency(mut self, max_concurrency: usize) -> Scenario {
+        self.options.max_concurrency = max_concurrency;
+        self
+    }
+
+    /// --shard.count and --shard.index.
+    pub fn shard(mut self, shard: Shard) -> Scenario {
+        self.options.shard = shard;
+        self
+    }
+
+    /// The fake Graph's base URL, for answers built by hand.
+    pub fn graph_uri(&self) -> String {
+        self.graph.uri()
+    }
+
     /// Where the redirect for `period` points, for answers built by hand.
     pub fn download_url(&self, period: Period) -> String {
-        download_url(&self.download, period)
+        format!(
+            "{}/reports/{period}.csv?{DOWNLOAD_SIG}",
+            self.download.uri()
+        )
     }
 
-    /// Mounts the answers and starts the exporter against them.
+    /// Mounts the answers and starts the exporter against them, its log caught.
     pub async fn spawn(mut self) -> TestApp {
-        let options = std::mem::take(&mut self.options);
-        let (graph, download) = self.servers().await;
-        spawn_app(graph, download, options).await
+        let logs = Logs::capture();
+        let config = std::mem::take(&mut self.options).config(&self.graph);
+        let fakes = self.servers().await;
+        let cancel = CancellationToken::new();
+        let running = sfb_exporter::start(config, cancel.clone())
+            .await
+            .expect("exporter starts");
+        TestApp {
+            addr: running.local_addr,
+            graph: fakes.graph,
+            download: fakes.download,
+            http: test_client(),
+            files: fakes.files,
+            logs,
+            cancel,
+            running: Some(running),
+        }
     }
 
-    /// Mounts the answers and hands over the servers, for an exporter started another way.
-    pub async fn servers(self) -> (MockServer, MockServer) {
+    /// Mounts the answers and hands over the fakes, for an exporter started another way.
+    pub async fn servers(self) -> Fakes {
         for (host, mock) in self.mocks {
             match host {
                 Host::Graph => mock.mount(&self.graph).await,
                 Host::Download => mock.mount(&self.download).await,
             }
         }
-        (self.graph, self.download)
+        Fakes {
+            graph: self.graph,
+            download: self.download,
+            files: self.files,
+        }
     }
 
     fn on(mut self, host: Host, mock: Mock) -> Scenario {
@@ -538,12 +926,6 @@ impl Scenario {
     fn first_of_all(self) -> Scenario {
         self.last(|mock| mock.with_priority(1))
     }
-}
-
-/// Asserts the value of the one sample of `series` in the exposition `body` (`None`: absent).
-#[track_caller]
-pub fn assert_sample(body: &str, series: &str, expected: Option<f64>) {
-    assert_eq!(sample(body, series), expected, "{series} in:\n{body}");
 }
 
 /// An HTTP/2 client connection over a stream that negotiated `h2` (ALPN): requests, and

@@ -15,7 +15,6 @@ use secrecy::SecretString;
 use sfb_exporter::auth::certificate::{ClientCertificate, Settings};
 use sfb_exporter::auth::managed::ManagedEndpoint;
 use sfb_exporter::auth::Credential;
-use sfb_exporter::http::RetryPolicy;
 use sfb_exporter::report::Period;
 use url::Url;
 use wiremock::matchers::{header, method, path, query_param};
@@ -25,7 +24,6 @@ use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, run, Process};
 
 const P12_PASSWORD: &str = "test-p12-password";
-const CSV: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -113,16 +111,11 @@ impl EntraId {
         }
     }
 
-    /// Serves the token endpoint of `graph`'s host.
-    async fn mount(mut self, graph: &MockServer) -> EntraId {
-        let token_path = format!("/{TENANT}/oauth2/v2.0/token");
-        self.audience = format!("{}{token_path}", graph.uri());
-        Mock::given(method("POST"))
-            .and(path(token_path))
-            .respond_with(self.clone())
-            .mount(graph)
-            .await;
-        self
+    /// Answers the token endpoint of `scenario`'s fake Graph.
+    fn answering(mut self, scenario: Scenario) -> (EntraId, Scenario) {
+        self.audience = format!("{}/{TENANT}/oauth2/v2.0/token", scenario.graph_uri());
+        let scenario = scenario.token_answers(self.clone());
+        (self, scenario)
     }
 
     fn accepted(&self) -> Vec<String> {
@@ -265,14 +258,13 @@ impl Respond for EntraId {
 }
 
 /// The exporter, refreshing D7 every second, signed in with `credential`.
-async fn spawn_with(credential: Credential, graph: MockServer, download: MockServer) -> TestApp {
-    mount_report(&graph, &download, Period::D7, CSV).await;
-    let options = Options {
-        interval: Duration::from_secs(1),
-        credential: Some(credential),
-        ..Default::default()
-    };
-    spawn_app(graph, download, options).await
+async fn spawn_with(scenario: Scenario, credential: Credential) -> TestApp {
+    scenario
+        .report(Period::D7, ONE_DAY)
+        .interval(Duration::from_secs(1))
+        .credential(credential)
+        .spawn()
+        .await
 }
 
 fn certificate_credential(path: &Path, password: Option<&str>, send_chain: bool) -> Credential {
@@ -319,13 +311,11 @@ async fn certificates_sign_in_with_a_fresh_assertion_for_every_token() {
         (fixture("legacy.p12"), Some(P12_PASSWORD), openssl_cert),
     ];
     for (file, password, registered) in cases {
-        let (graph, download) = mock_servers().await;
-        let entra = EntraId::for_certificates(&[&registered], 0)
-            .mount(&graph)
-            .await;
+        let (entra, scenario) =
+            EntraId::for_certificates(&[&registered], 0).answering(Scenario::new().await);
         let credential = certificate_credential(&file, password, false);
         let not_after = credential_not_after(&credential);
-        let app = spawn_with(credential, graph, download).await;
+        let app = spawn_with(scenario, credential).await;
         // Tokens live 2s: the second request comes with its own, new assertion.
         let assertions = accepted_at_least(&entra, 2).await;
         assert_ne!(assertions[0], assertions[1]);
@@ -359,9 +349,8 @@ async fn the_chain_goes_into_x5c_leaf_first_when_asked() {
     let key_pem = std::fs::read_to_string(fixture("rsa-a.pkcs8.pem")).unwrap();
     std::fs::write(&pem, format!("{ca}{key_pem}{leaf}")).unwrap();
 
-    let (graph, download) = mock_servers().await;
-    let entra = EntraId::for_certificates(&[&leaf], 2).mount(&graph).await;
-    let app = spawn_with(certificate_credential(&pem, None, true), graph, download).await;
+    let (entra, scenario) = EntraId::for_certificates(&[&leaf], 2).answering(Scenario::new().await);
+    let app = spawn_with(scenario, certificate_credential(&pem, None, true)).await;
     accepted_at_least(&entra, 1).await;
     app.stop().await;
 }
@@ -369,10 +358,10 @@ async fn the_chain_goes_into_x5c_leaf_first_when_asked() {
 #[tokio::test]
 async fn an_unregistered_certificate_is_refused_and_counted_as_auth() {
     let (_, other) = certificate(&key("rsa-b.pkcs8.pem"), "other", in_days(30), None);
-    let (graph, download) = mock_servers().await;
-    let entra = EntraId::for_certificates(&[&other], 0).mount(&graph).await;
+    let (entra, scenario) =
+        EntraId::for_certificates(&[&other], 0).answering(Scenario::new().await);
     let credential = certificate_credential(&fixture("aes.p12"), Some(P12_PASSWORD), false);
-    let app = spawn_with(credential, graph, download).await;
+    let app = spawn_with(scenario, credential).await;
     let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "auth")),
@@ -394,15 +383,13 @@ async fn workload_identity_reads_the_rotated_token_file_at_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
     std::fs::write(&file, "federated-token-1\n").unwrap();
-    let (graph, download) = mock_servers().await;
-    let entra = EntraId::for_federated(&["federated-token-1", "federated-token-2"])
-        .mount(&graph)
-        .await;
+    let (entra, scenario) = EntraId::for_federated(&["federated-token-1", "federated-token-2"])
+        .answering(Scenario::new().await);
     let credential = Credential::WorkloadIdentity {
         client_id: CLIENT_ID.into(),
         token_file: file.clone(),
     };
-    let app = spawn_with(credential, graph, download).await;
+    let app = spawn_with(scenario, credential).await;
     accepted_at_least(&entra, 1).await;
     // The kubelet replaces the file; the next token request presents the new token.
     std::fs::write(&file, "federated-token-2").unwrap();
@@ -435,29 +422,32 @@ fn managed_token() -> ResponseTemplate {
 fn managed_mock(
     endpoint_path: &str,
     api_version: &str,
-    graph: &MockServer,
+    scenario: &Scenario,
 ) -> wiremock::MockBuilder {
     Mock::given(method("GET"))
         .and(path(endpoint_path))
         .and(query_param("api-version", api_version))
         // The Graph root itself: no /.default, no trailing slash.
-        .and(query_param("resource", graph.uri().trim_end_matches('/')))
+        .and(query_param(
+            "resource",
+            scenario.graph_uri().trim_end_matches('/'),
+        ))
 }
 
 #[tokio::test]
 async fn imds_user_assigned_identity_with_retries_on_410_and_429() {
     let imds = MockServer::start().await;
-    let (graph, download) = mock_servers().await;
+    let scenario = Scenario::new().await;
     let imds_path = "/metadata/identity/oauth2/token";
     for status in [410, 429] {
-        managed_mock(imds_path, "2018-02-01", &graph)
+        managed_mock(imds_path, "2018-02-01", &scenario)
             .respond_with(ResponseTemplate::new(status))
             .up_to_n_times(1)
             .with_priority(1)
             .mount(&imds)
             .await;
     }
-    managed_mock(imds_path, "2018-02-01", &graph)
+    managed_mock(imds_path, "2018-02-01", &scenario)
         .and(query_param("client_id", "user-assigned-1"))
         .and(header("Metadata", "true"))
         .respond_with(managed_token())
@@ -470,7 +460,7 @@ async fn imds_user_assigned_identity_with_retries_on_410_and_429() {
             host: Url::parse(&imds.uri()).unwrap(),
         },
     };
-    let app = spawn_with(credential, graph, download).await;
+    let app = spawn_with(scenario, credential).await;
     let body = app.first_attempt(Period::D7).await;
     assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
     assert_eq!(app.requests_to(&imds, imds_path).await.len(), 3);
@@ -481,28 +471,24 @@ async fn imds_user_assigned_identity_with_retries_on_410_and_429() {
 #[tokio::test]
 async fn imds_retries_stop_within_the_timeout() {
     let imds = MockServer::start().await;
-    let (graph, download) = mock_servers().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(503))
         .mount(&imds)
         .await;
-    mount_report(&graph, &download, Period::D7, CSV).await;
-    let options = Options {
-        timeout: Duration::from_secs(1),
+    let app = Scenario::new()
+        .await
+        .report(Period::D7, ONE_DAY)
+        .timeout(Duration::from_secs(1))
         // One token request per refresh, so that only the IMDS retries are counted.
-        retry: RetryPolicy {
-            max_retries: 0,
-            ..Options::default().retry
-        },
-        credential: Some(Credential::ManagedIdentity {
+        .max_retries(0)
+        .credential(Credential::ManagedIdentity {
             client_id: None,
             endpoint: ManagedEndpoint::Imds {
                 host: Url::parse(&imds.uri()).unwrap(),
             },
-        }),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
+        })
+        .spawn()
+        .await;
     let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &failures(Period::D7, "http")),
@@ -518,8 +504,8 @@ async fn imds_retries_stop_within_the_timeout() {
 #[tokio::test]
 async fn app_service_managed_identity_sends_the_identity_header() {
     let endpoint = MockServer::start().await;
-    let (graph, download) = mock_servers().await;
-    managed_mock("/msi/token", "2019-08-01", &graph)
+    let scenario = Scenario::new().await;
+    managed_mock("/msi/token", "2019-08-01", &scenario)
         .and(header("X-IDENTITY-HEADER", "identity-header-secret"))
         .respond_with(managed_token())
         .mount(&endpoint)
@@ -531,7 +517,7 @@ async fn app_service_managed_identity_sends_the_identity_header() {
             header: SecretString::from("identity-header-secret"),
         },
     };
-    let app = spawn_with(credential, graph, download).await;
+    let app = spawn_with(scenario, credential).await;
     let body = app.first_attempt(Period::D7).await;
     assert_eq!(sample(&body, &success(Period::D7)), Some(1.0), "{body}");
     let (_, readyz) = app.readyz().await;
@@ -749,9 +735,9 @@ async fn an_expired_certificate_is_a_warning_and_logs_stay_free_of_secrets() {
     let key_pem = std::fs::read_to_string(fixture("rsa-a.pkcs8.pem")).unwrap();
     std::fs::write(&pem, format!("{leaf}{key_pem}")).unwrap();
 
-    let graph = MockServer::start().await;
-    let entra = EntraId::for_certificates(&[&leaf], 0).mount(&graph).await;
-    let base = graph.uri();
+    let (entra, scenario) = EntraId::for_certificates(&[&leaf], 0).answering(Scenario::new().await);
+    let fakes = scenario.servers().await;
+    let base = fakes.graph.uri();
     let process = Process::spawn(
         exporter_with(
             &[("AZURE_CLIENT_CERTIFICATE_PATH", pem.to_str().unwrap())],

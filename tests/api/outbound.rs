@@ -8,15 +8,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use sfb_exporter::report::Period;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::*;
 use crate::process::{assert_one_line, exporter_against, run, Process};
-
-const GOOD: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
 
 /// A private CA, as a TLS-inspecting proxy has, and a server certificate it issued for the
 /// loopback addresses the fronts listen on.
@@ -28,20 +25,8 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "corporate proxy CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let ca = Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().unwrap();
-        let names = ["localhost", "127.0.0.1", "127.0.0.2"].map(String::from);
-        let server_cert = CertificateParams::new(names.to_vec())
-            .unwrap()
-            .signed_by(&server_key, &ca)
-            .unwrap();
+        let ca = TestCa::new("corporate proxy CA");
+        let (server_cert, server_key) = ca.server(&["localhost", "127.0.0.1", "127.0.0.2"]);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
         let server = rustls::ServerConfig::builder_with_provider(provider)
@@ -52,7 +37,7 @@ impl Pki {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("proxy-ca.pem");
-        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
         Pki {
             _dir: dir,
             ca_file,
@@ -150,7 +135,7 @@ struct HttpsFakes {
     base: String,
     graph_front: TlsFront,
     download_front: TlsFront,
-    _servers: (wiremock::MockServer, wiremock::MockServer),
+    _fakes: Fakes,
 }
 
 /// [`HttpsFakes`] serving D7, the download's front at `download_ip`.
@@ -162,20 +147,20 @@ async fn https_fakes(pki: &Pki, download_ip: &str) -> HttpsFakes {
         download_front.addr
     );
     // Any client credentials form: token_ok's mock expects the scope of an http base.
-    let (graph, download) = Scenario::new()
+    let fakes = Scenario::new()
         .await
         .token_answers(token_response(3599))
         .report_redirects_to(Period::D7, &location)
-        .download(Period::D7, GOOD)
+        .download(Period::D7, ONE_DAY)
         .servers()
         .await;
-    graph_front.relay_to(*graph.address(), pki);
-    download_front.relay_to(*download.address(), pki);
+    graph_front.relay_to(*fakes.graph.address(), pki);
+    download_front.relay_to(*fakes.download.address(), pki);
     HttpsFakes {
         base: format!("https://{}", graph_front.addr),
         graph_front,
         download_front,
-        _servers: (graph, download),
+        _fakes: fakes,
     }
 }
 

@@ -35,12 +35,11 @@ fn exposed_metrics() -> Vec<String> {
     use sfb_exporter::state::{Accepted, Attempt, State};
     let mut state = State::new("t", [sfb_exporter::report::Period::D7]);
     let d7 = state.periods.values_mut().next().unwrap();
-    let csv = format!(
-        "{}\n2024-03-05,2024-03-04,7,1,2,3\n",
-        crate::helpers::HEADER
-    );
-    let report =
-        sfb_exporter::report::parse(csv.as_bytes(), time::macros::date!(2024 - 03 - 06)).unwrap();
+    let report = sfb_exporter::report::parse(
+        crate::helpers::ONE_DAY.as_bytes(),
+        time::macros::date!(2024 - 03 - 06),
+    )
+    .unwrap();
     d7.accepted = Some(Accepted::new(&report, None));
     d7.last_attempt = Some(Attempt::Succeeded);
     d7.last_success = Some(std::time::SystemTime::now());

@@ -3,11 +3,9 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use sfb_exporter::report::Period;
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 
@@ -85,24 +83,15 @@ pub fn promtool_check(body: &str) -> bool {
 
 #[tokio::test]
 async fn exposition_passes_promtool_in_every_state() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
     // D7 healthy, D30 header-only, D90 failing; D180 healthy.
-    let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n");
-    mount_report(&graph, &download, Period::D7, &csv).await;
-    mount_report(&graph, &download, Period::D180, &csv).await;
-    mount_report(&graph, &download, Period::D30, HEADER).await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(503))
-        .with_priority(10)
-        .mount(&graph)
+    let app = Scenario::healthy()
+        .await
+        .report(Period::D180, ONE_DAY)
+        .report(Period::D30, HEADER)
+        .report_answers(Period::D90, ResponseTemplate::new(503))
+        .periods(Period::ALL)
+        .spawn()
         .await;
-    let options = Options {
-        periods: Period::ALL.to_vec(),
-        interval: Duration::from_secs(3600),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.after_first_attempts(4).await;
     assert!(
         body.contains(

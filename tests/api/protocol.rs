@@ -196,10 +196,7 @@ async fn one_token_serves_every_period_and_cycle() {
         .await
         .token_ok()
         .expect(1)
-        .reports(
-            Period::ALL,
-            &format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"),
-        )
+        .reports(Period::ALL, ONE_DAY)
         .periods(Period::ALL)
         .interval(Duration::from_secs(1))
         .spawn()
@@ -228,11 +225,10 @@ impl Respond for NumberedTokens {
     fn respond(&self, _: &Request) -> ResponseTemplate {
         let mut issued = self.issued.lock().unwrap();
         issued.push(Instant::now());
-        ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "token_type": "Bearer",
-            "expires_in": self.lifetime.as_secs(),
-            "access_token": format!("token-{}", issued.len() - 1),
-        }))
+        issued_token(
+            &format!("token-{}", issued.len() - 1),
+            self.lifetime.as_secs(),
+        )
     }
 }
 
@@ -314,7 +310,7 @@ async fn a_rejected_token_is_replaced_and_the_request_retried_once() {
         .report_answers(Period::D7, ResponseTemplate::new(401).set_body_json(serde_json::json!(
             {"error": {"code": "InvalidAuthenticationToken", "message": "Access token has expired."}})))
         .first(1)
-        .report(Period::D7, format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n"))
+        .report(Period::D7, ONE_DAY)
         .spawn()
         .await;
     let body = app.first_attempt("D7").await;
@@ -392,7 +388,7 @@ async fn a_failed_refresh_keeps_the_last_values_and_recovers() {
 
 #[tokio::test]
 async fn a_bad_report_publishes_nothing_partial() {
-    let csv = format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n2024-03-05,2024-03-03,7,1,two,3\n");
+    let csv = format!("{ONE_DAY}2024-03-05,2024-03-03,7,1,two,3\n");
     let app = Scenario::new()
         .await
         .token_ok()
@@ -442,10 +438,7 @@ async fn forbidden_is_its_own_reason() {
 async fn a_refused_token_is_an_auth_failure() {
     let app = Scenario::new()
         .await
-        .token_answers(ResponseTemplate::new(401).set_body_json(serde_json::json!({
-            "error": "invalid_client",
-            "error_description": "AADSTS7000215: Invalid client secret provided.",
-            "error_codes": [7000215]})))
+        .token_answers(invalid_client_secret())
         .spawn()
         .await;
     let body = app.first_attempt("D7").await;
@@ -468,7 +461,7 @@ async fn an_unchanged_report_answers_304_and_keeps_its_values() {
             Period::D7,
             ResponseTemplate::new(200)
                 .insert_header("etag", "\"v1\"")
-                .set_body_string(format!("{HEADER}\n2024-03-05,2024-03-04,7,1,2,3\n")),
+                .set_body_string(ONE_DAY),
         )
         .expect(1)
         .interval(Duration::from_secs(1))

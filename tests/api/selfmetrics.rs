@@ -5,13 +5,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use sfb_exporter::report::Period;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 use crate::promtool::promtool_check;
-
-const CSV: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
 
 const PROCESS_SERIES: [&str; 6] = [
     "process_cpu_seconds_total",
@@ -26,18 +22,16 @@ fn requests(stage: &str, code: &str) -> String {
     format!(r#"sfb_graph_requests_total{{code="{code}",stage="{stage}",tenant="{TENANT}"}}"#)
 }
 
-async fn healthy_app(options: Options) -> TestApp {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    mount_report(&graph, &download, Period::D7, CSV).await;
-    let app = spawn_app(graph, download, options).await;
+/// `scenario` started, once D7 has had its first attempt.
+async fn started(scenario: Scenario) -> TestApp {
+    let app = scenario.spawn().await;
     app.first_attempt(Period::D7).await;
     app
 }
 
 #[tokio::test]
 async fn process_series_are_on_plain_and_gzip_scrapes_and_pass_promtool() {
-    let app = healthy_app(Options::default()).await;
+    let app = started(Scenario::healthy().await).await;
     let plain = app.metrics().await;
     for name in PROCESS_SERIES {
         let value = sample(&plain, name).unwrap_or_else(|| panic!("{name} missing:\n{plain}"));
@@ -67,11 +61,7 @@ async fn process_series_are_on_plain_and_gzip_scrapes_and_pass_promtool() {
 
 #[tokio::test]
 async fn disable_exporter_metrics_hides_the_process_series() {
-    let app = healthy_app(Options {
-        exporter_metrics: false,
-        ..Default::default()
-    })
-    .await;
+    let app = started(Scenario::healthy().await.without_exporter_metrics()).await;
     let body = app.metrics().await;
     assert!(!body.contains("process_"), "{body}");
     assert!(sample(&body, &requests("token", "200")).is_some(), "{body}");
@@ -80,33 +70,20 @@ async fn disable_exporter_metrics_hides_the_process_series() {
 
 #[tokio::test]
 async fn every_exchange_is_counted_by_stage_and_code_retries_included() {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    // One 429 that a retry absorbs, after a Retry-After of one second.
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D7)))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&graph)
-        .await;
-    mount_report(&graph, &download, Period::D7, CSV).await;
     // D30's download host drops the connection: no status came back.
     let dropped = format!("http://{}/reports/D30.csv", dropping_server());
-    Mock::given(method("GET"))
-        .and(path(report_path(Period::D30)))
-        .respond_with(ResponseTemplate::new(302).insert_header("location", dropped.as_str()))
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        // One 429 that a retry absorbs, after a Retry-After of one second.
+        .report_answers(Period::D7, throttled(Some("1")))
+        .first(1)
+        .report(Period::D7, ONE_DAY)
+        .report_redirects_to(Period::D30, &dropped)
+        .periods([Period::D7, Period::D30])
+        .max_retries(1)
+        .spawn()
         .await;
-    let options = Options {
-        periods: vec![Period::D7, Period::D30],
-        retry: sfb_exporter::http::RetryPolicy {
-            max_retries: 1,
-            ..Options::default().retry
-        },
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.after_first_attempts(2).await;
     let count = |stage, code| sample(&body, &requests(stage, code));
     assert_eq!(
@@ -139,16 +116,12 @@ async fn every_exchange_is_counted_by_stage_and_code_retries_included() {
 
 #[tokio::test]
 async fn a_token_request_that_times_out_counts_as_error() {
-    let (graph, download) = mock_servers().await;
-    Mock::given(method("POST"))
-        .respond_with(token_response(3599).set_delay(Duration::from_secs(30)))
-        .mount(&graph)
+    let app = Scenario::new()
+        .await
+        .token_hangs()
+        .timeout(Duration::from_millis(200))
+        .spawn()
         .await;
-    let options = Options {
-        timeout: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let app = spawn_app(graph, download, options).await;
     let body = app.first_attempt(Period::D7).await;
     assert_eq!(
         sample(&body, &requests("token", "error")),

@@ -5,16 +5,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use sfb_exporter::report::Period;
-
 use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, run};
-
-const GOOD: &str = "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n";
 
 /// A CA, a server certificate for localhost signed by it, and a client certificate.
 struct Pki {
@@ -26,41 +18,17 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "sfb-exporter test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let ca = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &ca)
-            .unwrap();
-
-        let client_key = KeyPair::generate().unwrap();
-        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        client_params
-            .distinguished_name
-            .push(DnType::CommonName, "prometheus");
-        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client = client_params.signed_by(&client_key, &ca).unwrap();
-
+        let ca = TestCa::new("sfb-exporter test CA");
+        let (server, server_key) = ca.server(&["localhost"]);
+        let (client, client_key) = ca.client();
         let pki = Pki {
             dir: tempfile::tempdir().unwrap(),
-            ca_pem: ca_cert.pem(),
+            ca_pem: ca.cert.pem(),
             client_pem: format!("{}{}", client.pem(), client_key.serialize_pem()),
             server_pem: (server.pem(), server_key.serialize_pem()),
         };
         pki.install_server_cert(pki.dir.path());
-        std::fs::write(pki.dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
+        std::fs::write(pki.dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
         pki
     }
 
@@ -92,19 +60,12 @@ impl Pki {
 
 const TLS: &str = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
 
-async fn spawn_with(web_config: Option<PathBuf>) -> TestApp {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    mount_report(&graph, &download, Period::D7, GOOD).await;
-    spawn_app(
-        graph,
-        download,
-        Options {
-            web_config,
-            ..Default::default()
-        },
-    )
-    .await
+async fn spawn_with(web_config: PathBuf) -> TestApp {
+    Scenario::healthy()
+        .await
+        .web_config(web_config)
+        .spawn()
+        .await
 }
 
 fn https(app: &TestApp, path: &str) -> String {
@@ -113,7 +74,7 @@ fn https(app: &TestApp, path: &str) -> String {
 
 #[tokio::test]
 async fn gzip_is_served_when_asked_for_and_matches_the_plain_body() {
-    let app = spawn_with(None).await;
+    let app = Scenario::healthy().await.spawn().await;
     let plain = app
         .metrics_when("the first refresh", |b| b.contains("sfb_report_rows{"))
         .await;
@@ -155,7 +116,7 @@ async fn gzip_is_served_when_asked_for_and_matches_the_plain_body() {
 #[tokio::test]
 async fn tls_serves_every_endpoint() {
     let pki = Pki::new();
-    let app = spawn_with(Some(pki.web_config(TLS))).await;
+    let app = spawn_with(pki.web_config(TLS)).await;
     let client = pki.client(&app, false);
     for path in ["/", "/healthz", "/readyz", "/metrics"] {
         let response = client.get(https(&app, path)).send().await.unwrap();
@@ -188,7 +149,7 @@ async fn tls_serves_every_endpoint() {
 async fn mutual_tls_refuses_clients_without_a_certificate() {
     let pki = Pki::new();
     let config = format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS13\n");
-    let app = spawn_with(Some(pki.web_config(&config))).await;
+    let app = spawn_with(pki.web_config(&config)).await;
     let refused = pki
         .client(&app, false)
         .get(https(&app, "/metrics"))
@@ -215,7 +176,7 @@ async fn basic_auth_guards_every_path_and_headers_are_set() {
     let config = format!(
         "{TLS}basic_auth_users:\n  prometheus: {hash}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n    Strict-Transport-Security: max-age=31536000\n"
     );
-    let app = spawn_with(Some(pki.web_config(&config))).await;
+    let app = spawn_with(pki.web_config(&config)).await;
     let client = pki.client(&app, false);
     for path in ["/", "/healthz", "/readyz", "/metrics", "/no-such-page"] {
         for (user, password) in [
@@ -305,7 +266,7 @@ async fn the_web_config_is_reloaded_when_its_files_change() {
         )
     };
     let path = pki.web_config(&format!("{TLS}{}", user("alice")));
-    let app = spawn_with(Some(path.clone())).await;
+    let app = spawn_with(path.clone()).await;
     let client = pki.client(&app, false);
     let status = |name: &'static str| {
         let request = client
@@ -340,9 +301,21 @@ async fn the_web_config_is_reloaded_when_its_files_change() {
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     };
-    for broken in ["basic_auth_users: [\n", "", TLS] {
+    for (broken, why) in [
+        ("basic_auth_users: [\n", "invalid YAML"),
+        ("", "TLS cannot be turned on or off without a restart"),
+        (TLS, "has no basic_auth_users"),
+    ] {
         std::fs::write(&path, broken).unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The periodic check's verdict on this content (a write caught half done is refused
+        // for another reason, or not a change at all).
+        app.log_line(why, |l| {
+            l["requested"] == false
+                && l["message"].as_str().is_some_and(|m| {
+                    m.contains(why) && m.ends_with("; keeping the previous web configuration")
+                })
+        })
+        .await;
         assert_eq!(status("bob").await, 200, "{broken:?}");
         assert_eq!(anonymous().await, 401, "{broken:?}");
     }
@@ -373,7 +346,7 @@ async fn the_web_config_is_reloaded_when_its_files_change() {
 async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/webconfig/web_config_users_noTLS.good.yml");
-    let app = spawn_with(Some(path)).await;
+    let app = spawn_with(path).await;
     let url = format!("http://{}/healthz", app.addr);
     let client = test_client_builder()
         .timeout(Duration::from_secs(10))

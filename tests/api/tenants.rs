@@ -1,169 +1,13 @@
 //! Many tenants from one --config.file: isolation, readiness, reload, sharding, config errors.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sfb_exporter::config::tenants::shard_of;
 use sfb_exporter::config::Shard;
 use sfb_exporter::report::Period;
-use wiremock::matchers::{body_string_contains, header, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{
-    eventually, mock_servers, report_path, sample, spawn_app, NoAuthorization, Options, TestApp,
-    DOWNLOAD_SIG, HEADER,
-};
+use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, run, Process};
-
-/// How a fake tenant behaves.
-#[derive(Clone, Copy, PartialEq)]
-pub enum Behaviour {
-    Healthy,
-    /// The identity platform refuses its secret.
-    BadSecret,
-    /// Its token request never answers.
-    Hung,
-}
-
-pub struct FakeTenant {
-    id: String,
-    name: Option<&'static str>,
-    behaviour: Behaviour,
-}
-
-pub fn tenant(id: &str, behaviour: Behaviour) -> FakeTenant {
-    FakeTenant {
-        id: id.to_string(),
-        name: None,
-        behaviour,
-    }
-}
-
-fn secret(id: &str) -> String {
-    format!("secret-of-{id}")
-}
-
-/// Audio/video minutes of a tenant's report, distinct per tenant so a mix-up shows.
-pub fn minutes(id: &str) -> u64 {
-    10 + id.bytes().map(u64::from).sum::<u64>() % 1000
-}
-
-/// The fake identity platform and Graph of several tenants: each has its own secret, token and
-/// download, so that one tenant's data can only come from its own exchanges.
-pub struct Fleet {
-    pub graph: MockServer,
-    download: MockServer,
-    dir: tempfile::TempDir,
-}
-
-impl Fleet {
-    pub async fn new() -> Fleet {
-        let (graph, download) = mock_servers().await;
-        Fleet {
-            graph,
-            download,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub async fn mount(&self, t: &FakeTenant, periods: &[Period]) {
-        let token = Mock::given(method("POST"))
-            .and(path(format!("/{}/oauth2/v2.0/token", t.id)))
-            .and(body_string_contains(format!(
-                "client_secret={}",
-                secret(&t.id)
-            )));
-        let answer = match t.behaviour {
-            Behaviour::Healthy => ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "token_type": "Bearer", "expires_in": 3599, "access_token": format!("token-{}", t.id),
-            })),
-            Behaviour::BadSecret => ResponseTemplate::new(401).set_body_json(serde_json::json!({
-                "error": "invalid_client",
-                "error_description": "AADSTS7000215: Invalid client secret provided.",
-                "error_codes": [7000215],
-            })),
-            Behaviour::Hung => ResponseTemplate::new(200).set_delay(Duration::from_secs(600)),
-        };
-        token.respond_with(answer).mount(&self.graph).await;
-        for &period in periods {
-            let file = format!("/{}/{period}.csv", t.id);
-            Mock::given(method("GET"))
-                .and(path(report_path(period)))
-                .and(header(
-                    "authorization",
-                    format!("Bearer token-{}", t.id).as_str(),
-                ))
-                .respond_with(ResponseTemplate::new(302).insert_header(
-                    "location",
-                    format!("{}{file}?{DOWNLOAD_SIG}", self.download.uri()).as_str(),
-                ))
-                .mount(&self.graph)
-                .await;
-            let csv = format!(
-                "{HEADER}\n2024-03-05,2024-03-04,{},{},1,0\n",
-                period.days(),
-                minutes(&t.id)
-            );
-            Mock::given(method("GET"))
-                .and(path(file))
-                .and(NoAuthorization)
-                .respond_with(ResponseTemplate::new(200).set_body_string(csv))
-                .mount(&self.download)
-                .await;
-        }
-    }
-
-    /// Writes the config file listing `tenants`, their secrets in files next to it (a
-    /// relative path, resolved against the file's directory).
-    pub fn write(&self, tenants: &[&FakeTenant]) -> PathBuf {
-        std::fs::create_dir_all(self.dir.path().join("secrets")).unwrap();
-        let mut yaml = String::from("tenants:\n");
-        for t in tenants {
-            std::fs::write(
-                self.dir.path().join("secrets").join(&t.id),
-                secret(&t.id) + "\n",
-            )
-            .unwrap();
-            yaml.push_str(&format!(
-                "  - tenant_id: {}\n    client_id: client-{}\n    client_secret_file: secrets/{}\n",
-                t.id, t.id, t.id
-            ));
-            if let Some(name) = t.name {
-                yaml.push_str(&format!("    name: {name}\n"));
-            }
-        }
-        self.write_raw(&yaml)
-    }
-
-    fn write_raw(&self, yaml: &str) -> PathBuf {
-        let file = self.dir.path().join("tenants.yml");
-        std::fs::write(&file, yaml).unwrap();
-        file
-    }
-
-    async fn start(self, options: Options) -> (TestApp, FakeDir) {
-        let dir = FakeDir(self.dir);
-        let app = spawn_app(self.graph, self.download, options).await;
-        (app, dir)
-    }
-}
-
-/// Keeps the config file's directory alive, and rewrites the file for reloads.
-struct FakeDir(tempfile::TempDir);
-
-impl FakeDir {
-    fn file(&self) -> PathBuf {
-        self.0.path().join("tenants.yml")
-    }
-}
-
-fn options(file: &Path, periods: &[Period]) -> Options {
-    Options {
-        periods: periods.to_vec(),
-        tenants_file: Some(file.to_path_buf()),
-        ..Options::default()
-    }
-}
 
 fn series(name: &str, tenant: &str, period: Period) -> String {
     format!(r#"{name}{{period="{period}",tenant="{tenant}"}}"#)
@@ -181,6 +25,17 @@ async fn token_requests(app: &TestApp, id: &str) -> usize {
         .len()
 }
 
+/// The exporter with `t` the only tenant of its --config.file, and --web.enable-lifecycle.
+async fn alone_with_lifecycle(t: &FakeTenant) -> TestApp {
+    Scenario::new()
+        .await
+        .tenant(t)
+        .tenants_file(&[t])
+        .enable_lifecycle()
+        .spawn()
+        .await
+}
+
 /// PUT /-/reload: its status and text.
 async fn reload(app: &TestApp) -> (u16, String) {
     let response = app
@@ -195,7 +50,6 @@ async fn reload(app: &TestApp) -> (u16, String) {
 #[tokio::test]
 async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
     let periods = [Period::D7, Period::D30];
-    let fleet = Fleet::new().await;
     let mut contoso = tenant("contoso-id", Behaviour::Healthy);
     contoso.name = Some("Contoso");
     let tenants = [
@@ -204,18 +58,16 @@ async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
         tenant("revoked-id", Behaviour::BadSecret),
         tenant("hung-id", Behaviour::Hung),
     ];
-    for t in &tenants {
-        fleet.mount(t, &periods).await;
-    }
-    let file = fleet.write(&tenants.iter().collect::<Vec<_>>());
-    let (app, _dir) = fleet
-        .start(Options {
-            // The hung tenant holds one slot (its periods share one token request): the others
-            // must get by with the other.
-            max_concurrency: 2,
-            timeout: Duration::from_secs(3),
-            ..options(&file, &periods)
-        })
+    let app = Scenario::new()
+        .await
+        .tenants(&tenants)
+        .tenants_file(&tenants.iter().collect::<Vec<_>>())
+        .periods(periods)
+        // The hung tenant holds one slot (its periods share one token request): the others
+        // must get by with the other.
+        .max_concurrency(2)
+        .timeout(Duration::from_secs(3))
+        .spawn()
         .await;
 
     let body = app
@@ -320,22 +172,17 @@ async fn a_hung_tenant_and_a_bad_secret_leave_the_others_alone() {
 
 #[tokio::test]
 async fn reload_adds_removes_and_keeps_tenants() {
-    let periods = [Period::D7];
-    let fleet = Fleet::new().await;
     let (kept, removed, added) = (
         tenant("kept-id", Behaviour::Healthy),
         tenant("removed-id", Behaviour::Healthy),
         tenant("added-id", Behaviour::Healthy),
     );
-    for t in [&kept, &removed, &added] {
-        fleet.mount(t, &periods).await;
-    }
-    let file = fleet.write(&[&kept, &removed]);
-    let (app, dir) = fleet
-        .start(Options {
-            enable_lifecycle: true,
-            ..options(&file, &periods)
-        })
+    let app = Scenario::new()
+        .await
+        .tenants([&kept, &removed, &added])
+        .tenants_file(&[&kept, &removed])
+        .enable_lifecycle()
+        .spawn()
         .await;
     app.after_first_attempts(2).await;
     let reload = || reload(&app);
@@ -348,10 +195,8 @@ async fn reload_adds_removes_and_keeps_tenants() {
     assert!(first_load > 1.7e9, "{first_load}");
 
     // The rewritten file: same secret for kept, removed gone, added new.
-    let mut yaml = std::fs::read_to_string(dir.file()).unwrap();
-    yaml = yaml.replace("removed-id", "added-id");
-    std::fs::write(dir.file(), &yaml).unwrap();
-    std::fs::write(dir.0.path().join("secrets/added-id"), secret("added-id")).unwrap();
+    let file = app.write_tenants(&[&kept, &added]);
+    let yaml = std::fs::read_to_string(&file).unwrap();
     assert_eq!(reload().await.0, 200);
     let body = app
         .metrics_when("the added tenant's first attempt", |b| {
@@ -375,7 +220,7 @@ async fn reload_adds_removes_and_keeps_tenants() {
     assert!(json["tenants"].get("removed-id").is_none(), "{json}");
 
     // A file that does not load changes nothing and says why.
-    std::fs::write(dir.file(), yaml.replace("client_id:", "clientid:")).unwrap();
+    std::fs::write(&file, yaml.replace("client_id:", "clientid:")).unwrap();
     let (status, text) = reload().await;
     assert_eq!(status, 500);
     assert!(text.contains("unknown key \"clientid\""), "{text}");
@@ -395,17 +240,8 @@ async fn reload_adds_removes_and_keeps_tenants() {
 
 #[tokio::test]
 async fn a_reload_without_tenants_or_with_a_bad_tenant_id_changes_nothing() {
-    let periods = [Period::D7];
-    let fleet = Fleet::new().await;
     let steady = tenant("steady-id", Behaviour::Healthy);
-    fleet.mount(&steady, &periods).await;
-    let file = fleet.write(&[&steady]);
-    let (app, dir) = fleet
-        .start(Options {
-            enable_lifecycle: true,
-            ..options(&file, &periods)
-        })
-        .await;
+    let app = alone_with_lifecycle(&steady).await;
     app.after_first_attempts(1).await;
     let stamp = |body: &str| {
         body.lines()
@@ -413,7 +249,7 @@ async fn a_reload_without_tenants_or_with_a_bad_tenant_id_changes_nothing() {
             .map(str::to_string)
     };
     let loaded = stamp(&app.metrics().await).expect("the load's timestamp");
-    let good = std::fs::read_to_string(dir.file()).unwrap();
+    let good = std::fs::read_to_string(app.tenants_file()).unwrap();
     let mut refused: Vec<(String, &str)> = vec![
         (String::new(), "no tenants"),
         ("tenants:\n".into(), "no tenants"),
@@ -428,7 +264,7 @@ async fn a_reload_without_tenants_or_with_a_bad_tenant_id_changes_nothing() {
     }
     // The first of them is the first reload: the load's timestamp must stay exactly as it is.
     for (yaml, needle) in refused {
-        std::fs::write(dir.file(), &yaml).unwrap();
+        std::fs::write(app.tenants_file(), &yaml).unwrap();
         let (status, text) = reload(&app).await;
         assert_eq!(status, 500, "{yaml:?}: {text}");
         assert!(text.contains(needle), "{yaml:?}: {text}");
@@ -454,30 +290,15 @@ async fn a_reload_without_tenants_or_with_a_bad_tenant_id_changes_nothing() {
 
 #[tokio::test]
 async fn a_renamed_tenant_keeps_its_token_schedule_and_values() {
-    let periods = [Period::D7];
-    let fleet = Fleet::new().await;
     let mut renamed = tenant("renamed-id", Behaviour::Healthy);
     renamed.name = Some("Old name");
-    fleet.mount(&renamed, &periods).await;
-    let file = fleet.write(&[&renamed]);
-    let (app, _dir) = fleet
-        .start(Options {
-            enable_lifecycle: true,
-            ..options(&file, &periods)
-        })
-        .await;
+    let app = alone_with_lifecycle(&renamed).await;
     app.after_first_attempts(1).await;
     let info = |name: &str| format!(r#"sfb_tenant_info{{name="{name}",tenant="renamed-id"}}"#);
     assert_eq!(sample(&app.metrics().await, &info("Old name")), Some(1.0));
 
     renamed.name = Some("New name");
-    std::fs::write(
-        &file,
-        std::fs::read_to_string(&file)
-            .unwrap()
-            .replace("Old", "New"),
-    )
-    .unwrap();
+    app.write_tenants(&[&renamed]);
     let (status, text) = reload(&app).await;
     assert_eq!(status, 200, "{text}");
     // Published before the reload answers: no wait, and no moment without values.
@@ -502,21 +323,15 @@ async fn a_renamed_tenant_keeps_its_token_schedule_and_values() {
 
 #[tokio::test]
 async fn shards_keep_only_their_tenants() {
-    let periods = [Period::D7];
-    let fleet = Fleet::new().await;
     let tenants: Vec<FakeTenant> = (0..8)
         .map(|i| tenant(&format!("Tenant-{i}"), Behaviour::Healthy))
         .collect();
-    for t in &tenants {
-        fleet.mount(t, &periods).await;
-    }
-    let file = fleet.write(&tenants.iter().collect::<Vec<_>>());
-    let shard = Shard { count: 3, index: 1 };
-    let (app, _dir) = fleet
-        .start(Options {
-            shard,
-            ..options(&file, &periods)
-        })
+    let app = Scenario::new()
+        .await
+        .tenants(&tenants)
+        .tenants_file(&tenants.iter().collect::<Vec<_>>())
+        .shard(Shard { count: 3, index: 1 })
+        .spawn()
         .await;
     let expected: Vec<&str> = tenants
         .iter()
@@ -612,16 +427,17 @@ fn config_file_errors_are_one_line_and_fatal() {
 
 #[tokio::test]
 async fn sighup_reloads_the_file() {
-    let periods = [Period::D7];
-    let fleet = Fleet::new().await;
     let (first, second) = (
         tenant("first-id", Behaviour::Healthy),
         tenant("second-id", Behaviour::Healthy),
     );
-    fleet.mount(&first, &periods).await;
-    fleet.mount(&second, &periods).await;
-    let file = fleet.write(&[&first]);
-    let base = fleet.graph.uri();
+    let fakes = Scenario::new()
+        .await
+        .tenants([&first, &second])
+        .servers()
+        .await;
+    let file = fakes.write_tenants(&[&first]);
+    let base = fakes.graph.uri();
     let process = Process::spawn(exporter().env("AZURE_AUTHORITY_HOST", &base).args([
         "--config.file",
         file.to_str().unwrap(),
@@ -635,7 +451,7 @@ async fn sighup_reloads_the_file() {
         "json",
     ]));
     process.log_line(|l| l["message"] == "tenants loaded" && l["tenants"] == 1);
-    fleet.write(&[&first, &second]);
+    fakes.write_tenants(&[&first, &second]);
     process.signal("HUP");
     let line = process.log_line(|l| l["message"] == "tenants reloaded");
     assert_eq!(line["added"], 1, "{line}");

@@ -86,7 +86,6 @@ use rustls::crypto::{aws_lc_rs, SupportedKxGroup};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CipherSuite, NamedGroup, RootCertStore};
-use sfb_exporter::report::Period;
 use sfb_exporter::serve::webconfig::{WebConfig, ECDH_P521};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -386,24 +385,11 @@ async fn tls_get_at(addr: SocketAddr, path: &str, hello: Hello) -> Result<Answer
 }
 
 async fn spawn_with(file: &str) -> TestApp {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    mount_report(
-        &graph,
-        &download,
-        Period::D7,
-        "Report Refresh Date,Report Date,Report Period,Audio/Video,Dial-in Microsoft,Dial-out Microsoft\n2024-03-05,2024-03-04,7,1,2,3\n",
-    )
-    .await;
-    spawn_app(
-        graph,
-        download,
-        Options {
-            web_config: Some(fixture(file)),
-            ..Default::default()
-        },
-    )
-    .await
+    Scenario::healthy()
+        .await
+        .web_config(fixture(file))
+        .spawn()
+        .await
 }
 
 async fn plain_status(app: &TestApp, path: &str) -> Result<u16, String> {
@@ -768,17 +754,12 @@ fn rewritable(yaml: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 async fn spawn_at(path: PathBuf) -> TestApp {
-    let (graph, download) = mock_servers().await;
-    token_mock(3599).mount(&graph).await;
-    spawn_app(
-        graph,
-        download,
-        Options {
-            web_config: Some(path),
-            ..Default::default()
-        },
-    )
-    .await
+    Scenario::new()
+        .await
+        .token_ok()
+        .web_config(path)
+        .spawn()
+        .await
 }
 
 /// The toolkit's TestConfigReloading, the other way round: there a configuration that refuses
