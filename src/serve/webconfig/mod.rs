@@ -5,7 +5,9 @@
 //! what every request meets, `reload` swaps in a new configuration while serving.
 
 mod auth;
+mod client_certs;
 mod file;
+mod p521;
 mod reload;
 mod tls;
 
@@ -15,8 +17,8 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 pub use auth::{guard, Security};
+pub use p521::ECDH_P521;
 pub use reload::{ReloadTrigger, WebConfigReload};
-pub use tls::ECDH_P521;
 
 #[derive(Debug, thiserror::Error)]
 #[error("--web.config.file {path:?}: {message}")]
