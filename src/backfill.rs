@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::tenants::Tenant;
-use crate::error::{Error, Stage};
+use crate::error::{RefreshError, Stage};
 use crate::exposition::metrics::CONFERENCE_TYPES;
 use crate::exposition::writer::{Family, Format, Kind, EOF};
 use crate::graph::{Fetched, GraphClient};
@@ -52,7 +52,7 @@ pub enum BackfillError {
     Report {
         tenant: String,
         period: Period,
-        error: Error,
+        error: RefreshError,
     },
     #[error("cannot write {path:?}: {error}")]
     Write { path: PathBuf, error: io::Error },
@@ -93,15 +93,15 @@ pub async fn collect(
     Ok(render(&reports))
 }
 
-async fn fetch(graph: &GraphClient, period: Period) -> Result<Report, Error> {
+async fn fetch(graph: &GraphClient, period: Period) -> Result<Report, RefreshError> {
     match graph.fetch(period, None).await? {
         Fetched::Body {
             csv, request_id, ..
         } => {
             let today = time::OffsetDateTime::now_utc().date();
-            report::parse(&csv, today).map_err(|e| Error::from(e).after_report(&request_id))
+            report::parse(&csv, today).map_err(|e| RefreshError::from(e).after_report(&request_id))
         }
-        Fetched::NotModified => Err(Error::Http {
+        Fetched::NotModified => Err(RefreshError::Http {
             stage: Stage::Report,
             status: Some(304),
             request_id: Default::default(),

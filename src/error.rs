@@ -52,7 +52,7 @@ impl fmt::Display for RequestId {
 /// download URL is ever put into an error. Cloneable so that one failed token request can
 /// answer every period that waited on it.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
+pub enum RefreshError {
     #[error("token request rejected with HTTP {status}{}: {detail}", code.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
     Auth {
         status: u16,
@@ -96,39 +96,41 @@ pub enum Error {
     #[error("{error} (report request-id {request_id})")]
     AfterReport {
         request_id: String,
-        error: Box<Error>,
+        error: Box<RefreshError>,
     },
 }
 
-impl Error {
+impl RefreshError {
     /// The `reason` label of `sfb_refresh_failures_total`.
     pub fn reason(&self) -> Reason {
         match self {
-            Error::Auth { .. } | Error::Unauthorized { .. } | Error::Credential(_) => Reason::Auth,
-            Error::Forbidden { .. } => Reason::Forbidden,
-            Error::Throttled { .. } => Reason::Throttled,
-            Error::Http { .. } => Reason::Http,
-            Error::Timeout { .. } => Reason::Timeout,
-            Error::Parse(_) => Reason::Parse,
-            Error::TooLarge { .. } => Reason::TooLarge,
-            Error::Network { .. } => Reason::Network,
-            Error::AfterReport { error, .. } => error.reason(),
+            RefreshError::Auth { .. }
+            | RefreshError::Unauthorized { .. }
+            | RefreshError::Credential(_) => Reason::Auth,
+            RefreshError::Forbidden { .. } => Reason::Forbidden,
+            RefreshError::Throttled { .. } => Reason::Throttled,
+            RefreshError::Http { .. } => Reason::Http,
+            RefreshError::Timeout { .. } => Reason::Timeout,
+            RefreshError::Parse(_) => Reason::Parse,
+            RefreshError::TooLarge { .. } => Reason::TooLarge,
+            RefreshError::Network { .. } => Reason::Network,
+            RefreshError::AfterReport { error, .. } => error.reason(),
         }
     }
 
     /// The failure itself, without request-id tagging.
-    pub fn inner(&self) -> &Error {
+    pub fn inner(&self) -> &RefreshError {
         match self {
-            Error::AfterReport { error, .. } => error.inner(),
+            RefreshError::AfterReport { error, .. } => error.inner(),
             other => other,
         }
     }
 
     /// Tags the error with the report answer's request-id, when it has one and the error does
     /// not already carry it.
-    pub fn after_report(self, request_id: &RequestId) -> Error {
+    pub fn after_report(self, request_id: &RequestId) -> RefreshError {
         match (&request_id.0, &self) {
-            (Some(id), e) if !e.to_string().contains(id.as_str()) => Error::AfterReport {
+            (Some(id), e) if !e.to_string().contains(id.as_str()) => RefreshError::AfterReport {
                 request_id: id.clone(),
                 error: Box::new(self),
             },
@@ -139,7 +141,7 @@ impl Error {
     /// Builds a network error from reqwest's, keeping its cause chain but never its URL, whose
     /// query is a credential for downloads. A failed name lookup is a network error even when
     /// the resolver gave up by timing out; a refused certificate is said in plain words.
-    pub fn network(stage: Stage, err: reqwest::Error, timeout: Duration) -> Error {
+    pub fn network(stage: Stage, err: reqwest::Error, timeout: Duration) -> RefreshError {
         let err = err.without_url();
         let mut detail = err.to_string();
         let mut dns = false;
@@ -148,7 +150,7 @@ impl Error {
             let text = cause.to_string();
             dns |= text.starts_with("dns error");
             if let Some(words) = certificate_words(cause) {
-                return Error::Network {
+                return RefreshError::Network {
                     stage,
                     detail: format!("TLS: {words}"),
                 };
@@ -160,12 +162,12 @@ impl Error {
             source = cause.source();
         }
         if err.is_timeout() && !dns {
-            return Error::Timeout { stage, timeout };
+            return RefreshError::Timeout { stage, timeout };
         }
         if dns {
             detail = format!("cannot resolve the host name ({detail})");
         }
-        Error::Network {
+        RefreshError::Network {
             stage,
             detail: one_line(&detail, 300),
         }

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::auth::{Identity, TokenSource};
-use crate::error::{Error, RequestId, Stage};
+use crate::error::{RefreshError, RequestId, Stage};
 use crate::http::{exchange, Answer, Limits, RequestCounts, RetryPolicy};
 use crate::report::Period;
 
@@ -82,7 +82,7 @@ impl GraphClient {
     }
 
     /// Fetches one period's report, retrying as the retry policy allows.
-    pub async fn fetch(&self, period: Period, etag: Option<&str>) -> Result<Fetched, Error> {
+    pub async fn fetch(&self, period: Period, etag: Option<&str>) -> Result<Fetched, RefreshError> {
         let mut retry = 0;
         loop {
             let error = match self.fetch_reauthenticating(period, etag).await {
@@ -108,7 +108,7 @@ impl GraphClient {
         &self,
         period: Period,
         etag: Option<&str>,
-    ) -> Result<Fetched, Error> {
+    ) -> Result<Fetched, RefreshError> {
         match self.fetch_once(period, etag).await {
             Err(Unauthorized(token, _)) => {
                 tracing::info!(%period, "Graph rejected the cached access token; requesting a new one");
@@ -147,7 +147,7 @@ impl GraphClient {
             StatusCode::UNAUTHORIZED
                 if answer.graph_code().as_deref() == Some("S2SUnauthorized") =>
             {
-                Err(Error::Forbidden {
+                Err(RefreshError::Forbidden {
                     stage: Stage::Report,
                     request_id: answer.request_id(),
                 }
@@ -155,7 +155,7 @@ impl GraphClient {
             }
             StatusCode::UNAUTHORIZED => Err(Unauthorized(
                 token,
-                Error::Unauthorized {
+                RefreshError::Unauthorized {
                     stage: Stage::Report,
                     request_id: answer.request_id(),
                     detail: answer.describe(),
@@ -167,8 +167,8 @@ impl GraphClient {
 
     /// Follows the report's redirect. The Location is pre-authenticated and on another host:
     /// it gets no Authorization header, and it is never logged or put in an error.
-    async fn download(&self, base: &Url, redirect: &Answer) -> Result<Fetched, Error> {
-        let http_error = |detail: &str| Error::Http {
+    async fn download(&self, base: &Url, redirect: &Answer) -> Result<Fetched, RefreshError> {
+        let http_error = |detail: &str| RefreshError::Http {
             stage: Stage::Report,
             status: Some(redirect.status.as_u16()),
             request_id: redirect.request_id(),
@@ -185,7 +185,7 @@ impl GraphClient {
                 request_id: redirect.request_id(),
                 csv: answer.body,
             }),
-            s if s.is_redirection() => Err(Error::Http {
+            s if s.is_redirection() => Err(RefreshError::Http {
                 stage: Stage::Download,
                 status: Some(s.as_u16()),
                 request_id: answer.request_id(),
@@ -199,7 +199,7 @@ impl GraphClient {
             s @ (StatusCode::UNAUTHORIZED
             | StatusCode::FORBIDDEN
             | StatusCode::NOT_FOUND
-            | StatusCode::GONE) => Err(Error::Http {
+            | StatusCode::GONE) => Err(RefreshError::Http {
                 stage: Stage::Download,
                 status: Some(s.as_u16()),
                 request_id: answer.request_id(),
@@ -230,21 +230,21 @@ fn redirect_target(base: &Url, location: Option<&str>) -> Result<Url, &'static s
 
 /// A 401 keeps the token it refused, so that exactly that token can be dropped from the cache.
 enum Failure {
-    Unauthorized(SecretString, Error),
-    Other(Error),
+    Unauthorized(SecretString, RefreshError),
+    Other(RefreshError),
 }
 use Failure::Unauthorized;
 
 impl Failure {
-    fn into_error(self) -> Error {
+    fn into_error(self) -> RefreshError {
         match self {
             Failure::Unauthorized(_, e) | Failure::Other(e) => e,
         }
     }
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Failure {
+impl From<RefreshError> for Failure {
+    fn from(e: RefreshError) -> Failure {
         Failure::Other(e)
     }
 }
@@ -258,21 +258,21 @@ fn etag_of(answer: &Answer) -> Option<String> {
         .map(str::to_string)
 }
 
-fn unexpected(stage: Stage, answer: &Answer) -> Error {
+fn unexpected(stage: Stage, answer: &Answer) -> RefreshError {
     let request_id = answer.request_id();
     match answer.status {
-        StatusCode::FORBIDDEN => Error::Forbidden { stage, request_id },
-        StatusCode::UNAUTHORIZED => Error::Unauthorized {
+        StatusCode::FORBIDDEN => RefreshError::Forbidden { stage, request_id },
+        StatusCode::UNAUTHORIZED => RefreshError::Unauthorized {
             stage,
             request_id,
             detail: answer.describe(),
         },
-        StatusCode::TOO_MANY_REQUESTS => Error::Throttled {
+        StatusCode::TOO_MANY_REQUESTS => RefreshError::Throttled {
             stage,
             request_id,
             retry_after: answer.retry_after(),
         },
-        status => Error::Http {
+        status => RefreshError::Http {
             stage,
             status: Some(status.as_u16()),
             request_id,
@@ -286,8 +286,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn http(status: u16) -> Error {
-        Error::Http {
+    fn http(status: u16) -> RefreshError {
+        RefreshError::Http {
             stage: Stage::Report,
             status: Some(status),
             request_id: RequestId::default(),
@@ -295,8 +295,8 @@ mod tests {
         }
     }
 
-    fn throttled(retry_after: Option<u64>) -> Error {
-        Error::Throttled {
+    fn throttled(retry_after: Option<u64>) -> RefreshError {
+        RefreshError::Throttled {
             stage: Stage::Report,
             request_id: RequestId::default(),
             retry_after: retry_after.map(Duration::from_secs),
@@ -367,13 +367,13 @@ mod tests {
         );
         for retry in 0..3 {
             let window = Duration::from_secs(2 << retry);
-            let refused_download = |status| Error::Http {
+            let refused_download = |status| RefreshError::Http {
                 stage: Stage::Download,
                 status: Some(status),
                 request_id: RequestId::default(),
                 detail: String::new(),
             };
-            let tagged = Error::AfterReport {
+            let tagged = RefreshError::AfterReport {
                 request_id: "r".into(),
                 error: Box::new(http(503)),
             };
@@ -393,7 +393,7 @@ mod tests {
                 );
             }
         }
-        let network = Error::Network {
+        let network = RefreshError::Network {
             stage: Stage::Download,
             detail: String::new(),
         };
@@ -402,15 +402,15 @@ mod tests {
             http(400),
             http(404),
             http(500),
-            Error::Forbidden {
+            RefreshError::Forbidden {
                 stage: Stage::Report,
                 request_id: RequestId::default(),
             },
-            Error::Timeout {
+            RefreshError::Timeout {
                 stage: Stage::Report,
                 timeout: Duration::from_secs(1),
             },
-            Error::Parse(crate::report::ReportError::Empty),
+            RefreshError::Parse(crate::report::ReportError::Empty),
         ] {
             assert_eq!(policy.delay(&never, 0), None, "{never}");
         }

@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 
-use crate::error::{Error, RequestId, Stage};
+use crate::error::{RefreshError, RequestId, Stage};
 use crate::files::read_bounded;
 use crate::text::one_line;
 
@@ -112,7 +112,7 @@ pub async fn exchange(
     stage: Stage,
     request: RequestBuilder,
     limits: &Limits,
-) -> Result<Answer, Error> {
+) -> Result<Answer, RefreshError> {
     let timeout = limits.timeout;
     // Waiting for a slot is not part of the exchange's own timeout.
     let _slot = match &limits.in_flight {
@@ -126,8 +126,8 @@ pub async fn exchange(
         limits
             .requests
             .count(stage, sent.as_ref().ok().map(|r| r.status().as_u16()));
-        let mut response = sent.map_err(|e| Error::network(stage, e, timeout))?;
-        let too_large = Error::TooLarge {
+        let mut response = sent.map_err(|e| RefreshError::network(stage, e, timeout))?;
+        let too_large = RefreshError::TooLarge {
             stage,
             limit: limits.max_body_bytes,
         };
@@ -143,7 +143,7 @@ pub async fn exchange(
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| Error::network(stage, e, timeout))?
+            .map_err(|e| RefreshError::network(stage, e, timeout))?
         {
             if (body.len() + chunk.len()) as u64 > limits.max_body_bytes {
                 return Err(too_large);
@@ -160,7 +160,7 @@ pub async fn exchange(
     if outcome.is_err() && !answered.load(Ordering::Relaxed) {
         limits.requests.count(stage, None);
     }
-    outcome.map_err(|_| Error::Timeout { stage, timeout })?
+    outcome.map_err(|_| RefreshError::Timeout { stage, timeout })?
 }
 
 /// The client every exchange goes through, trusting [`trusted_roots`] of this process's
@@ -348,24 +348,24 @@ impl RetryPolicy {
     /// download (its pre-authenticated URL may have expired: the retry asks for a new one) back
     /// off exponentially with jitter. Anything else (400, 403, parse errors, timeouts) is not
     /// retried.
-    pub fn delay(&self, error: &Error, retry: u32) -> Option<Duration> {
+    pub fn delay(&self, error: &RefreshError, retry: u32) -> Option<Duration> {
         if retry >= self.max_retries {
             return None;
         }
         match error.inner() {
-            Error::Throttled {
+            RefreshError::Throttled {
                 retry_after: Some(wait),
                 ..
             } => (*wait <= self.max_retry_after).then_some(*wait),
-            Error::Throttled {
+            RefreshError::Throttled {
                 retry_after: None, ..
             }
-            | Error::Network { .. }
-            | Error::Http {
+            | RefreshError::Network { .. }
+            | RefreshError::Http {
                 status: Some(502..=504),
                 ..
             }
-            | Error::Http {
+            | RefreshError::Http {
                 stage: Stage::Download,
                 status: Some(401 | 403 | 404 | 410),
                 ..
@@ -631,7 +631,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let e = Error::network(Stage::Token, err, Duration::from_secs(30));
+        let e = RefreshError::network(Stage::Token, err, Duration::from_secs(30));
         assert_eq!(e.reason(), Reason::Network, "{e}");
         let text = e.to_string();
         assert!(text.contains("cannot resolve the host name"), "{text}");
@@ -665,7 +665,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let e = Error::network(Stage::Token, err, Duration::from_secs(30));
+        let e = RefreshError::network(Stage::Token, err, Duration::from_secs(30));
         assert_eq!(e.reason(), Reason::Network);
         let text = e.to_string();
         assert!(

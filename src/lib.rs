@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::tenants;
 use crate::config::tenants::Tenant;
 use crate::config::{Config, Source};
-use crate::exposition::publisher::Publisher;
+use crate::exposition::publisher::{Publisher, TenantMode};
 use crate::refresh::fleet;
 use crate::refresh::fleet::{FileSource, Fleet, Reloader};
 use crate::serve::server::TlsConfig;
@@ -233,8 +233,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     let http = http::client(config.graph_timeout).map_err(StartError::HttpClient)?;
     let mut tasks = JoinSet::new();
 
-    let per_tenant = matches!(config.source, Source::File { .. });
-    let publisher = Publisher::new(per_tenant);
+    let mode = match config.source {
+        Source::File { .. } => TenantMode::File,
+        Source::Azure { .. } | Source::Demo => TenantMode::Single,
+    };
+    let publisher = Publisher::new(mode);
     tasks.spawn(Arc::clone(&publisher).run(cancel.clone()));
     let mut fleet = Fleet::new(fleet::Shared {
         http,

@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use x509_parser::asn1_rs::{FromDer, Integer, OctetString, Oid, Sequence};
 use x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
 
-use crate::error::Error;
+use crate::error::RefreshError;
 use crate::files::read_bounded;
 
 /// Entra ID accepts assertions valid for at most 10 minutes.
@@ -218,9 +218,10 @@ impl ClientCertificate {
         audience: &str,
         send_chain: bool,
         now: SystemTime,
-    ) -> Result<SecretString, Error> {
+    ) -> Result<SecretString, RefreshError> {
         let rng = SystemRandom::new();
-        let failed = |what: &str| Error::Credential(format!("cannot {what} the client assertion"));
+        let failed =
+            |what: &str| RefreshError::Credential(format!("cannot {what} the client assertion"));
         let mut jti = [0u8; 16];
         rng.fill(&mut jti).map_err(|_| failed("make"))?;
         let mut header = serde_json::json!({

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::certificate::{self, ClientCertificate};
 use super::managed::ManagedEndpoint;
-use crate::error::Error;
+use crate::error::RefreshError;
 use crate::files::read_text;
 
 /// The `client_assertion_type` of certificate and federated (workload identity) assertions.
@@ -185,7 +185,7 @@ impl Credential {
         token_url: &str,
         timeout: Duration,
         origin: Origin,
-    ) -> Result<Vec<(&'static str, SecretString)>, Error> {
+    ) -> Result<Vec<(&'static str, SecretString)>, RefreshError> {
         let assertion = match self {
             Credential::Secret { secret, .. } => {
                 return Ok(vec![("client_secret", secret.clone())]);
@@ -213,16 +213,16 @@ async fn read_federated_token_within(
     path: &Path,
     setting: &'static str,
     timeout: Duration,
-) -> Result<SecretString, Error> {
+) -> Result<SecretString, RefreshError> {
     let owned = path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || read_federated_token(&owned, setting));
     match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(token)) => token.map_err(Error::Credential),
-        Ok(Err(_)) => Err(Error::Credential(format!(
+        Ok(Ok(token)) => token.map_err(RefreshError::Credential),
+        Ok(Err(_)) => Err(RefreshError::Credential(format!(
             "reading {setting} {} failed",
             path.display()
         ))),
-        Err(_) => Err(Error::Credential(format!(
+        Err(_) => Err(RefreshError::Credential(format!(
             "{setting} {} could not be read within {}: is its filesystem hung?",
             path.display(),
             humantime::format_duration(timeout)

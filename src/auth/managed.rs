@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::error::{Error, Stage};
+use crate::error::{RefreshError, Stage};
 use crate::http::{exchange, Answer, Limits};
 
 /// The IMDS address the Azure SDKs use; AZURE_POD_IDENTITY_AUTHORITY_HOST replaces it.
@@ -96,7 +96,7 @@ impl ManagedEndpoint {
         resource: &str,
         client_id: Option<&str>,
         limits: &Limits,
-    ) -> Result<Answer, Error> {
+    ) -> Result<Answer, RefreshError> {
         let deadline = Instant::now() + limits.timeout;
         let mut backoff = IMDS_FIRST_BACKOFF;
         loop {
@@ -119,7 +119,7 @@ impl ManagedEndpoint {
                 .await
                 .map_err(|e| match e {
                     // The attempt's timeout is what was left of the whole one.
-                    Error::Timeout { stage, .. } => Error::Timeout {
+                    RefreshError::Timeout { stage, .. } => RefreshError::Timeout {
                         stage,
                         timeout: limits.timeout,
                     },

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use url::Url;
 
 pub use self::credential::{Credential, Origin};
-use crate::error::{Error, Stage};
+use crate::error::{RefreshError, Stage};
 use crate::http::{exchange, Answer, Limits};
 use crate::text::one_line;
 
@@ -70,7 +70,7 @@ pub struct TokenSource {
 struct Cache {
     token: Option<CachedToken>,
     /// The last failed request and when it ended.
-    failure: Option<(Instant, Error)>,
+    failure: Option<(Instant, RefreshError)>,
 }
 
 struct CachedToken {
@@ -107,7 +107,7 @@ impl TokenSource {
 
     /// A valid access token, from the cache when it has one. Holding the lock across the request
     /// makes concurrent periods wait for one token instead of each asking for its own.
-    pub async fn token(&self) -> Result<SecretString, Error> {
+    pub async fn token(&self) -> Result<SecretString, RefreshError> {
         let asked = Instant::now();
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.token.as_ref().filter(|c| Instant::now() < c.renew_at) {
@@ -151,7 +151,7 @@ impl TokenSource {
         &self.token_url
     }
 
-    async fn request(&self) -> Result<CachedToken, Error> {
+    async fn request(&self) -> Result<CachedToken, RefreshError> {
         let answer = match &self.credential {
             Credential::ManagedIdentity {
                 client_id,
@@ -201,8 +201,8 @@ fn renew_after(lifetime: Duration) -> Duration {
 
 /// The access token and its lifetime. Managed identity endpoints send `expires_in` and
 /// `expires_on` as strings of seconds; `now` turns `expires_on` into a lifetime.
-fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration), Error> {
-    let bad = |detail: &str| Error::Http {
+fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration), RefreshError> {
+    let bad = |detail: &str| RefreshError::Http {
         stage: Stage::Token,
         status: Some(200),
         request_id: Default::default(),
@@ -219,7 +219,7 @@ fn parse_token(body: &[u8], now: SystemTime) -> Result<(SecretString, Duration),
     // for as long as the token stayed cached, and as an unclear network error. Refused as
     // auth, and so never cached.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::Auth {
+        return Err(RefreshError::Auth {
             status: 200,
             code: None,
             detail: "the access_token cannot be sent in an HTTP header (it holds spaces or control characters); is AZURE_AUTHORITY_HOST the identity platform?".into(),
@@ -271,10 +271,10 @@ fn lifetime_until(on: u64, now: SystemTime) -> Duration {
 /// Turns a refused token request into one actionable line, classified by `error_codes` (the
 /// `error` string has changed over the years, the codes have not). `origin` and `tenant_id`
 /// say where the setting to fix is.
-fn token_error(answer: &Answer, origin: Origin, tenant_id: &str) -> Error {
+fn token_error(answer: &Answer, origin: Origin, tenant_id: &str) -> RefreshError {
     let status = answer.status.as_u16();
     if status == 429 {
-        return Error::Throttled {
+        return RefreshError::Throttled {
             stage: Stage::Token,
             request_id: Default::default(),
             retry_after: answer.retry_after(),
@@ -293,7 +293,7 @@ fn token_error(answer: &Answer, origin: Origin, tenant_id: &str) -> Error {
         .and_then(|c| c.get(0))
         .and_then(|c| c.as_u64());
     let (Some(error), false) = (field("error"), answer.status.is_server_error()) else {
-        return Error::Http {
+        return RefreshError::Http {
             stage: Stage::Token,
             status: Some(status),
             request_id: Default::default(),
@@ -308,7 +308,7 @@ fn token_error(answer: &Answer, origin: Origin, tenant_id: &str) -> Error {
         None => one_line(&format!("{error}: {description}"), 300),
     };
     let trace = field("trace_id").map(|t| format!(" [trace_id {}]", one_line(&t, 64)));
-    Error::Auth {
+    RefreshError::Auth {
         status,
         code,
         detail: format!("{detail}{}", trace.unwrap_or_default()),

@@ -26,7 +26,7 @@ pub struct Publisher {
     inner: Mutex<Inner>,
     stale: Notify,
     published: Arc<ArcSwap<Published>>,
-    per_tenant: bool,
+    mode: TenantMode,
 }
 
 struct Inner {
@@ -49,8 +49,8 @@ struct Entry {
 }
 
 impl Publisher {
-    /// `per_tenant`: readiness and /readyz as with --config.file.
-    pub fn new(per_tenant: bool) -> Arc<Publisher> {
+    /// `mode` sets what readiness means and what /readyz lists.
+    pub fn new(mode: TenantMode) -> Arc<Publisher> {
         let publisher = Arc::new(Publisher {
             inner: Mutex::new(Inner {
                 tenants: BTreeMap::new(),
@@ -61,10 +61,10 @@ impl Publisher {
             stale: Notify::new(),
             published: Arc::new(ArcSwap::from_pointee(Published::assembled(
                 BTreeMap::new(),
-                per_tenant,
+                mode,
                 Default::default(),
             ))),
-            per_tenant,
+            mode,
         });
         publisher.assemble();
         publisher
@@ -202,7 +202,7 @@ impl Publisher {
         let body = assemble(std::iter::once(&globals).chain(fragments.iter().map(|f| &**f)));
         (
             number,
-            Published::assembled(tenants, self.per_tenant, body.into()),
+            Published::assembled(tenants, self.mode, body.into()),
         )
     }
 
@@ -221,6 +221,17 @@ impl Publisher {
     }
 }
 
+/// Where the tenants come from, which decides what ready means and what /readyz lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantMode {
+    /// The environment's one tenant: ready once every period has succeeded.
+    Single,
+    /// --config.file: ready once every tenant's periods have had a first attempt, not a
+    /// success, so that one tenant that lost its consent does not take the others off the
+    /// scrape; /readyz lists the tenants.
+    File,
+}
+
 /// One tenant as published.
 #[derive(Debug, Clone)]
 pub struct TenantView {
@@ -234,9 +245,7 @@ pub struct TenantView {
 pub struct Published {
     /// By tenant ID.
     pub tenants: BTreeMap<String, TenantView>,
-    /// With --config.file: readiness needs a first attempt, not a success, of every tenant's
-    /// periods, and /readyz lists tenants.
-    pub per_tenant: bool,
+    pub mode: TenantMode,
     pub metrics: Bytes,
     /// `metrics`, gzip-compressed, open to appending (the process_* series at scrape time).
     pub metrics_gzip: Gzip,
@@ -254,18 +263,18 @@ impl Published {
         )]
         .into_iter()
         .collect();
-        Published::assembled(tenants, false, metrics)
+        Published::assembled(tenants, TenantMode::Single, metrics)
     }
 
     pub fn assembled(
         tenants: BTreeMap<String, TenantView>,
-        per_tenant: bool,
+        mode: TenantMode,
         metrics: Bytes,
     ) -> Published {
         let metrics_gzip = Gzip::new(&metrics);
         Published {
             tenants,
-            per_tenant,
+            mode,
             metrics,
             metrics_gzip,
         }
@@ -276,10 +285,11 @@ impl Published {
     /// the others off the scrape.
     pub fn ready(&self) -> bool {
         let mut states = self.tenants.values().map(|t| &t.state);
-        if self.per_tenant {
-            states.all(|s| s.periods.values().all(|p| p.last_attempt.is_some()))
-        } else {
-            states.all(|s| s.ready())
+        match self.mode {
+            TenantMode::File => {
+                states.all(|s| s.periods.values().all(|p| p.last_attempt.is_some()))
+            }
+            TenantMode::Single => states.all(|s| s.ready()),
         }
     }
 }
@@ -291,7 +301,7 @@ mod tests {
 
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
-        let publisher = Publisher::new(true);
+        let publisher = Publisher::new(TenantMode::File);
         let (older, older_snapshot) = publisher.build();
         publisher.insert(1, None, State::new("a", [Period::D7]));
         let (newer, newer_snapshot) = publisher.build();
@@ -303,7 +313,7 @@ mod tests {
 
     #[test]
     fn tenant_info_names_the_tenants_the_publisher_holds() {
-        let publisher = Publisher::new(true);
+        let publisher = Publisher::new(TenantMode::File);
         let body = || {
             let (_, published) = publisher.build();
             String::from_utf8(published.metrics.to_vec()).unwrap()
@@ -328,7 +338,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stale_generations_cannot_touch_a_restarted_tenant() {
-        let publisher = Publisher::new(true);
+        let publisher = Publisher::new(TenantMode::File);
         let cancel = CancellationToken::new();
         tokio::spawn(Arc::clone(&publisher).run(cancel.clone()));
         publisher.insert(1, Some("A".into()), State::new("a", [Period::D7]));

@@ -65,6 +65,22 @@ pub struct Changes {
     pub unchanged: usize,
 }
 
+impl std::fmt::Display for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Changes {
+            added,
+            removed,
+            restarted,
+            renamed,
+            unchanged,
+        } = self;
+        write!(
+            f,
+            "{added} added, {removed} removed, {restarted} restarted, {renamed} renamed, {unchanged} unchanged"
+        )
+    }
+}
+
 impl Fleet {
     pub fn new(shared: Shared) -> Fleet {
         Fleet {
@@ -199,11 +215,11 @@ impl Fleet {
 
 /// Asks the task that owns the fleet to re-read --config.file.
 #[derive(Clone)]
-pub struct Reloader(mpsc::Sender<oneshot::Sender<Result<String, String>>>);
+pub struct Reloader(mpsc::Sender<oneshot::Sender<Result<Changes, String>>>);
 
 impl Reloader {
-    /// Ok: a summary of the changes; Err: why the file did not load (nothing changed).
-    pub async fn reload(&self) -> Result<String, String> {
+    /// Ok: what changed; Err: why the file did not load (nothing changed).
+    pub async fn reload(&self) -> Result<Changes, String> {
         let (reply, answer) = oneshot::channel();
         self.0
             .send(reply)
@@ -241,7 +257,7 @@ pub fn serve_reloads(
     loaded_at: SystemTime,
     cancel: CancellationToken,
 ) -> (Reloader, impl std::future::Future<Output = ()>) {
-    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
+    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<Changes, String>>>(4);
     let mut last_success = Some(loaded_at);
     let work = async move {
         while let Some(reply) = rx.recv().await {
@@ -257,9 +273,9 @@ pub fn serve_reloads(
                         restarted = changes.restarted,
                         renamed = changes.renamed,
                         unchanged = changes.unchanged,
-                        "tenants reloaded"
+                        "tenants reloaded: {changes}"
                     );
-                    Ok(format!("{changes:?}"))
+                    Ok(changes)
                 }
                 Err(e) => {
                     tracing::error!("{e}; keeping the previous tenants");

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Stage};
+use crate::error::{RefreshError, Stage};
 use crate::exposition::publisher::Publisher;
 use crate::graph::{Fetched, GraphClient};
 use crate::report;
@@ -142,7 +142,7 @@ impl Refresher {
     }
 
     /// `Ok(None)`: Graph says the report is unchanged.
-    async fn refresh(&self, period: Period) -> Result<Option<Accepted>, Error> {
+    async fn refresh(&self, period: Period) -> Result<Option<Accepted>, RefreshError> {
         #[cfg(test)]
         self.maybe_panic(period);
         let etag = self.lock().periods[&period]
@@ -151,7 +151,7 @@ impl Refresher {
             .and_then(|a| a.etag.clone());
         match self.graph.fetch(period, etag.as_deref()).await? {
             Fetched::NotModified if etag.is_some() => Ok(None),
-            Fetched::NotModified => Err(Error::Http {
+            Fetched::NotModified => Err(RefreshError::Http {
                 stage: Stage::Report,
                 status: Some(304),
                 request_id: Default::default(),
@@ -164,13 +164,18 @@ impl Refresher {
             } => {
                 let today = time::OffsetDateTime::now_utc().date();
                 let report = report::parse(&csv, today)
-                    .map_err(|e| Error::from(e).after_report(&request_id))?;
+                    .map_err(|e| RefreshError::from(e).after_report(&request_id))?;
                 Ok(Some(Accepted::new(&report, etag)))
             }
         }
     }
 
-    fn record(&self, period: Period, outcome: Result<Option<Accepted>, Error>, took: Duration) {
+    fn record(
+        &self,
+        period: Period,
+        outcome: Result<Option<Accepted>, RefreshError>,
+        took: Duration,
+    ) {
         let mut state = self.lock();
         let tenant = state.tenant.clone();
         state.graph_requests = self.graph.requests().snapshot();
@@ -295,7 +300,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_period_is_counted_published_and_restarted_with_backoff() {
-        let publisher = Publisher::new(true);
+        let publisher = Publisher::new(crate::exposition::publisher::TenantMode::File);
         let refresher = refresher(&publisher, [Period::D7, Period::D30]);
         refresher
             .inject_panics

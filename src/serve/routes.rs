@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::exposition::metrics::CONTENT_TYPE;
 use crate::exposition::process::ProcessMetrics;
-use crate::exposition::publisher::Published;
+use crate::exposition::publisher::{Published, TenantMode};
 use crate::refresh::fleet::Reloader;
 use crate::report::Period;
 use crate::serve::server::limit_in_flight;
@@ -188,7 +188,7 @@ struct PeriodReadiness {
 async fn readyz(Extract(s): Extract<AppState>) -> Response {
     let published = s.published.load();
     let ready = published.ready();
-    let readiness = if published.per_tenant {
+    let readiness = if published.mode == TenantMode::File {
         let tenants = published
             .tenants
             .iter()

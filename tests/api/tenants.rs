@@ -453,9 +453,18 @@ async fn sighup_reloads_the_file() {
     process.log_line(|l| l["message"] == "tenants loaded" && l["tenants"] == 1);
     fakes.write_tenants(&[&first, &second]);
     process.signal("HUP");
-    let line = process.log_line(|l| l["message"] == "tenants reloaded");
+    let line = process.log_line(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("tenants reloaded"))
+    });
     assert_eq!(line["added"], 1, "{line}");
     assert_eq!(line["unchanged"], 1, "{line}");
+    assert_eq!(
+        line["message"],
+        "tenants reloaded: 1 added, 0 removed, 0 restarted, 0 renamed, 1 unchanged",
+        "{line}"
+    );
     process.log_line(|l| l["message"] == "report refreshed" && l["tenant"] == "second-id");
 }
 
