@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
-use sfb_exporter::demo;
+use sfb_exporter::{demo_identity, start_demo};
 use tokio_util::sync::CancellationToken;
 
 const PERIODS: usize = 4;
@@ -37,16 +37,13 @@ async fn main() {
     );
 
     let cancel = CancellationToken::new();
-    let fake = demo::start(cancel.clone())
-        .await
-        .expect("demo Graph starts");
+    let fake = start_demo(cancel.clone()).await.expect("demo Graph starts");
     let graph_base = fake.graph.to_string();
     tokio::spawn(fake.server);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tenants.yml");
-    let sfb_exporter::auth::Credential::Secret { client_id, secret } = demo::identity().credential
-    else {
+    let sfb_exporter::Credential::Secret { client_id, secret } = demo_identity().credential else {
         unreachable!("the demo signs in with a client secret")
     };
     let mut yaml = String::from("tenants:\n");

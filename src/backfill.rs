@@ -25,7 +25,7 @@ const HELP: &str = "Conference time organized in the tenant on one day of the Gr
 
 /// The report request every tenant makes: which period, over which client, within which
 /// limits.
-pub struct ReportRequest {
+pub(crate) struct ReportRequest {
     pub http: reqwest::Client,
     pub timeout: std::time::Duration,
     pub max_body_bytes: u64,
@@ -64,7 +64,7 @@ pub enum BackfillError {
 /// throttles per tenant, and a daily job has time), and renders them all, each labelled by
 /// its tenant ID as the live metrics are. The first failure ends the run: a partial history
 /// would look complete.
-pub async fn collect(
+pub(crate) async fn collect(
     tenants: Vec<Tenant>,
     request: &ReportRequest,
 ) -> Result<String, BackfillError> {
@@ -113,7 +113,7 @@ async fn fetch(graph: &GraphClient, period: Period) -> Result<Report, RefreshErr
 /// The OpenMetrics text of `reports` (tenant label, report): one series per tenant and
 /// conference type, each contiguous and in time order, one sample per row at the Report
 /// Date's UTC midnight; HELP, TYPE and the closing `# EOF` that promtool requires.
-pub fn render(reports: &[(String, Report)]) -> String {
+pub(crate) fn render(reports: &[(String, Report)]) -> String {
     let mut family = Family::new(Format::OpenMetrics, METRIC, HELP, Kind::Gauge);
     for (tenant, report) in reports {
         let mut rows: Vec<_> = report.rows.iter().collect();

@@ -23,7 +23,7 @@ use url::Url;
 use crate::auth::Identity;
 use crate::report::Period;
 
-pub const TENANT: &str = "demo";
+pub(crate) const TENANT: &str = "demo";
 const CLIENT_ID: &str = "demo-client";
 const CLIENT_SECRET: &str = "demo-secret";
 const TOKEN_PREFIX: &str = "demo-token-";
@@ -176,7 +176,7 @@ fn today() -> Date {
 
 /// The report as Graph shapes it: BOM, CRLF, and rows newest first for some periods and oldest
 /// first for others.
-pub fn csv(period: Period, today: Date) -> String {
+pub(crate) fn csv(period: Period, today: Date) -> String {
     let refreshed = today - Duration::days(1);
     let newest = today - Duration::days(2);
     let mut out = String::from(

@@ -22,7 +22,7 @@ type BuildDns =
 
 /// A [`reqwest::dns::Resolve`] that answers from a hosts file, else from DNS.
 #[derive(Clone)]
-pub struct Resolver(Arc<Inner>);
+pub(crate) struct Resolver(Arc<Inner>);
 
 struct Inner {
     hosts: Hosts,
@@ -35,7 +35,7 @@ struct Inner {
 impl Resolver {
     /// The system's: /etc/hosts, read now (a missing file is an empty one), and the DNS
     /// servers of /etc/resolv.conf.
-    pub fn system() -> Resolver {
+    pub(crate) fn system() -> Resolver {
         let hosts = Hosts::from_system().unwrap_or_else(|e| {
             tracing::debug!("no hosts file to resolve names from: {e}");
             Hosts::default()

@@ -12,7 +12,7 @@ use std::path::Path;
 /// opening a FIFO for reading would block until a writer appears, out of reach of SIGTERM.
 /// Character devices are read as files are (exporter-toolkit's own test data names
 /// /dev/null as a CA file): opened without blocking and capped, even /dev/zero ends.
-pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     // O_NONBLOCK lets the open of a FIFO return at once (regular files ignore the flag); the
     // type is then checked on the open file, so the path cannot be swapped in between.
     let file = OpenOptions::new()
@@ -38,7 +38,7 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 }
 
 /// [`read_bounded`], as UTF-8 text.
-pub fn read_text(path: &Path, max: u64) -> io::Result<String> {
+pub(crate) fn read_text(path: &Path, max: u64) -> io::Result<String> {
     String::from_utf8(read_bounded(path, max)?)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
@@ -48,10 +48,10 @@ pub fn read_text(path: &Path, max: u64) -> io::Result<String> {
 /// that 20,000 nested brackets take seconds and a file full of them hours: deeper files are
 /// refused before they are parsed. (Block nesting costs it nothing of the kind, and the
 /// parser's own recursion limit stops it.)
-pub const MAX_YAML_FLOW_DEPTH: usize = 32;
+pub(crate) const MAX_YAML_FLOW_DEPTH: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
-pub enum YamlError {
+pub(crate) enum YamlError {
     #[error("brackets nested more than {MAX_YAML_FLOW_DEPTH} deep")]
     TooDeep,
     #[error(transparent)]
@@ -60,7 +60,7 @@ pub enum YamlError {
 
 /// The YAML reader of the operator's files (--config.file, --web.config.file), after
 /// [`read_text`] has bounded their size: nesting too deep to parse quickly is refused first.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     if flow_depth_exceeds(text, MAX_YAML_FLOW_DEPTH) {
         return Err(YamlError::TooDeep);
     }
@@ -97,10 +97,10 @@ fn size(max: u64) -> String {
 
 /// Secret files (client secrets, PKCS#12 passwords) are tens of bytes; the cap keeps a wrong
 /// path from eating memory.
-pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SecretFileError {
+pub(crate) enum SecretFileError {
     #[error("cannot be read: {0}")]
     Io(#[from] io::Error),
     #[error("is empty")]
@@ -109,7 +109,7 @@ pub enum SecretFileError {
 
 /// A secret kept in a file, as Docker and Kubernetes mount them: read as [`read_bounded`] reads,
 /// without the line ending such files usually carry and the secret does not contain.
-pub fn read_secret(path: &Path) -> Result<String, SecretFileError> {
+pub(crate) fn read_secret(path: &Path) -> Result<String, SecretFileError> {
     let raw = read_text(path, MAX_SECRET_FILE)?;
     let secret = raw.trim_end_matches(['\r', '\n']);
     if secret.trim().is_empty() {
@@ -120,7 +120,7 @@ pub fn read_secret(path: &Path) -> Result<String, SecretFileError> {
 
 /// Test support: a FIFO at `path`, which blocks any reader that waits for a writer.
 #[cfg(test)]
-pub fn make_fifo(path: &Path) {
+pub(crate) fn make_fifo(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
@@ -130,7 +130,7 @@ pub fn make_fifo(path: &Path) {
 /// Test support: `f`'s result, or a failure when it blocks for long (on a FIFO, say) instead
 /// of hanging the test run.
 #[cfg(test)]
-pub fn without_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn without_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (done, result) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(f()));
     result

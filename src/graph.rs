@@ -11,7 +11,7 @@ use crate::error::{RefreshError, RequestId, Stage};
 use crate::http::{exchange, Answer, Limits, RequestCounts, RetryPolicy};
 use crate::report::Period;
 
-pub struct GraphClient {
+pub(crate) struct GraphClient {
     http: reqwest::Client,
     graph: Url,
     tokens: TokenSource,
@@ -21,7 +21,7 @@ pub struct GraphClient {
 
 /// What a report request brought.
 #[derive(Debug, PartialEq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// 304: the report is unchanged since the download whose ETag was sent.
     NotModified,
     Body {
@@ -35,7 +35,7 @@ pub enum Fetched {
 impl GraphClient {
     /// The client of one tenant, signing in as `identity` at `authority` with a token source
     /// (and cache) of its own; its token and report exchanges share `limits`.
-    pub fn for_identity(
+    pub(crate) fn for_identity(
         http: reqwest::Client,
         identity: Identity,
         authority: &Url,
@@ -47,7 +47,7 @@ impl GraphClient {
         GraphClient::new(http, graph, tokens, limits, retry)
     }
 
-    pub fn new(
+    pub(crate) fn new(
         http: reqwest::Client,
         graph: Url,
         tokens: TokenSource,
@@ -64,11 +64,11 @@ impl GraphClient {
     }
 
     /// Every exchange made so far, token requests included.
-    pub fn requests(&self) -> &RequestCounts {
+    pub(crate) fn requests(&self) -> &RequestCounts {
         &self.limits.requests
     }
 
-    pub fn report_url(&self, period: Period) -> Url {
+    pub(crate) fn report_url(&self, period: Period) -> Url {
         let mut url = self.graph.clone();
         url.path_segments_mut()
             .expect("graph URL is an http(s) URL")
@@ -82,7 +82,11 @@ impl GraphClient {
     }
 
     /// Fetches one period's report, retrying as the retry policy allows.
-    pub async fn fetch(&self, period: Period, etag: Option<&str>) -> Result<Fetched, RefreshError> {
+    pub(crate) async fn fetch(
+        &self,
+        period: Period,
+        etag: Option<&str>,
+    ) -> Result<Fetched, RefreshError> {
         let mut retry = 0;
         loop {
             let error = match self.fetch_reauthenticating(period, etag).await {

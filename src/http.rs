@@ -22,7 +22,7 @@ use crate::text::one_line;
 
 /// Clones share the in-flight bound and the counts.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub timeout: Duration,
     pub max_body_bytes: u64,
     /// Shared by every tenant: bounds the exchanges in flight (--graph.max-concurrency).
@@ -33,7 +33,7 @@ pub struct Limits {
 
 /// Exchanges by stage and HTTP status (None: no answer came back), retries included.
 #[derive(Debug, Default)]
-pub struct RequestCounts(Mutex<BTreeMap<(Stage, Option<u16>), u64>>);
+pub(crate) struct RequestCounts(Mutex<BTreeMap<(Stage, Option<u16>), u64>>);
 
 impl RequestCounts {
     fn count(&self, stage: Stage, status: Option<u16>) {
@@ -41,7 +41,7 @@ impl RequestCounts {
         *counts.entry((stage, status)).or_default() += 1;
     }
 
-    pub fn snapshot(&self) -> BTreeMap<(Stage, Option<u16>), u64> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<(Stage, Option<u16>), u64> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -49,7 +49,7 @@ impl RequestCounts {
     }
 }
 
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -64,12 +64,12 @@ impl Answer {
     }
 
     /// Graph's error code (`error.code`), such as S2SUnauthorized.
-    pub fn graph_code(&self) -> Option<String> {
+    pub(crate) fn graph_code(&self) -> Option<String> {
         self.graph_error("/error/code")
     }
 
     /// Graph's request-id, from the header or else from the error envelope's innerError.
-    pub fn request_id(&self) -> RequestId {
+    pub(crate) fn request_id(&self) -> RequestId {
         let header = self
             .headers
             .get("request-id")
@@ -82,7 +82,7 @@ impl Answer {
     }
 
     /// Retry-After, in seconds or as an HTTP date.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
         if let Ok(seconds) = value.parse::<u64>() {
             return Some(Duration::from_secs(seconds));
@@ -96,7 +96,7 @@ impl Answer {
 
     /// A one-line account of an unexpected answer: Graph's error code and message when the body
     /// is its JSON envelope, else the status line.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let graph_error = self.graph_code().map(|code| {
             let message = self.graph_error("/error/message").unwrap_or_default();
             one_line(&format!("{code}: {message}"), 200)
@@ -108,7 +108,7 @@ impl Answer {
     }
 }
 
-pub async fn exchange(
+pub(crate) async fn exchange(
     stage: Stage,
     request: RequestBuilder,
     limits: &Limits,
@@ -166,7 +166,7 @@ pub async fn exchange(
 /// The client every exchange goes through, trusting [`trusted_roots`] of this process's
 /// environment. Redirects are never followed automatically: the report's redirect must be
 /// followed by hand, without the Authorization header.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     let roots = trusted_roots(
         |name| std::env::var(name).ok(),
         rustls_native_certs::load_native_certs,
@@ -190,7 +190,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
 /// reqwest over TLS from aws-lc-rs, the one crypto provider of the process: reqwest's own
 /// rustls setup would bring ring. HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured
 /// (reqwest's system proxy), and the TLS session to the server runs inside the proxy's tunnel.
-pub fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, String> {
+pub(crate) fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -206,7 +206,7 @@ pub fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, String> {
 const MAX_BUNDLE: u64 = 16 * 1024 * 1024;
 
 /// The CA certificates outbound TLS trusts, and where they came from.
-pub struct TrustedRoots {
+pub(crate) struct TrustedRoots {
     pub store: RootCertStore,
     /// Where they came from, for `--config.check` and the logs.
     pub origin: String,
@@ -222,7 +222,7 @@ pub struct TrustedRoots {
 /// is an error naming it, never a silent fallback to roots they did not choose. A system with
 /// no store at all (a scratch container) falls back to the bundled Mozilla roots, with a
 /// warning, as the exporter trusted before it read the platform's store.
-pub fn trusted_roots(
+pub(crate) fn trusted_roots(
     env: impl Fn(&str) -> Option<String>,
     system: impl FnOnce() -> rustls_native_certs::CertificateResult,
 ) -> Result<TrustedRoots, String> {
@@ -387,7 +387,7 @@ impl RetryPolicy {
 
 /// Test support: a client for plain-HTTP fakes, trusting no CA at all.
 #[cfg(test)]
-pub fn test_client() -> reqwest::Client {
+pub(crate) fn test_client() -> reqwest::Client {
     builder(RootCertStore::empty())
         .and_then(|b| b.build().map_err(|e| e.to_string()))
         .unwrap()

@@ -1,29 +1,47 @@
 //! sfb-exporter: the Microsoft Graph report getSkypeForBusinessOrganizerActivityMinuteCounts
 //! as Prometheus gauges.
 //!
-//! Data flows one way: `config` (flags and environment, resolved once) → `auth` (tokens) →
-//! `graph` (report requests over `http`) → `report` (CSV, pure) → `state` + `metrics`
-//! (exposition, pure) → `refresher` (publishes an immutable snapshot) → `web` (reads it).
-//! Each domain type lives in the module that owns it (`Period` in `report`, `Identity` in
-//! `auth`), so `config` imports them and no two modules import each other
-//! (tests/api/layout.rs checks that no import cycle creeps back).
+//! A folder per stage, and imports go one way along the flow (tests/api/layout.rs holds the
+//! order; README.md's Design section draws it). Every module is private: what main.rs, the
+//! integration tests and the benchmarks use is re-exported below, and everything else is
+//! `pub(crate)`, so that the `unreachable_pub` lint and dead-code warnings see all of it.
 
-pub mod auth;
-pub mod backfill;
-pub mod config;
-pub mod demo;
-pub mod dns;
-pub mod error;
-pub mod exposition;
-pub mod files;
-pub mod graph;
-pub mod http;
-pub mod refresh;
-pub mod report;
-pub mod serve;
-pub mod state;
-pub mod telemetry;
-pub mod text;
+mod auth;
+mod backfill;
+mod config;
+mod demo;
+mod dns;
+mod error;
+mod exposition;
+mod files;
+mod graph;
+mod http;
+mod refresh;
+mod report;
+mod serve;
+mod state;
+mod telemetry;
+mod text;
+
+pub use auth::certificate::{ClientCertificate, Settings as CertificateSettings};
+pub use auth::managed::ManagedEndpoint;
+pub use auth::{Credential, Identity, Origin};
+pub use backfill::{write_output, METRIC as BACKFILL_METRIC};
+pub use config::tenants::{parse as parse_tenants, shard_of};
+pub use config::{
+    Args, BackfillArgs, Cloud, Command, Config, CredentialKind, ServerLimits, Shard, Source,
+    TenantDefaults, DEFAULT_PORT,
+};
+pub use demo::{identity as demo_identity, start as start_demo};
+pub use error::{Reason, Stage};
+pub use exposition::metrics::{render as render_metrics, BuildInfo};
+pub use http::RetryPolicy;
+pub use refresh::refresher::panic_message;
+pub use report::{parse as parse_report, Period, Periods};
+pub use serve::server::{limit_in_flight, serve, TlsConfig};
+pub use serve::webconfig::{WebConfig, ECDH_P521};
+pub use state::{Accepted, Attempt, State};
+pub use telemetry::init as init_logging;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,12 +52,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::tenants;
 use crate::config::tenants::Tenant;
-use crate::config::{Config, Source};
+
 use crate::exposition::publisher::{Publisher, TenantMode};
 use crate::refresh::fleet;
 use crate::refresh::fleet::{FileSource, Fleet, Reloader};
-use crate::serve::server::TlsConfig;
-use crate::serve::webconfig::{ReloadTrigger, WebConfig, WebConfigReload};
+
+use crate::serve::webconfig::{ReloadTrigger, WebConfigReload};
 use crate::serve::{routes, server, webconfig};
 use crate::state::ReloadStatus;
 use arc_swap::ArcSwap;

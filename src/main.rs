@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sfb_exporter::config::{Args, BackfillArgs, Command, Config};
-use sfb_exporter::{check_config, start, telemetry};
+use sfb_exporter::{check_config, init_logging, start};
+use sfb_exporter::{Args, BackfillArgs, Command, Config};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     if args.config_check {
         return config_check(args);
     }
-    telemetry::init(args.log_level, args.log_format);
+    init_logging(args.log_level, args.log_format);
     // A panic is one error event in the log's own format, not the default hook's lines on
     // stderr; a refresh task that panics is restarted (see refresher.rs).
     std::panic::set_hook(Box::new(|info| {
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let message = sfb_exporter::refresh::refresher::panic_message(info.payload());
+        let message = sfb_exporter::panic_message(info.payload());
         tracing::error!("panic{location}: {message}");
     }));
     let runtime = match runtime() {
@@ -158,7 +158,7 @@ async fn backfill(args: Args, options: BackfillArgs) -> anyhow::Result<()> {
     let text = sfb_exporter::backfill(config, options.period).await?;
     // Off the runtime: opening a FIFO waits for its reader.
     tokio::task::spawn_blocking(move || {
-        sfb_exporter::backfill::write_output(options.output.as_deref(), &text)
+        sfb_exporter::write_output(options.output.as_deref(), &text)
     })
     .await
     .context("writing the output")??;

@@ -89,7 +89,7 @@ impl State {
 
 /// Outcome of loading --config.file.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     pub successful: bool,
     pub last_success: Option<SystemTime>,
 }

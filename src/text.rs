@@ -2,7 +2,7 @@
 
 /// Squeezes text from the network onto one line of bounded length, so that a log line stays a
 /// log line whatever a server sends.
-pub fn one_line(text: &str, max_chars: usize) -> String {
+pub(crate) fn one_line(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (i, word) in text.split_whitespace().enumerate() {
         if i > 0 {

@@ -418,7 +418,7 @@ fn unix_time(seconds: i64) -> SystemTime {
 }
 
 /// How long before its notAfter a client certificate is warned about.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 fn rfc3339(t: SystemTime) -> String {
     let seconds = match t.duration_since(UNIX_EPOCH) {

@@ -15,7 +15,7 @@ use crate::error::RefreshError;
 use crate::files::read_text;
 
 /// The `client_assertion_type` of certificate and federated (workload identity) assertions.
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A federated token is a JWT of a few KiB; the cap keeps a wrong path from eating memory.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
@@ -233,7 +233,7 @@ async fn read_federated_token_within(
 /// The federated token the kubelet (or another issuer) wrote to `path`. Read at every token
 /// request, because the file is rotated while the exporter runs. Errors call the file
 /// `setting`: the variable or the key that gave it.
-pub fn read_federated_token(path: &Path, setting: &str) -> Result<SecretString, String> {
+pub(crate) fn read_federated_token(path: &Path, setting: &str) -> Result<SecretString, String> {
     let raw = read_text(path, MAX_TOKEN_FILE)
         .map_err(|e| format!("cannot read {setting} {}: {e}", path.display()))?;
     let token = raw.trim();

@@ -14,14 +14,14 @@ use super::managed::ManagedEndpoint;
 use crate::files::{read_secret, SecretFileError};
 
 /// A secret as given: its value, or a file that holds it.
-pub enum SecretInput {
+pub(crate) enum SecretInput {
     Value(SecretString),
     File(PathBuf),
 }
 
 /// What a configuration gives for one kind of credential, before anything is read. An input
 /// left out is None, and reported as missing.
-pub enum CredentialInput {
+pub(crate) enum CredentialInput {
     Secret {
         secret: Option<SecretInput>,
     },
@@ -162,7 +162,7 @@ impl std::error::Error for CredentialError {}
 /// Reads and checks `input` as `origin` gave it. `client_id` is the value as given (None when
 /// left out); a managed identity takes none for the system-assigned identity. Every problem is
 /// returned, the client ID's first.
-pub fn load(
+pub(crate) fn load(
     input: CredentialInput,
     client_id: Option<&str>,
     origin: Origin,

@@ -14,7 +14,7 @@ use crate::error::{RefreshError, Stage};
 use crate::http::{exchange, Answer, Limits};
 
 /// The IMDS address the Azure SDKs use; AZURE_POD_IDENTITY_AUTHORITY_HOST replaces it.
-pub const IMDS_HOST: &str = "http://169.254.169.254";
+pub(crate) const IMDS_HOST: &str = "http://169.254.169.254";
 const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
 const IMDS_API_VERSION: &str = "2018-02-01";
 const APP_SERVICE_API_VERSION: &str = "2019-08-01";

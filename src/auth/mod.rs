@@ -2,10 +2,10 @@
 //! endpoint), with a token cache shared by every period so that one token serves all reports
 //! until shortly before it expires.
 
-pub mod certificate;
-pub mod credential;
-pub mod load;
-pub mod managed;
+pub(crate) mod certificate;
+pub(crate) mod credential;
+pub(crate) mod load;
+pub(crate) mod managed;
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,7 +52,7 @@ impl Identity {
     }
 }
 
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     http: reqwest::Client,
     token_url: Url,
     tenant_id: String,
@@ -79,7 +79,7 @@ struct CachedToken {
 }
 
 impl TokenSource {
-    pub fn new(
+    pub(crate) fn new(
         http: reqwest::Client,
         authority: &Url,
         graph: &Url,
@@ -107,7 +107,7 @@ impl TokenSource {
 
     /// A valid access token, from the cache when it has one. Holding the lock across the request
     /// makes concurrent periods wait for one token instead of each asking for its own.
-    pub async fn token(&self) -> Result<SecretString, RefreshError> {
+    pub(crate) async fn token(&self) -> Result<SecretString, RefreshError> {
         let asked = Instant::now();
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.token.as_ref().filter(|c| Instant::now() < c.renew_at) {
@@ -135,7 +135,7 @@ impl TokenSource {
     }
 
     /// Forgets `rejected` after Graph refused it, unless another task already replaced it.
-    pub async fn invalidate(&self, rejected: &SecretString) {
+    pub(crate) async fn invalidate(&self, rejected: &SecretString) {
         let mut cache = self.cache.lock().await;
         if cache
             .token
@@ -144,11 +144,6 @@ impl TokenSource {
         {
             cache.token = None;
         }
-    }
-
-    /// The token endpoint the client credentials grant goes to.
-    pub fn token_url(&self) -> &Url {
-        &self.token_url
     }
 
     async fn request(&self) -> Result<CachedToken, RefreshError> {

@@ -2,10 +2,10 @@
 //! arguments ([`cli`]), the clouds ([`cloud`]), the identity of the environment
 //! (`environment`) and the tenants of --config.file ([`tenants`]).
 
-pub mod cli;
-pub mod cloud;
+pub(crate) mod cli;
+pub(crate) mod cloud;
 mod environment;
-pub mod tenants;
+pub(crate) mod tenants;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +17,8 @@ use crate::auth::{Credential, Identity};
 use crate::http::RetryPolicy;
 use crate::report::Periods;
 
-pub use self::cli::{Args, BackfillArgs, Command, CredentialKind, ListenAddress, DEFAULT_PORT};
+pub(crate) use self::cli::ListenAddress;
+pub use self::cli::{Args, BackfillArgs, Command, CredentialKind, DEFAULT_PORT};
 pub use self::cloud::Cloud;
 pub use self::tenants::{Shard, TenantDefaults};
 

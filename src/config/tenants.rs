@@ -143,7 +143,7 @@ impl Tenant {
 
 /// FNV-1a, 64 bits: stable across versions and platforms, and a few lines in any language, so
 /// that an operator can tell which replica holds a tenant.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes
@@ -158,7 +158,11 @@ pub fn shard_of(tenant_id: &str, count: u64) -> u64 {
 
 /// Reads and validates the whole file, then keeps this replica's shard. Duplicates and errors
 /// are found across the whole file, so that every replica agrees on whether it loads.
-pub fn load(path: &Path, defaults: &TenantDefaults, shard: Shard) -> Result<Vec<Tenant>, String> {
+pub(crate) fn load(
+    path: &Path,
+    defaults: &TenantDefaults,
+    shard: Shard,
+) -> Result<Vec<Tenant>, String> {
     let text = read_text(path, MAX_FILE_BYTES)
         .map_err(|e| format!("cannot read --config.file {}: {e}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));

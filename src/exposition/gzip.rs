@@ -20,7 +20,7 @@ const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 const TRAILER_LEN: usize = 8;
 
 #[derive(Debug, Clone)]
-pub struct Gzip {
+pub(crate) struct Gzip {
     /// One complete gzip member of the body.
     bytes: Bytes,
     /// Where the final (empty) deflate block begins: header and body blocks come before it.
@@ -30,7 +30,7 @@ pub struct Gzip {
 }
 
 impl Gzip {
-    pub fn new(body: &[u8]) -> Gzip {
+    pub(crate) fn new(body: &[u8]) -> Gzip {
         let mut encoder = DeflateEncoder::new(
             Vec::with_capacity(HEADER.len() + body.len() / 4),
             Compression::default(),
@@ -77,12 +77,12 @@ impl Gzip {
     }
 
     /// The body, compressed.
-    pub fn bytes(&self) -> &Bytes {
+    pub(crate) fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 
     /// The body followed by `tail`, compressed as one member; only `tail` is compressed now.
-    pub fn append(&self, tail: &[u8]) -> Bytes {
+    pub(crate) fn append(&self, tail: &[u8]) -> Bytes {
         let mut encoder = DeflateEncoder::new(
             Vec::with_capacity(tail.len() / 2 + 16),
             Compression::default(),

@@ -19,9 +19,10 @@ use crate::state::{Attempt, PeriodState, ReloadStatus, State};
 
 /// `conference_type` label values, in the order of Graph's columns Audio/Video, Dial-in
 /// Microsoft, Dial-out Microsoft.
-pub const CONFERENCE_TYPES: [&str; 3] = ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
+pub(crate) const CONFERENCE_TYPES: [&str; 3] =
+    ["audio_video", "dial_in_microsoft", "dial_out_microsoft"];
 
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `sfb_build_info` labels.
 #[derive(Debug, Clone)]
@@ -42,7 +43,7 @@ const ACTIVITY_HELP: &str = "Conference time organized in the tenant on the newe
 const PERIOD_ACTIVITY_HELP: &str = "Conference time organized in the tenant over every day of the period's Graph report getSkypeForBusinessOrganizerActivityMinuteCounts, by conference type (the sum of Graph's minutes x 60 over all rows). Values come from a background refresh of the report, not from the scrape: see sfb_refresh_last_success_timestamp_seconds.";
 
 /// Rendered series cut into families, in name order; a family without samples is left out.
-pub type Fragment = Vec<Family>;
+pub(crate) type Fragment = Vec<Family>;
 
 /// The whole exposition for a single tenant, as served without --config.file.
 pub fn render(state: &State, build: &BuildInfo) -> String {
@@ -52,7 +53,7 @@ pub fn render(state: &State, build: &BuildInfo) -> String {
 /// What the exporter says about itself and its configuration, outside any one tenant: build
 /// and tenant info, reload status. Registered once and kept up to date as things change, so
 /// that an assembly only gathers them.
-pub struct Globals {
+pub(crate) struct Globals {
     registry: Registry,
     tenant_info: GaugeVec,
     reload_successful: GaugeVec,
@@ -60,7 +61,7 @@ pub struct Globals {
 }
 
 impl Globals {
-    pub fn new(build: &BuildInfo) -> Globals {
+    pub(crate) fn new(build: &BuildInfo) -> Globals {
         let registry = Registry::new();
         let build_info = gauge(
             &registry,
@@ -96,7 +97,7 @@ impl Globals {
         }
     }
 
-    pub fn set_reload(&self, status: ReloadStatus) {
+    pub(crate) fn set_reload(&self, status: ReloadStatus) {
         let successful = if status.successful { 1.0 } else { 0.0 };
         let at = status.last_success.map_or(0.0, unix_seconds);
         self.reload_successful
@@ -108,7 +109,7 @@ impl Globals {
     }
 
     /// `tenant` was named `old` in sfb_tenant_info and is named `new` from now on.
-    pub fn rename(&self, tenant: &str, old: Option<&str>, new: Option<&str>) {
+    pub(crate) fn rename(&self, tenant: &str, old: Option<&str>, new: Option<&str>) {
         if old == new {
             return;
         }
@@ -122,7 +123,7 @@ impl Globals {
     }
 
     /// The series as they are now.
-    pub fn render(&self) -> Fragment {
+    pub(crate) fn render(&self) -> Fragment {
         self.registry
             .gather()
             .iter()
@@ -155,7 +156,7 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
 }
 
 /// One tenant's series.
-pub fn render_tenant(state: &State) -> Fragment {
+pub(crate) fn render_tenant(state: &State) -> Fragment {
     let tenant = state.tenant.as_str();
     let family = |name, help, kind| Family::new(Format::Text, name, help, kind);
     // Series go out sorted by their label values, label names in order, as a registry gathers
@@ -314,7 +315,7 @@ pub fn render_tenant(state: &State) -> Fragment {
 
 /// The exposition from fragments: families in name order, each under one HELP and TYPE with
 /// the samples of every fragment in the order given.
-pub fn assemble<'a>(fragments: impl IntoIterator<Item = &'a Fragment>) -> String {
+pub(crate) fn assemble<'a>(fragments: impl IntoIterator<Item = &'a Fragment>) -> String {
     let mut by_name: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
     let mut len = 0;
     for family in fragments.into_iter().flatten() {

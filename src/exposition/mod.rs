@@ -1,7 +1,7 @@
 //! The exposition: the published state as Prometheus text, compressed and assembled.
 
-pub mod gzip;
-pub mod metrics;
-pub mod process;
-pub mod publisher;
-pub mod writer;
+pub(crate) mod gzip;
+pub(crate) mod metrics;
+pub(crate) mod process;
+pub(crate) mod publisher;
+pub(crate) mod writer;

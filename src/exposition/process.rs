@@ -20,7 +20,7 @@ use crate::exposition::writer::{Family, Format, Kind};
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// The soft limit on open file descriptors, None when unlimited or unknown.
-pub fn open_files_limit() -> Option<usize> {
+pub(crate) fn open_files_limit() -> Option<usize> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -53,7 +53,7 @@ impl Served {
     }
 }
 
-pub struct ProcessMetrics {
+pub(crate) struct ProcessMetrics {
     start_time: Option<f64>,
     ticks_per_second: f64,
     page_size: f64,
@@ -67,7 +67,7 @@ impl Default for ProcessMetrics {
 }
 
 impl ProcessMetrics {
-    pub fn new() -> ProcessMetrics {
+    pub(crate) fn new() -> ProcessMetrics {
         // SAFETY: sysconf only reads configuration values.
         let (ticks, page) = unsafe {
             (
@@ -86,7 +86,7 @@ impl ProcessMetrics {
     }
 
     /// `published`'s body with the process series appended: gzip-compressed, or plain.
-    pub fn body(&self, published: &Arc<Published>, gzip: bool) -> Bytes {
+    pub(crate) fn body(&self, published: &Arc<Published>, gzip: bool) -> Bytes {
         let served = self.served(published);
         if gzip {
             served.gzip()
@@ -113,7 +113,7 @@ impl ProcessMetrics {
     }
 
     /// The process_* families in the text format; a value that cannot be read is left out.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let stat = std::fs::read_to_string("/proc/self/stat").ok();
         let fields: Vec<&str> = stat
             .as_deref()

@@ -22,7 +22,7 @@ use crate::state::{ReloadStatus, State};
 const MIN_GAP: Duration = Duration::from_millis(250);
 const MAX_GAP: Duration = Duration::from_secs(1);
 
-pub struct Publisher {
+pub(crate) struct Publisher {
     inner: Mutex<Inner>,
     stale: Notify,
     published: Arc<ArcSwap<Published>>,
@@ -50,7 +50,7 @@ struct Entry {
 
 impl Publisher {
     /// `mode` sets what readiness means and what /readyz lists.
-    pub fn new(mode: TenantMode) -> Arc<Publisher> {
+    pub(crate) fn new(mode: TenantMode) -> Arc<Publisher> {
         let publisher = Arc::new(Publisher {
             inner: Mutex::new(Inner {
                 tenants: BTreeMap::new(),
@@ -71,12 +71,12 @@ impl Publisher {
     }
 
     /// The handle handlers read snapshots from.
-    pub fn published(&self) -> Arc<ArcSwap<Published>> {
+    pub(crate) fn published(&self) -> Arc<ArcSwap<Published>> {
         Arc::clone(&self.published)
     }
 
     /// Adds or replaces a tenant, owned from now on by `generation`.
-    pub fn insert(&self, generation: u64, name: Option<String>, state: State) {
+    pub(crate) fn insert(&self, generation: u64, name: Option<String>, state: State) {
         let fragment = Arc::new(render_tenant(&state));
         let tenant = state.tenant.clone();
         let mut guard = self.lock();
@@ -100,7 +100,7 @@ impl Publisher {
     }
 
     /// Replaces a tenant's state, if `generation` still owns it.
-    pub fn update(&self, generation: u64, state: State) {
+    pub(crate) fn update(&self, generation: u64, state: State) {
         // Rendered before taking the lock, so that tenants refreshing together render in
         // parallel.
         let fragment = Arc::new(render_tenant(&state));
@@ -120,7 +120,7 @@ impl Publisher {
 
     /// Gives a tenant a new name (its sfb_tenant_info series), if `generation` still owns it;
     /// its values stay as they are.
-    pub fn rename(&self, tenant: &str, generation: u64, name: Option<String>) {
+    pub(crate) fn rename(&self, tenant: &str, generation: u64, name: Option<String>) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let Some(entry) = inner
@@ -139,7 +139,7 @@ impl Publisher {
     }
 
     /// Drops a tenant and its series, if `generation` still owns it.
-    pub fn remove(&self, tenant: &str, generation: u64) {
+    pub(crate) fn remove(&self, tenant: &str, generation: u64) {
         let mut inner = self.lock();
         if inner
             .tenants
@@ -154,13 +154,13 @@ impl Publisher {
         self.stale.notify_one();
     }
 
-    pub fn set_reload(&self, status: ReloadStatus) {
+    pub(crate) fn set_reload(&self, status: ReloadStatus) {
         self.lock().globals.set_reload(status);
         self.stale.notify_one();
     }
 
     /// Assembles whenever something changed, at most once per gap, until `cancel` fires.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let work = async {
             loop {
                 self.stale.notified().await;
@@ -177,7 +177,7 @@ impl Publisher {
     }
 
     /// Builds and stores a new snapshot from the current fragments.
-    pub fn assemble(&self) {
+    pub(crate) fn assemble(&self) {
         let (number, published) = self.build();
         self.store(number, published);
     }
@@ -223,7 +223,7 @@ impl Publisher {
 
 /// Where the tenants come from, which decides what ready means and what /readyz lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TenantMode {
+pub(crate) enum TenantMode {
     /// The environment's one tenant: ready once every period has succeeded.
     Single,
     /// --config.file: ready once every tenant's periods have had a first attempt, not a
@@ -234,7 +234,7 @@ pub enum TenantMode {
 
 /// One tenant as published.
 #[derive(Debug, Clone)]
-pub struct TenantView {
+pub(crate) struct TenantView {
     pub name: Option<String>,
     pub state: Arc<State>,
 }
@@ -242,7 +242,7 @@ pub struct TenantView {
 /// The states and their exposition, rendered (and compressed) together so that a scrape only
 /// copies bytes.
 #[derive(Debug)]
-pub struct Published {
+pub(crate) struct Published {
     /// By tenant ID.
     pub tenants: BTreeMap<String, TenantView>,
     pub mode: TenantMode,
@@ -252,8 +252,9 @@ pub struct Published {
 }
 
 impl Published {
-    /// A single tenant, as without --config.file.
-    pub fn new(state: State, metrics: Bytes) -> Published {
+    /// Test support: a single tenant, as without --config.file.
+    #[cfg(test)]
+    pub(crate) fn new(state: State, metrics: Bytes) -> Published {
         let tenants = [(
             state.tenant.clone(),
             TenantView {
@@ -266,7 +267,7 @@ impl Published {
         Published::assembled(tenants, TenantMode::Single, metrics)
     }
 
-    pub fn assembled(
+    pub(crate) fn assembled(
         tenants: BTreeMap<String, TenantView>,
         mode: TenantMode,
         metrics: Bytes,
@@ -283,7 +284,7 @@ impl Published {
     /// Without --config.file: every period has succeeded once. With it: every (tenant, period)
     /// has finished its first attempt, so that one tenant that lost its consent does not take
     /// the others off the scrape.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         let mut states = self.tenants.values().map(|t| &t.state);
         match self.mode {
             TenantMode::File => {

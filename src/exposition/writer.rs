@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 /// Which text a family is written for: the two differ in HELP escaping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Prometheus text format 0.0.4: HELP escapes backslashes and line feeds.
     Text,
     /// OpenMetrics 1.0: HELP escapes double quotes too. Only gauges are written in it here
@@ -21,7 +21,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
 }
@@ -36,7 +36,7 @@ impl Kind {
 }
 
 /// A sample value as the text formats write it.
-pub trait Value {
+pub(crate) trait Value {
     fn write(self, out: &mut String);
 }
 
@@ -68,7 +68,7 @@ impl Value for u128 {
 
 /// One metric family: its HELP and TYPE lines, and its sample lines.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Family {
+pub(crate) struct Family {
     pub name: String,
     pub head: String,
     pub samples: String,
@@ -76,7 +76,7 @@ pub struct Family {
 
 impl Family {
     /// A family with no samples yet.
-    pub fn new(format: Format, name: &str, help: &str, kind: Kind) -> Family {
+    pub(crate) fn new(format: Format, name: &str, help: &str, kind: Kind) -> Family {
         let help = escape(help, format == Format::OpenMetrics);
         let mut head = String::with_capacity(name.len() * 2 + help.len() + 24);
         for part in ["# HELP ", name, " ", &help, "\n# TYPE ", name, " "] {
@@ -93,7 +93,7 @@ impl Family {
 
     /// Adds `name{labels} value`. Labels go out in the order given: the text format's client
     /// libraries sort them by name, and callers that match them pass them so.
-    pub fn sample(&mut self, labels: &[(&str, &str)], value: impl Value) {
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: impl Value) {
         self.series(labels);
         self.samples.push(' ');
         value.write(&mut self.samples);
@@ -101,7 +101,7 @@ impl Family {
     }
 
     /// Adds a sample timestamped at `seconds` after the Unix epoch, as OpenMetrics writes it.
-    pub fn sample_at(&mut self, labels: &[(&str, &str)], value: impl Value, seconds: i64) {
+    pub(crate) fn sample_at(&mut self, labels: &[(&str, &str)], value: impl Value, seconds: i64) {
         self.series(labels);
         self.samples.push(' ');
         value.write(&mut self.samples);
@@ -109,12 +109,12 @@ impl Family {
     }
 
     /// Client libraries leave out a family without samples.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
 
     /// The whole family, head and samples.
-    pub fn write_to(&self, out: &mut String) {
+    pub(crate) fn write_to(&self, out: &mut String) {
         out.push_str(&self.head);
         out.push_str(&self.samples);
     }
@@ -136,7 +136,7 @@ impl Family {
 }
 
 /// The end of an OpenMetrics text, which promtool requires.
-pub const EOF: &str = "# EOF\n";
+pub(crate) const EOF: &str = "# EOF\n";
 
 /// Backslash, line feed and (with `quotes`) double quote, escaped as both formats escape label
 /// values, and HELP text without quotes (text format) or with them (OpenMetrics).

@@ -24,7 +24,7 @@ use crate::state::ReloadStatus;
 use crate::state::State;
 
 /// What every tenant shares.
-pub struct Shared {
+pub(crate) struct Shared {
     pub http: reqwest::Client,
     pub timeout: Duration,
     pub max_body_bytes: u64,
@@ -36,7 +36,7 @@ pub struct Shared {
     pub cancel: CancellationToken,
 }
 
-pub struct Fleet {
+pub(crate) struct Fleet {
     shared: Shared,
     /// By lowercased tenant ID.
     members: HashMap<String, Member>,
@@ -82,7 +82,7 @@ impl std::fmt::Display for Changes {
 }
 
 impl Fleet {
-    pub fn new(shared: Shared) -> Fleet {
+    pub(crate) fn new(shared: Shared) -> Fleet {
         Fleet {
             shared,
             members: HashMap::new(),
@@ -95,7 +95,7 @@ impl Fleet {
     /// and so do ones whose name alone changed (their sfb_tenant_info series follows).
     /// The tenants come from a file that loaded, which checked everything, so this cannot
     /// fail half way.
-    pub fn apply(&mut self, tenants: Vec<Tenant>) -> Changes {
+    pub(crate) fn apply(&mut self, tenants: Vec<Tenant>) -> Changes {
         let mut wanted: HashMap<String, Tenant> = HashMap::with_capacity(tenants.len());
         for tenant in tenants {
             wanted.insert(tenant.id().to_lowercase(), tenant);
@@ -149,7 +149,7 @@ impl Fleet {
     }
 
     /// Starts the one tenant of the environment (or demo) configuration.
-    pub fn start_single(&mut self, tenant: Tenant) {
+    pub(crate) fn start_single(&mut self, tenant: Tenant) {
         let key = tenant.id().to_lowercase();
         self.launch(key, tenant, None);
     }
@@ -231,7 +231,7 @@ impl Reloader {
 
 /// The tenants of --config.file, and how to read it again.
 #[derive(Clone)]
-pub struct FileSource {
+pub(crate) struct FileSource {
     pub path: PathBuf,
     pub defaults: TenantDefaults,
     pub shard: Shard,
@@ -241,7 +241,7 @@ impl FileSource {
     /// On a blocking thread: every certificate of the file is loaded (a PKCS#12 key derivation
     /// each), and a file on a slow network filesystem must not stall a runtime worker and the
     /// scrapes it serves.
-    pub async fn load(&self) -> Result<Vec<Tenant>, String> {
+    pub(crate) async fn load(&self) -> Result<Vec<Tenant>, String> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || tenants::load(&this.path, &this.defaults, this.shard))
             .await
@@ -251,7 +251,7 @@ impl FileSource {
 
 /// Serves reload requests until `cancel` fires; the fleet (and every tenant) stops with it.
 /// `loaded_at` is when the file last loaded, as already published: a failed reload keeps it.
-pub fn serve_reloads(
+pub(crate) fn serve_reloads(
     mut fleet: Fleet,
     source: FileSource,
     loaded_at: SystemTime,

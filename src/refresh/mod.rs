@@ -1,4 +1,4 @@
 //! Refreshing: one task per tenant and period keeps its state, and the fleet runs them.
 
-pub mod fleet;
-pub mod refresher;
+pub(crate) mod fleet;
+pub(crate) mod refresher;

@@ -22,7 +22,7 @@ use crate::text::one_line;
 const PANIC_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const PANIC_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-pub struct Refresher {
+pub(crate) struct Refresher {
     graph: GraphClient,
     interval: Duration,
     /// Only the refresher writes; the lock orders publications so an older state never
@@ -38,7 +38,7 @@ pub struct Refresher {
 
 impl Refresher {
     /// One tenant's refresher; its (empty) state is published at once.
-    pub fn new(
+    pub(crate) fn new(
         graph: GraphClient,
         state: State,
         name: Option<String>,
@@ -59,7 +59,7 @@ impl Refresher {
     }
 
     /// Starts one loop per period; they end when `cancel` fires, abandoning any request in flight.
-    pub fn spawn(self: Arc<Self>, cancel: CancellationToken) -> JoinSet<()> {
+    pub(crate) fn spawn(self: Arc<Self>, cancel: CancellationToken) -> JoinSet<()> {
         let periods: Vec<Period> = self.lock().periods.keys().copied().collect();
         let mut tasks = JoinSet::new();
         for period in periods {

@@ -1,5 +1,5 @@
 //! Serving: the HTTP server, its routes and the web configuration.
 
-pub mod routes;
-pub mod server;
-pub mod webconfig;
+pub(crate) mod routes;
+pub(crate) mod server;
+pub(crate) mod webconfig;

@@ -35,7 +35,7 @@ struct AppState {
 /// None without --config.file (nothing to reload).
 /// `max_requests` bounds scrapes in flight (0: no bound); `exporter_metrics` appends the
 /// process_* series to every scrape.
-pub fn app(
+pub(crate) fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
     security: Option<Arc<ArcSwap<Security>>>,

@@ -114,7 +114,7 @@ const MAX_CONNECTIONS: usize = 1024;
 
 /// The connection cap below the soft RLIMIT_NOFILE: a reserve stays for the listener, the
 /// Graph client, the web config's files and /proc.
-pub fn connection_cap() -> usize {
+pub(crate) fn connection_cap() -> usize {
     let soft = crate::exposition::process::open_files_limit().unwrap_or(1024);
     let reserve = (soft / 4).clamp(16, 64);
     soft.saturating_sub(reserve).clamp(1, MAX_CONNECTIONS)

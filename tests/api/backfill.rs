@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use sfb_exporter::backfill::METRIC;
-use sfb_exporter::report::Period;
+use sfb_exporter::Period;
+use sfb_exporter::BACKFILL_METRIC as METRIC;
 use time::{Date, Duration as Days, OffsetDateTime};
 use wiremock::ResponseTemplate;
 

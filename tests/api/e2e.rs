@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sfb_exporter::report::Period;
+use sfb_exporter::Period;
 use time::{Duration as Days, OffsetDateTime};
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
@@ -17,7 +17,7 @@ use crate::promtool::have;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-pub struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     base: String,
     http: reqwest::Client,
@@ -43,7 +43,7 @@ impl Prometheus {
     }
 
     /// Scrapes nothing and serves the TSDB in `data`, keeping what is within `retention`.
-    pub fn serving(data: &std::path::Path, retention: &str) -> Prometheus {
+    pub(crate) fn serving(data: &std::path::Path, retention: &str) -> Prometheus {
         Prometheus::launch(
             "global:\n  scrape_interval: 1m\n",
             Some(data),
@@ -83,7 +83,7 @@ impl Prometheus {
         }
     }
 
-    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -96,7 +96,7 @@ impl Prometheus {
     }
 
     /// The instant vector `expr` evaluates to now (empty on error or before startup).
-    pub async fn query(&self, expr: &str) -> Vec<Value> {
+    pub(crate) async fn query(&self, expr: &str) -> Vec<Value> {
         let data = self.get("/api/v1/query", &[("query", expr)]).await;
         data.and_then(|d| d["result"].as_array().cloned())
             .unwrap_or_default()
@@ -131,7 +131,7 @@ impl Prometheus {
 }
 
 /// Every PromQL expression of the shipped dashboard, with template variables set to "All".
-pub fn dashboard_expressions() -> Vec<(String, String)> {
+pub(crate) fn dashboard_expressions() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(format!("{ROOT}/dashboards/sfb-exporter.json")).unwrap();
     let dashboard: Value = serde_json::from_str(&text).unwrap();
     let mut out = Vec::new();
@@ -193,7 +193,7 @@ async fn a_real_prometheus_scrapes_evaluates_the_rules_and_answers_every_dashboa
     // The history panels show what backfill writes; tests/api/backfill.rs checks them.
     let live = dashboard_expressions()
         .into_iter()
-        .filter(|(_, expr)| !expr.contains(sfb_exporter::backfill::METRIC));
+        .filter(|(_, expr)| !expr.contains(sfb_exporter::BACKFILL_METRIC));
     for (title, expr) in live {
         let answered = eventually(|| async { !prometheus.query(&expr).await.is_empty() }).await;
         assert!(answered, "dashboard panel {title:?}: no data for {expr}");

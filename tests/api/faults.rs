@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sfb_exporter::report::Period;
+use sfb_exporter::Period;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;

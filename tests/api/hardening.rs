@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use sfb_exporter::config::ServerLimits;
-use sfb_exporter::serve::server::{limit_in_flight, serve, TlsConfig};
+use sfb_exporter::ServerLimits;
+use sfb_exporter::{limit_in_flight, serve, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
@@ -804,7 +804,7 @@ fn a_fifo_given_as_a_file_is_refused_at_once() {
 #[tokio::test]
 async fn a_token_with_control_characters_is_refused_as_auth_and_never_cached() {
     use crate::helpers::*;
-    use sfb_exporter::report::Period;
+    use sfb_exporter::Period;
 
     let app = Scenario::new()
         .await

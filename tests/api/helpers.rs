@@ -14,23 +14,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sfb_exporter::auth::managed::ManagedEndpoint;
-use sfb_exporter::auth::{Credential, Identity, Origin};
-use sfb_exporter::config::ServerLimits;
-use sfb_exporter::config::{Cloud, Config, Shard, Source, TenantDefaults};
-use sfb_exporter::http::RetryPolicy;
-use sfb_exporter::report::{Period, Periods};
+use sfb_exporter::ManagedEndpoint;
+use sfb_exporter::RetryPolicy;
+use sfb_exporter::ServerLimits;
+use sfb_exporter::{Cloud, Config, Shard, Source, TenantDefaults};
+use sfb_exporter::{Credential, Identity, Origin};
+use sfb_exporter::{Period, Periods};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Match, Mock, MockServer, Request, Respond, ResponseTemplate};
 
-pub const TENANT: &str = "tenant-1";
-pub const CLIENT_ID: &str = "client-1";
-pub const CLIENT_SECRET: &str = "client-secret-value-Q7x";
-pub const ACCESS_TOKEN: &str = "access-token-value-Z9k";
+pub(crate) const TENANT: &str = "tenant-1";
+pub(crate) const CLIENT_ID: &str = "client-1";
+pub(crate) const CLIENT_SECRET: &str = "client-secret-value-Q7x";
+pub(crate) const ACCESS_TOKEN: &str = "access-token-value-Z9k";
 /// The query that makes a download URL a credential; it must never leak.
-pub const DOWNLOAD_SIG: &str = "sig=download-signature-W3m";
+pub(crate) const DOWNLOAD_SIG: &str = "sig=download-signature-W3m";
 
 /// The report's header, as a literal, so that [`ONE_DAY`] can be built from it at compile time.
 macro_rules! header {
@@ -39,17 +39,17 @@ macro_rules! header {
     };
 }
 
-pub const HEADER: &str = header!();
+pub(crate) const HEADER: &str = header!();
 
 /// The report most tests serve: refreshed 2024-03-05, one row for 2024-03-04 of D7 with 1, 2
 /// and 3 minutes of audio/video, dial-in and dial-out.
-pub const ONE_DAY: &str = concat!(header!(), "\n2024-03-05,2024-03-04,7,1,2,3\n");
+pub(crate) const ONE_DAY: &str = concat!(header!(), "\n2024-03-05,2024-03-04,7,1,2,3\n");
 
 /// How many times slower than a developer's machine a loaded CI runner may be. An upper bound
 /// on real time is written as what an idle machine needs times this factor, and only where the
 /// exporter runs as a child process, whose clock a test cannot pause (in this process, bounds
 /// use tokio's paused clock). Raise it here, in one place, if a slow machine trips such a bound.
-pub const SLOWNESS: u32 = 3;
+pub(crate) const SLOWNESS: u32 = 3;
 
 /// A generous bound on waiting for something that must happen: it stops a hang and is not a
 /// performance target.
@@ -58,7 +58,7 @@ const POLL: Duration = Duration::from_millis(25);
 
 /// The exporter started in this process by [`Scenario::spawn`], with the fakes it talks to.
 /// Dropped, it is cancelled; [`TestApp::stop`] also waits for it to wind down.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub addr: SocketAddr,
     /// Serves the token endpoint and the report requests.
     pub graph: MockServer,
@@ -79,7 +79,7 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
-    pub async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("http://{}{path}", self.addr))
             .send()
@@ -88,7 +88,7 @@ impl TestApp {
     }
 
     /// GET /metrics asking for gzip, as Prometheus does.
-    pub async fn get_metrics_gzip(&self) -> reqwest::Response {
+    pub(crate) async fn get_metrics_gzip(&self) -> reqwest::Response {
         self.http
             .get(format!("http://{}/metrics", self.addr))
             .header("accept-encoding", "gzip")
@@ -97,12 +97,12 @@ impl TestApp {
             .expect("exporter answers")
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.get("/metrics").await.text().await.unwrap()
     }
 
     /// Polls /metrics until `done` holds, as `eventually` does.
-    pub async fn metrics_when(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn metrics_when(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             let body = self.metrics().await;
@@ -118,21 +118,21 @@ impl TestApp {
     }
 
     /// /metrics once `period` has finished its first attempt, successful or not.
-    pub async fn first_attempt(&self, period: impl Display) -> String {
+    pub(crate) async fn first_attempt(&self, period: impl Display) -> String {
         let series = success(period);
         self.metrics_when("the first attempt", |b| sample(b, &series).is_some())
             .await
     }
 
     /// /metrics once `periods` periods have finished their first attempt.
-    pub async fn after_first_attempts(&self, periods: usize) -> String {
+    pub(crate) async fn after_first_attempts(&self, periods: usize) -> String {
         self.metrics_when("the first attempt of every period", |b| {
             b.matches("sfb_refresh_success{").count() == periods
         })
         .await
     }
 
-    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+    pub(crate) async fn readyz(&self) -> (u16, serde_json::Value) {
         let response = self.get("/readyz").await;
         let status = response.status().as_u16();
         (
@@ -141,7 +141,7 @@ impl TestApp {
         )
     }
 
-    pub async fn requests_to(&self, server: &MockServer, path_part: &str) -> Vec<Request> {
+    pub(crate) async fn requests_to(&self, server: &MockServer, path_part: &str) -> Vec<Request> {
         server
             .received_requests()
             .await
@@ -153,7 +153,7 @@ impl TestApp {
 
     /// The first log line (JSON, as `--log.format json` writes it) after the last one this
     /// returned that `matches`; waits for it until the deadline.
-    pub async fn log_line(
+    pub(crate) async fn log_line(
         &self,
         what: &str,
         matches: impl Fn(&serde_json::Value) -> bool,
@@ -173,16 +173,16 @@ impl TestApp {
     }
 
     /// The tenants file [`Scenario::tenants_file`] wrote.
-    pub fn tenants_file(&self) -> PathBuf {
+    pub(crate) fn tenants_file(&self) -> PathBuf {
         self.files.path().join(TENANTS_FILE)
     }
 
     /// Rewrites the tenants file to list `tenants`, as [`Scenario::tenants_file`] wrote it.
-    pub fn write_tenants(&self, tenants: &[&FakeTenant]) -> PathBuf {
+    pub(crate) fn write_tenants(&self, tenants: &[&FakeTenant]) -> PathBuf {
         write_tenants(self.files.path(), tenants)
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(running) = self.running.take() {
             tokio::time::timeout(Duration::from_secs(5), running.wait())
@@ -193,7 +193,7 @@ impl TestApp {
 }
 
 /// The fakes of a [`Scenario`] for an exporter started another way (a child process).
-pub struct Fakes {
+pub(crate) struct Fakes {
     pub graph: MockServer,
     pub download: MockServer,
     files: tempfile::TempDir,
@@ -201,7 +201,7 @@ pub struct Fakes {
 
 impl Fakes {
     /// Writes a tenants file listing `tenants`, as [`Scenario::tenants_file`] does.
-    pub fn write_tenants(&self, tenants: &[&FakeTenant]) -> PathBuf {
+    pub(crate) fn write_tenants(&self, tenants: &[&FakeTenant]) -> PathBuf {
         write_tenants(self.files.path(), tenants)
     }
 }
@@ -277,13 +277,13 @@ impl std::io::Write for LogBuffer {
 
 /// A certificate authority made for one test, and what it signs: certificates for servers, by
 /// name, and for clients.
-pub struct TestCa {
+pub(crate) struct TestCa {
     pub cert: rcgen::Certificate,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl TestCa {
-    pub fn new(name: &str) -> TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
         use rcgen::{BasicConstraints, DnType, IsCa, KeyUsagePurpose};
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -301,7 +301,7 @@ impl TestCa {
     }
 
     /// A server certificate for `names` (DNS names or IP addresses), and its key.
-    pub fn server(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+    pub(crate) fn server(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let cert = rcgen::CertificateParams::new(names)
@@ -312,7 +312,7 @@ impl TestCa {
     }
 
     /// A client certificate, CN=prometheus, and its key.
-    pub fn client(&self) -> (rcgen::Certificate, rcgen::KeyPair) {
+    pub(crate) fn client(&self) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
@@ -326,7 +326,7 @@ impl TestCa {
 
 /// How a fake tenant of a --config.file behaves.
 #[derive(Clone, Copy, PartialEq)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     Healthy,
     /// The identity platform refuses its secret.
     BadSecret,
@@ -336,13 +336,13 @@ pub enum Behaviour {
 
 /// A tenant of a --config.file, with its own secret, token and download, so that one tenant's
 /// data can only come from its own exchanges.
-pub struct FakeTenant {
+pub(crate) struct FakeTenant {
     pub id: String,
     pub name: Option<&'static str>,
     pub behaviour: Behaviour,
 }
 
-pub fn tenant(id: &str, behaviour: Behaviour) -> FakeTenant {
+pub(crate) fn tenant(id: &str, behaviour: Behaviour) -> FakeTenant {
     FakeTenant {
         id: id.to_string(),
         name: None,
@@ -351,12 +351,12 @@ pub fn tenant(id: &str, behaviour: Behaviour) -> FakeTenant {
 }
 
 /// The client secret of tenant `id`, in its secret file.
-pub fn secret(id: &str) -> String {
+pub(crate) fn secret(id: &str) -> String {
     format!("secret-of-{id}")
 }
 
 /// Audio/video minutes of a tenant's report, distinct per tenant so a mix-up shows.
-pub fn minutes(id: &str) -> u64 {
+pub(crate) fn minutes(id: &str) -> u64 {
     10 + id.bytes().map(u64::from).sum::<u64>() % 1000
 }
 
@@ -384,18 +384,18 @@ fn write_tenants(dir: &Path, tenants: &[&FakeTenant]) -> PathBuf {
 
 /// reqwest for the tests' own requests. It is built without a crypto provider of its own (the
 /// exporter hands it aws-lc-rs explicitly), so the tests make aws-lc-rs the process default.
-pub fn test_client_builder() -> reqwest::ClientBuilder {
+pub(crate) fn test_client_builder() -> reqwest::ClientBuilder {
     // Err only when a provider is installed already: then it is this one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder()
 }
 
-pub fn test_client() -> reqwest::Client {
+pub(crate) fn test_client() -> reqwest::Client {
     test_client_builder().build().unwrap()
 }
 
 /// Retries `check` until it holds or the deadline passes.
-pub async fn eventually<F, Fut>(mut check: F) -> bool
+pub(crate) async fn eventually<F, Fut>(mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -420,12 +420,12 @@ fn token_path(id: &str) -> String {
 }
 
 /// The identity platform issuing [`ACCESS_TOKEN`] for `expires_in` seconds.
-pub fn token_response(expires_in: u64) -> ResponseTemplate {
+pub(crate) fn token_response(expires_in: u64) -> ResponseTemplate {
     issued_token(ACCESS_TOKEN, expires_in)
 }
 
 /// The identity platform issuing `access_token` for `expires_in` seconds.
-pub fn issued_token(access_token: &str, expires_in: u64) -> ResponseTemplate {
+pub(crate) fn issued_token(access_token: &str, expires_in: u64) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(serde_json::json!({
         "token_type": "Bearer",
         "expires_in": expires_in,
@@ -435,7 +435,7 @@ pub fn issued_token(access_token: &str, expires_in: u64) -> ResponseTemplate {
 }
 
 /// The identity platform refusing a client secret, as Entra ID words it.
-pub fn invalid_client_secret() -> ResponseTemplate {
+pub(crate) fn invalid_client_secret() -> ResponseTemplate {
     ResponseTemplate::new(401).set_body_json(serde_json::json!({
         "error": "invalid_client",
         "error_description": "AADSTS7000215: Invalid client secret provided.",
@@ -444,7 +444,7 @@ pub fn invalid_client_secret() -> ResponseTemplate {
 }
 
 /// Graph throttling: 429 with `Retry-After: retry_after` (seconds), or without one.
-pub fn throttled(retry_after: Option<&str>) -> ResponseTemplate {
+pub(crate) fn throttled(retry_after: Option<&str>) -> ResponseTemplate {
     let answer = ResponseTemplate::new(429);
     match retry_after {
         Some(seconds) => answer.insert_header("retry-after", seconds),
@@ -462,20 +462,20 @@ impl Match for NoAuthorization {
 }
 
 /// The value of the one sample of `series` (name and labels exactly as exposed), if present.
-pub fn sample(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Asserts the value of the one sample of `series` in the exposition `body` (`None`: absent).
 #[track_caller]
-pub fn assert_sample(body: &str, series: &str, expected: Option<f64>) {
+pub(crate) fn assert_sample(body: &str, series: &str, expected: Option<f64>) {
     assert_eq!(sample(body, series), expected, "{series} in:\n{body}");
 }
 
 /// An address that accepts connections and drops them at once: a dependable connection error
 /// (a closed port could be reused by another test's server).
-pub fn dropping_server() -> SocketAddr {
+pub(crate) fn dropping_server() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -487,15 +487,15 @@ pub fn dropping_server() -> SocketAddr {
 }
 
 /// A per-period series of the test tenant, as exposed: `name{period="..",tenant=".."}`.
-pub fn per_period(name: &str, period: impl Display) -> String {
+pub(crate) fn per_period(name: &str, period: impl Display) -> String {
     format!(r#"{name}{{period="{period}",tenant="{TENANT}"}}"#)
 }
 
-pub fn success(period: impl Display) -> String {
+pub(crate) fn success(period: impl Display) -> String {
     per_period("sfb_refresh_success", period)
 }
 
-pub fn failures(period: impl Display, reason: &str) -> String {
+pub(crate) fn failures(period: impl Display, reason: &str) -> String {
     format!(
         r#"sfb_refresh_failures_total{{period="{period}",reason="{reason}",tenant="{TENANT}"}}"#
     )
@@ -598,7 +598,7 @@ impl Options {
 /// `Scenario::new().await.token_ok().report(Period::D7, ONE_DAY).spawn().await`. Answers are
 /// mounted in the order given; `first(n)` makes the last one answer only the first `n` matching
 /// requests, ahead of those without it, so sequences read top to bottom.
-pub struct Scenario {
+pub(crate) struct Scenario {
     graph: MockServer,
     download: MockServer,
     mocks: Vec<(Host, Mock)>,
@@ -615,7 +615,7 @@ enum Host {
 }
 
 impl Scenario {
-    pub async fn new() -> Scenario {
+    pub(crate) async fn new() -> Scenario {
         Scenario {
             graph: MockServer::start().await,
             download: MockServer::start().await,
@@ -627,12 +627,12 @@ impl Scenario {
     }
 
     /// What most tests need: a token, and D7 serving [`ONE_DAY`].
-    pub async fn healthy() -> Scenario {
+    pub(crate) async fn healthy() -> Scenario {
         Scenario::new().await.token_ok().report(Period::D7, ONE_DAY)
     }
 
     /// The token endpoint issues a one-hour token for the exact client credentials form.
-    pub fn token_ok(self) -> Scenario {
+    pub(crate) fn token_ok(self) -> Scenario {
         let mock = Mock::given(method("POST"))
             .and(path(token_path(TENANT)))
             .and(body_string_contains("grant_type=client_credentials"))
@@ -647,12 +647,12 @@ impl Scenario {
     }
 
     /// The token endpoint answers only after 30 s, past any timeout of the tests.
-    pub fn token_hangs(self) -> Scenario {
+    pub(crate) fn token_hangs(self) -> Scenario {
         self.token_answers(token_response(3599).set_delay(Duration::from_secs(30)))
     }
 
     /// The token endpoint (any form) answers `answer`.
-    pub fn token_answers(self, answer: impl Respond + 'static) -> Scenario {
+    pub(crate) fn token_answers(self, answer: impl Respond + 'static) -> Scenario {
         let mock = Mock::given(method("POST"))
             .and(path(token_path(TENANT)))
             .respond_with(answer);
@@ -661,19 +661,19 @@ impl Scenario {
 
     /// The complete happy path for `period`: the report request redirects (with the bearer
     /// token only) and the download (without it) serves `csv`.
-    pub fn report(self, period: Period, csv: impl Into<Vec<u8>>) -> Scenario {
+    pub(crate) fn report(self, period: Period, csv: impl Into<Vec<u8>>) -> Scenario {
         self.redirect(period).download(period, csv)
     }
 
     /// `report` for each of `periods`, serving the same `csv`.
-    pub fn reports(self, periods: impl IntoIterator<Item = Period>, csv: &str) -> Scenario {
+    pub(crate) fn reports(self, periods: impl IntoIterator<Item = Period>, csv: &str) -> Scenario {
         periods
             .into_iter()
             .fold(self, |scenario, period| scenario.report(period, csv))
     }
 
     /// The report request for `period` (with any token) answers `answer`.
-    pub fn report_answers(self, period: Period, answer: impl Respond + 'static) -> Scenario {
+    pub(crate) fn report_answers(self, period: Period, answer: impl Respond + 'static) -> Scenario {
         let mock = Mock::given(method("GET"))
             .and(path(report_path(period)))
             .respond_with(answer);
@@ -681,7 +681,7 @@ impl Scenario {
     }
 
     /// The report request for `period` redirects to `location`, wherever that is.
-    pub fn report_redirects_to(self, period: Period, location: &str) -> Scenario {
+    pub(crate) fn report_redirects_to(self, period: Period, location: &str) -> Scenario {
         self.report_answers(
             period,
             ResponseTemplate::new(302).insert_header("location", location),
@@ -689,7 +689,7 @@ impl Scenario {
     }
 
     /// The report request for `period` that sends `If-None-Match: etag` answers 304.
-    pub fn report_not_modified(self, period: Period, etag: &str) -> Scenario {
+    pub(crate) fn report_not_modified(self, period: Period, etag: &str) -> Scenario {
         let mock = Mock::given(method("GET"))
             .and(path(report_path(period)))
             .and(header("if-none-match", etag))
@@ -698,7 +698,7 @@ impl Scenario {
     }
 
     /// The report request for `period` with the bearer token redirects to the download host.
-    pub fn redirect(self, period: Period) -> Scenario {
+    pub(crate) fn redirect(self, period: Period) -> Scenario {
         let mock = Mock::given(method("GET"))
             .and(path(report_path(period)))
             .and(header(
@@ -713,7 +713,11 @@ impl Scenario {
     }
 
     /// The download of `period`, asked without an Authorization header, answers `answer`.
-    pub fn download_answers(self, period: Period, answer: impl Respond + 'static) -> Scenario {
+    pub(crate) fn download_answers(
+        self,
+        period: Period,
+        answer: impl Respond + 'static,
+    ) -> Scenario {
         let mock = Mock::given(method("GET"))
             .and(path(format!("/reports/{period}.csv")))
             .and(NoAuthorization)
@@ -722,7 +726,7 @@ impl Scenario {
     }
 
     /// The download of `period`, asked without an Authorization header, serves `body`.
-    pub fn download(self, period: Period, body: impl Into<Vec<u8>>) -> Scenario {
+    pub(crate) fn download(self, period: Period, body: impl Into<Vec<u8>>) -> Scenario {
         self.download_answers(
             period,
             ResponseTemplate::new(200).set_body_bytes(body.into()),
@@ -731,7 +735,7 @@ impl Scenario {
 
     /// A tenant of a --config.file, answered for every period: its token for its own secret
     /// only (or as its behaviour says), its report for its own token, and its own download.
-    pub fn tenant(self, t: &FakeTenant) -> Scenario {
+    pub(crate) fn tenant(self, t: &FakeTenant) -> Scenario {
         let token = Mock::given(method("POST"))
             .and(path(token_path(&t.id)))
             .and(body_string_contains(format!(
@@ -773,7 +777,7 @@ impl Scenario {
     }
 
     /// `tenant` for each of `tenants`.
-    pub fn tenants<'a>(self, tenants: impl IntoIterator<Item = &'a FakeTenant>) -> Scenario {
+    pub(crate) fn tenants<'a>(self, tenants: impl IntoIterator<Item = &'a FakeTenant>) -> Scenario {
         tenants
             .into_iter()
             .fold(self, |scenario, t| scenario.tenant(t))
@@ -781,14 +785,14 @@ impl Scenario {
 
     /// The exporter reads its tenants from a --config.file listing `tenants`, their secrets
     /// in files next to it; [`TestApp::write_tenants`] rewrites it.
-    pub fn tenants_file(mut self, tenants: &[&FakeTenant]) -> Scenario {
+    pub(crate) fn tenants_file(mut self, tenants: &[&FakeTenant]) -> Scenario {
         self.options.tenants_file = Some(write_tenants(self.files.path(), tenants));
         self
     }
 
     /// The last answer given serves only the first `n` requests it matches, before the answers
     /// given without `first`.
-    pub fn first(mut self, n: u64) -> Scenario {
+    pub(crate) fn first(mut self, n: u64) -> Scenario {
         let priority = self.next_priority;
         assert!(priority < 5, "more sequenced answers than priorities");
         self.next_priority += 1;
@@ -796,79 +800,79 @@ impl Scenario {
     }
 
     /// The last answer given must be asked exactly `n` times by the end of the test.
-    pub fn expect(self, n: u64) -> Scenario {
+    pub(crate) fn expect(self, n: u64) -> Scenario {
         self.last(|mock| mock.expect(n))
     }
 
-    pub fn periods(mut self, periods: impl IntoIterator<Item = Period>) -> Scenario {
+    pub(crate) fn periods(mut self, periods: impl IntoIterator<Item = Period>) -> Scenario {
         self.options.periods = periods.into_iter().collect();
         self
     }
 
-    pub fn interval(mut self, interval: Duration) -> Scenario {
+    pub(crate) fn interval(mut self, interval: Duration) -> Scenario {
         self.options.interval = interval;
         self
     }
 
-    pub fn timeout(mut self, timeout: Duration) -> Scenario {
+    pub(crate) fn timeout(mut self, timeout: Duration) -> Scenario {
         self.options.timeout = timeout;
         self
     }
 
-    pub fn max_body_bytes(mut self, max_body_bytes: u64) -> Scenario {
+    pub(crate) fn max_body_bytes(mut self, max_body_bytes: u64) -> Scenario {
         self.options.max_body_bytes = max_body_bytes;
         self
     }
 
     /// Retries after the first try of a Graph exchange (3 unless set).
-    pub fn max_retries(mut self, max_retries: u32) -> Scenario {
+    pub(crate) fn max_retries(mut self, max_retries: u32) -> Scenario {
         self.options.retry.max_retries = max_retries;
         self
     }
 
     /// --web.config.file.
-    pub fn web_config(mut self, path: PathBuf) -> Scenario {
+    pub(crate) fn web_config(mut self, path: PathBuf) -> Scenario {
         self.options.web_config = Some(path);
         self
     }
 
     /// How the exporter signs in, instead of the client secret `token_ok` expects.
-    pub fn credential(mut self, credential: Credential) -> Scenario {
+    pub(crate) fn credential(mut self, credential: Credential) -> Scenario {
         self.options.credential = Some(credential);
         self
     }
 
     /// --web.disable-exporter-metrics.
-    pub fn without_exporter_metrics(mut self) -> Scenario {
+    pub(crate) fn without_exporter_metrics(mut self) -> Scenario {
         self.options.exporter_metrics = false;
         self
     }
 
     /// --web.enable-lifecycle.
-    pub fn enable_lifecycle(mut self) -> Scenario {
+    pub(crate) fn enable_lifecycle(mut self) -> Scenario {
         self.options.enable_lifecycle = true;
         self
     }
 
     /// --graph.max-concurrency.
-    pub fn max_concurrency(mut self, max_concurrency: usize) -> Scenario {
+    pub(crate) fn max_concurrency(mut self, max_concurrency: usize) -> Scenario {
         self.options.max_concurrency = max_concurrency;
         self
     }
 
     /// --shard.count and --shard.index.
-    pub fn shard(mut self, shard: Shard) -> Scenario {
+    pub(crate) fn shard(mut self, shard: Shard) -> Scenario {
         self.options.shard = shard;
         self
     }
 
     /// The fake Graph's base URL, for answers built by hand.
-    pub fn graph_uri(&self) -> String {
+    pub(crate) fn graph_uri(&self) -> String {
         self.graph.uri()
     }
 
     /// Where the redirect for `period` points, for answers built by hand.
-    pub fn download_url(&self, period: Period) -> String {
+    pub(crate) fn download_url(&self, period: Period) -> String {
         format!(
             "{}/reports/{period}.csv?{DOWNLOAD_SIG}",
             self.download.uri()
@@ -876,7 +880,7 @@ impl Scenario {
     }
 
     /// Mounts the answers and starts the exporter against them, its log caught.
-    pub async fn spawn(mut self) -> TestApp {
+    pub(crate) async fn spawn(mut self) -> TestApp {
         let logs = Logs::capture();
         let config = std::mem::take(&mut self.options).config(&self.graph);
         let fakes = self.servers().await;
@@ -897,7 +901,7 @@ impl Scenario {
     }
 
     /// Mounts the answers and hands over the fakes, for an exporter started another way.
-    pub async fn servers(self) -> Fakes {
+    pub(crate) async fn servers(self) -> Fakes {
         for (host, mock) in self.mocks {
             match host {
                 Host::Graph => mock.mount(&self.graph).await,
@@ -930,13 +934,13 @@ impl Scenario {
 
 /// An HTTP/2 client connection over a stream that negotiated `h2` (ALPN): requests, and
 /// whether the server has closed the connection.
-pub struct H2 {
+pub(crate) struct H2 {
     sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     connection: tokio::task::JoinHandle<Result<(), hyper::Error>>,
 }
 
 impl H2 {
-    pub async fn handshake<S>(io: S) -> Result<H2, String>
+    pub(crate) async fn handshake<S>(io: S) -> Result<H2, String>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -953,7 +957,7 @@ impl H2 {
     }
 
     /// GET `path`: the status and the head as `name: value` lines.
-    pub async fn get(
+    pub(crate) async fn get(
         &mut self,
         path: &str,
         headers: &[(&str, &str)],
@@ -976,7 +980,7 @@ impl H2 {
     }
 
     /// Whether the server has ended the connection.
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.connection.is_finished()
     }
 }

@@ -12,10 +12,10 @@ use base64::Engine;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
-use sfb_exporter::auth::certificate::{ClientCertificate, Settings};
-use sfb_exporter::auth::managed::ManagedEndpoint;
-use sfb_exporter::auth::Credential;
-use sfb_exporter::report::Period;
+use sfb_exporter::Credential;
+use sfb_exporter::ManagedEndpoint;
+use sfb_exporter::Period;
+use sfb_exporter::{CertificateSettings, ClientCertificate};
 use url::Url;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -272,7 +272,8 @@ fn certificate_credential(path: &Path, password: Option<&str>, send_chain: bool)
     Credential::Certificate {
         client_id: CLIENT_ID.into(),
         certificate: std::sync::Arc::new(
-            ClientCertificate::load(path, password.as_ref(), Settings::ENVIRONMENT).unwrap(),
+            ClientCertificate::load(path, password.as_ref(), CertificateSettings::ENVIRONMENT)
+                .unwrap(),
         ),
         send_chain,
     }

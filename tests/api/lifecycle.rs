@@ -128,7 +128,7 @@ async fn a_busy_port_is_a_clear_startup_error() {
 
 /// Values of AZURE_TENANT_ID and tenant_id that are not a directory ID or a domain name: dot
 /// segments that resolve out of the token URL, URL syntax, a newline.
-pub const BAD_TENANT_IDS: [&str; 6] = ["..", ".", "x?y", "a/../../b", "t#frag", "a\nb"];
+pub(crate) const BAD_TENANT_IDS: [&str; 6] = ["..", ".", "x?y", "a/../../b", "t#frag", "a\nb"];
 
 #[test]
 fn a_tenant_id_that_is_no_directory_id_or_domain_is_refused_at_startup_and_by_config_check() {

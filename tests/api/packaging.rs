@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
-use sfb_exporter::config::DEFAULT_PORT;
+use sfb_exporter::DEFAULT_PORT;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -13,11 +13,11 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-pub fn yaml(path: &str) -> Yaml {
+pub(crate) fn yaml(path: &str) -> Yaml {
     serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-pub fn at<'a>(value: &'a Yaml, keys: &[&str]) -> &'a Yaml {
+pub(crate) fn at<'a>(value: &'a Yaml, keys: &[&str]) -> &'a Yaml {
     keys.iter().fold(value, |v, k| match k.parse::<usize>() {
         Ok(i) => &v[i],
         Err(_) => &v[*k],
@@ -32,10 +32,10 @@ fn text<'a>(value: &'a Yaml, keys: &[&str]) -> &'a str {
 
 /// Metric names the exporter exposes (from the exposition of a healthy state) or backfill writes.
 fn exposed_metrics() -> Vec<String> {
-    use sfb_exporter::state::{Accepted, Attempt, State};
-    let mut state = State::new("t", [sfb_exporter::report::Period::D7]);
+    use sfb_exporter::{Accepted, Attempt, State};
+    let mut state = State::new("t", [sfb_exporter::Period::D7]);
     let d7 = state.periods.values_mut().next().unwrap();
-    let report = sfb_exporter::report::parse(
+    let report = sfb_exporter::parse_report(
         crate::helpers::ONE_DAY.as_bytes(),
         time::macros::date!(2024 - 03 - 06),
     )
@@ -44,17 +44,14 @@ fn exposed_metrics() -> Vec<String> {
     d7.last_attempt = Some(Attempt::Succeeded);
     d7.last_success = Some(std::time::SystemTime::now());
     d7.last_duration = Some(std::time::Duration::from_secs(1));
-    let token = (sfb_exporter::error::Stage::Token, Some(200));
+    let token = (sfb_exporter::Stage::Token, Some(200));
     state.graph_requests.insert(token, 1);
-    let body = sfb_exporter::exposition::metrics::render(
-        &state,
-        &sfb_exporter::exposition::metrics::BuildInfo::CURRENT,
-    );
+    let body = sfb_exporter::render_metrics(&state, &sfb_exporter::BuildInfo::CURRENT);
     body.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_string())
         // Not exposed, but written by backfill for the history panels.
-        .chain([sfb_exporter::backfill::METRIC.to_string()])
+        .chain([sfb_exporter::BACKFILL_METRIC.to_string()])
         .collect()
 }
 
@@ -373,13 +370,13 @@ fn kubernetes_workload_identity_variant_patches_the_base_and_has_no_secret() {
     );
     let args = op("replace", "/spec/template/spec/containers/0/args");
     let args: Vec<&str> = strings(args, &["value"]);
-    let parsed = sfb_exporter::config::Args::try_parse_from(
+    let parsed = sfb_exporter::Args::try_parse_from(
         std::iter::once("sfb-exporter").chain(args.iter().copied()),
     )
     .unwrap();
     assert_eq!(
         parsed.credential,
-        sfb_exporter::config::CredentialKind::WorkloadIdentity
+        sfb_exporter::CredentialKind::WorkloadIdentity
     );
     assert!(parsed.client_secret_file.is_none());
 
@@ -414,7 +411,7 @@ fn flag<'a>(args: &[&'a str], name: &str) -> &'a str {
 }
 
 /// The list of strings at `keys`, such as a container's args.
-pub fn strings<'a>(value: &'a Yaml, keys: &[&str]) -> Vec<&'a str> {
+pub(crate) fn strings<'a>(value: &'a Yaml, keys: &[&str]) -> Vec<&'a str> {
     at(value, keys)
         .as_sequence()
         .unwrap_or_else(|| panic!("{keys:?} is not a list"))
@@ -424,19 +421,14 @@ pub fn strings<'a>(value: &'a Yaml, keys: &[&str]) -> Vec<&'a str> {
 }
 
 /// `args` (without the program name) as the binary parses them: the backfill options.
-fn backfill_args(
-    args: &[&str],
-) -> (
-    sfb_exporter::config::Args,
-    sfb_exporter::config::BackfillArgs,
-) {
+fn backfill_args(args: &[&str]) -> (sfb_exporter::Args, sfb_exporter::BackfillArgs) {
     use clap::Parser;
-    let mut parsed = sfb_exporter::config::Args::try_parse_from(
+    let mut parsed = sfb_exporter::Args::try_parse_from(
         std::iter::once("sfb-exporter").chain(args.iter().copied()),
     )
     .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     match parsed.command.take() {
-        Some(sfb_exporter::config::Command::Backfill(options)) => (parsed, options),
+        Some(sfb_exporter::Command::Backfill(options)) => (parsed, options),
         None => panic!("{args:?} is not a backfill"),
     }
 }
@@ -481,7 +473,7 @@ fn docker_compose_backfills_180_days_before_prometheus_starts() {
     // backfill: the demo's D180 report, into a file on a volume it shares with blocks.
     let (args, options) = backfill_args(&strings(services, &["backfill", "command"]));
     assert!(args.demo);
-    assert_eq!(options.period, sfb_exporter::report::Period::D180);
+    assert_eq!(options.period, sfb_exporter::Period::D180);
     let output = options.output.unwrap();
     let shared = target_of("backfill", "backfill");
     assert_eq!(output.parent().unwrap(), Path::new(&shared));

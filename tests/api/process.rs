@@ -5,14 +5,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub fn exporter() -> Command {
+pub(crate) fn exporter() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfb-exporter"));
     cmd.env_clear().stdin(Stdio::null());
     cmd
 }
 
 /// The exporter in demo mode on a free loopback port, logging JSON.
-pub fn demo_json() -> Command {
+pub(crate) fn demo_json() -> Command {
     let mut cmd = exporter();
     cmd.args([
         "--demo",
@@ -25,7 +25,7 @@ pub fn demo_json() -> Command {
 }
 
 /// Runs to completion and returns (exit code, stderr).
-pub fn run(cmd: &mut Command) -> (i32, String) {
+pub(crate) fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("binary runs");
     (
         out.status.code().unwrap_or(-1),
@@ -33,7 +33,7 @@ pub fn run(cmd: &mut Command) -> (i32, String) {
     )
 }
 
-pub fn assert_one_line(stderr: &str, needles: &[&str]) {
+pub(crate) fn assert_one_line(stderr: &str, needles: &[&str]) {
     assert_eq!(
         stderr.trim_end().lines().count(),
         1,
@@ -49,7 +49,7 @@ pub fn assert_one_line(stderr: &str, needles: &[&str]) {
 }
 
 /// A running exporter process, killed if the test fails before it stops it.
-pub struct Process {
+pub(crate) struct Process {
     child: Child,
     stderr: mpsc::Receiver<String>,
 }
@@ -62,7 +62,7 @@ impl Drop for Process {
 }
 
 impl Process {
-    pub fn spawn(cmd: &mut Command) -> Process {
+    pub(crate) fn spawn(cmd: &mut Command) -> Process {
         let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -81,7 +81,10 @@ impl Process {
     }
 
     /// The first log line (JSON) that `matches`, or a panic after a generous deadline.
-    pub fn log_line(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub(crate) fn log_line(
+        &self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         loop {
             let line = self
                 .stderr
@@ -96,7 +99,7 @@ impl Process {
     }
 
     /// Raw log lines up to and including the one after which `done` holds for all so far.
-    pub fn log_until(&self, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<String> {
+    pub(crate) fn log_until(&self, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<String> {
         let (mut raw, mut parsed) = (Vec::new(), Vec::new());
         while !done(&parsed) {
             let line = self
@@ -112,7 +115,7 @@ impl Process {
     }
 
     /// Every log line until the process has exited and closed stderr.
-    pub fn rest_of_log(&self) -> Vec<String> {
+    pub(crate) fn rest_of_log(&self) -> Vec<String> {
         let mut lines = Vec::new();
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(15)) {
             lines.push(line);
@@ -120,7 +123,7 @@ impl Process {
         lines
     }
 
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
@@ -128,7 +131,7 @@ impl Process {
         assert!(status.success());
     }
 
-    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -144,7 +147,7 @@ impl Process {
 }
 
 /// The exporter pointed at a fake Graph and identity platform at `base`, with JSON logs.
-pub fn exporter_against(base: &str, args: &[&str]) -> Command {
+pub(crate) fn exporter_against(base: &str, args: &[&str]) -> Command {
     use crate::helpers::{CLIENT_ID, CLIENT_SECRET, TENANT};
     let mut cmd = exporter();
     cmd.env("AZURE_TENANT_ID", TENANT)

@@ -4,13 +4,13 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use sfb_exporter::report::Period;
+use sfb_exporter::Period;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 
 /// Whether a Prometheus tool can run here; panics where it is required but missing.
-pub fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     let found = Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
@@ -51,7 +51,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 }
 
 /// Runs promtool on `body`; `false` when promtool is absent and not required.
-pub fn promtool_check(body: &str) -> bool {
+pub(crate) fn promtool_check(body: &str) -> bool {
     if !have("promtool") {
         return false;
     }

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sfb_exporter::report::Period;
+use sfb_exporter::Period;
 use wiremock::{Request, Respond, ResponseTemplate};
 
 use crate::helpers::*;
@@ -62,7 +62,7 @@ async fn redirect_is_followed_without_authorization_and_newest_row_published() {
         .as_secs_f64();
     assert!((now - last).abs() < 60.0, "{last} vs {now}");
     // Every reason's counter exists from the start (the label values are pinned in error.rs).
-    for reason in sfb_exporter::error::Reason::ALL.map(|r| r.as_str()) {
+    for reason in sfb_exporter::Reason::ALL.map(|r| r.as_str()) {
         assert_eq!(
             sample(&body, &failures("D7", reason)),
             Some(0.0),

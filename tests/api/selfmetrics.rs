@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use sfb_exporter::report::Period;
+use sfb_exporter::Period;
 
 use crate::helpers::*;
 use crate::promtool::promtool_check;

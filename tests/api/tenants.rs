@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use sfb_exporter::config::tenants::shard_of;
-use sfb_exporter::config::Shard;
-use sfb_exporter::report::Period;
+use sfb_exporter::shard_of;
+use sfb_exporter::Period;
+use sfb_exporter::Shard;
 
 use crate::helpers::*;
 use crate::process::{assert_one_line, exporter, run, Process};
@@ -554,13 +554,13 @@ fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
         mounted,
         ["/etc/sfb-exporter/config", "/etc/sfb-exporter/secrets"]
     );
-    let defaults = sfb_exporter::config::TenantDefaults {
-        cloud: sfb_exporter::config::Cloud::Global,
+    let defaults = sfb_exporter::TenantDefaults {
+        cloud: sfb_exporter::Cloud::Global,
         authority_host: None,
         graph_url: None,
-        periods: sfb_exporter::report::Periods::new([Period::D7]).unwrap(),
+        periods: sfb_exporter::Periods::new([Period::D7]).unwrap(),
         managed_identity: Err("not on Azure".into()),
     };
-    let specs = sfb_exporter::config::tenants::parse(text, &config_dir, &defaults).unwrap();
+    let specs = sfb_exporter::parse_tenants(text, &config_dir, &defaults).unwrap();
     assert_eq!(specs.len(), 2);
 }

@@ -86,7 +86,7 @@ use rustls::crypto::{aws_lc_rs, SupportedKxGroup};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CipherSuite, NamedGroup, RootCertStore};
-use sfb_exporter::serve::webconfig::{WebConfig, ECDH_P521};
+use sfb_exporter::{WebConfig, ECDH_P521};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;

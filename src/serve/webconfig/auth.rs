@@ -159,7 +159,7 @@ impl Security {
 
 /// Middleware: rate limit, then configured headers on every response and basic auth on every
 /// route, in exporter-toolkit's order.
-pub async fn guard(
+pub(crate) async fn guard(
     State(current): State<Arc<ArcSwap<Security>>>,
     request: Request,
     next: Next,

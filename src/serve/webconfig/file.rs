@@ -44,7 +44,7 @@ pub(super) struct TlsFile {
 
 impl TlsFile {
     /// Go reads an empty string as unset; so do we.
-    pub fn without_empty(mut self) -> TlsFile {
+    pub(super) fn without_empty(mut self) -> TlsFile {
         fn text(v: &mut Option<String>) {
             v.take_if(|v| v.is_empty());
         }
@@ -62,7 +62,7 @@ impl TlsFile {
     }
 
     /// exporter-toolkit's TLSConfig.IsEnabled: any of these asks for TLS.
-    pub fn is_enabled(&self) -> bool {
+    pub(super) fn is_enabled(&self) -> bool {
         self.cert.is_some()
             || self.cert_file.is_some()
             || self.key.is_some()
@@ -73,7 +73,7 @@ impl TlsFile {
     }
 
     /// The files named, relative to the config file's directory as in the toolkit.
-    pub fn files(&self, dir: &Path) -> Vec<PathBuf> {
+    pub(super) fn files(&self, dir: &Path) -> Vec<PathBuf> {
         [&self.cert_file, &self.key_file, &self.client_ca_file]
             .into_iter()
             .flatten()
@@ -108,7 +108,7 @@ pub(super) enum GoDuration {
 }
 
 impl GoDuration {
-    pub fn to_duration(&self) -> Result<Duration, String> {
+    pub(super) fn to_duration(&self) -> Result<Duration, String> {
         match self {
             GoDuration::Nanos(n) => Ok(Duration::from_nanos(*n)),
             GoDuration::Text(t) if t == "0" => Ok(Duration::ZERO),

@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-pub use auth::{guard, Security};
+pub(crate) use auth::{guard, Security};
 pub use p521::ECDH_P521;
-pub use reload::{ReloadTrigger, WebConfigReload};
+pub(crate) use reload::{ReloadTrigger, WebConfigReload};
 
 #[derive(Debug, thiserror::Error)]
 #[error("--web.config.file {path:?}: {message}")]

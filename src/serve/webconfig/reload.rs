@@ -19,15 +19,15 @@ use crate::serve::server::TlsConfig;
 
 /// Asks a running reload loop to read the configuration now.
 #[derive(Clone, Default)]
-pub struct ReloadTrigger(Arc<Notify>);
+pub(crate) struct ReloadTrigger(Arc<Notify>);
 
 impl ReloadTrigger {
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         self.0.notify_one();
     }
 }
 
-pub struct WebConfigReload {
+pub(crate) struct WebConfigReload {
     path: PathBuf,
     sources: Sources,
     security: Arc<ArcSwap<Security>>,
@@ -45,7 +45,7 @@ pub struct WebConfigReload {
 
 impl WebConfigReload {
     /// `web` is the configuration being served, read from `path`.
-    pub fn new(
+    pub(crate) fn new(
         path: PathBuf,
         web: &WebConfig,
         security: Arc<ArcSwap<Security>>,
@@ -68,12 +68,12 @@ impl WebConfigReload {
         }
     }
 
-    pub fn trigger(&self) -> ReloadTrigger {
+    pub(crate) fn trigger(&self) -> ReloadTrigger {
         self.trigger.clone()
     }
 
     /// Checks the files every `every`; reads them at once when triggered.
-    pub async fn run(mut self, every: Duration) {
+    pub(crate) async fn run(mut self, every: Duration) {
         loop {
             let requested = tokio::select! {
                 () = tokio::time::sleep(every) => false,
