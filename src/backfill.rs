@@ -163,7 +163,9 @@ pub fn write_output(output: Option<&Path>, text: &str) -> Result<(), BackfillErr
                 // The file itself is replaced, in its own directory: a rename over the link
                 // would turn the link into a file.
                 let target = std::fs::canonicalize(path).map_err(error)?;
-                replace(&target, write).map_err(error)
+                // The file it replaces keeps its permissions: a 0600 file stays private.
+                let mode = meta.permissions().mode() & 0o7777;
+                replace(&target, mode, write).map_err(error)
             } else if kind.is_dir() {
                 Err(error(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -177,7 +179,9 @@ pub fn write_output(output: Option<&Path>, text: &str) -> Result<(), BackfillErr
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            replace(&end_of_links(path).map_err(error)?, write).map_err(error)
+            // Readable by others, as a file written plainly would be: promtool often runs as
+            // another user (another container) than the one that writes.
+            replace(&end_of_links(path).map_err(error)?, 0o644, write).map_err(error)
         }
         Err(e) => Err(error(e)),
     }
@@ -204,23 +208,28 @@ fn write_through(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -
 
 /// Writes `path` through a temporary file in the same directory, renamed over it once
 /// complete and on disk: a reader (or promtool) never sees half a file, and a failure leaves
-/// the previous file as it was and no temporary file behind.
-fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+/// the previous file as it was and no temporary file behind. The new file has `mode`; being a
+/// new file, it has the writer's owner and no other hard links.
+fn replace(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    // Readable by others, as a file written plainly would be: promtool often runs as another
-    // user (another container) than the one that writes.
     let mut file = tempfile::Builder::new()
         .prefix(".sfb-backfill-")
-        .permissions(std::fs::Permissions::from_mode(0o644))
+        .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
     // On any error the temporary file is dropped, which deletes it.
     write(file.as_file_mut())?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    // The rename is on disk only once the directory is: until then a crash could bring the
+    // old file back after the command reported success.
+    File::open(dir)?.sync_all()
 }
 
 /// Where a path that names nothing yet leads: itself, or the end of the chain of symlinks
@@ -312,13 +321,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.om");
         std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         write_output(Some(&path), "new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
         let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(mode.mode() & 0o777, 0o644);
+        assert_eq!(mode.mode() & 0o777, 0o600, "the replaced file keeps its mode");
         let fresh = dir.path().join("fresh.om");
         write_output(Some(&fresh), "fresh\n").unwrap();
         assert_eq!(std::fs::read_to_string(&fresh).unwrap(), "fresh\n");
+        let mode = std::fs::metadata(&fresh).unwrap().permissions();
+        assert_eq!(mode.mode() & 0o777, 0o644, "a new file is readable by promtool's user");
         // A directory that does not exist: an error naming the path, nothing left behind.
         let missing = dir.path().join("no/such/dir/history.om");
         let err = write_output(Some(&missing), "x").unwrap_err().to_string();
@@ -336,7 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.om");
         std::fs::write(&path, "old").unwrap();
-        let full = replace(&path, |file| {
+        let full = replace(&path, 0o644, |file| {
             file.write_all(b"half of it")?;
             Err(io::Error::from_raw_os_error(libc::ENOSPC))
         })
