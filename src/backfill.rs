@@ -325,12 +325,20 @@ mod tests {
         write_output(Some(&path), "new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
         let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(mode.mode() & 0o777, 0o600, "the replaced file keeps its mode");
+        assert_eq!(
+            mode.mode() & 0o777,
+            0o600,
+            "the replaced file keeps its mode"
+        );
         let fresh = dir.path().join("fresh.om");
         write_output(Some(&fresh), "fresh\n").unwrap();
         assert_eq!(std::fs::read_to_string(&fresh).unwrap(), "fresh\n");
         let mode = std::fs::metadata(&fresh).unwrap().permissions();
-        assert_eq!(mode.mode() & 0o777, 0o644, "a new file is readable by promtool's user");
+        assert_eq!(
+            mode.mode() & 0o777,
+            0o644,
+            "a new file is readable by promtool's user"
+        );
         // A directory that does not exist: an error naming the path, nothing left behind.
         let missing = dir.path().join("no/such/dir/history.om");
         let err = write_output(Some(&missing), "x").unwrap_err().to_string();

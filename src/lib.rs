@@ -86,9 +86,13 @@ pub fn check_config(
     args: config::Args,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<String>> {
-    let web = args.web_config_file.clone().map(|path| {
-        let loaded = WebConfig::load(&path);
-        (path, loaded)
+    // The web config warns through the log (once per process), which --config.check does not
+    // set up: its warnings are caught and printed with the others.
+    let (web, web_warnings) = telemetry::capture_warnings(|| {
+        args.web_config_file.clone().map(|path| {
+            let loaded = WebConfig::load(&path);
+            (path, loaded)
+        })
     });
     let mut problems: Vec<String> = Vec::new();
     let roots = http::trusted_roots(&env, rustls_native_certs::load_native_certs);
@@ -97,7 +101,7 @@ pub fn check_config(
         .ok();
     let now = std::time::SystemTime::now();
     let mut lines = config.as_ref().map(Config::describe).unwrap_or_default();
-    let mut warnings = Vec::new();
+    let mut warnings = web_warnings;
     // An expired certificate fails every token request: a problem, not a warning.
     problems.extend(config.as_ref().and_then(|c| c.certificate_problem(now)));
     if let Some(Config {

@@ -988,6 +988,19 @@ fn client_allowed_sans_on_an_unverified_certificate_is_warned_about() {
         .unwrap_or_else(|| panic!("no warning before listening: {lines:#?}"));
     assert_eq!(warning["level"], "WARN", "{warning}");
     process.signal("TERM");
+
+    // --config.check, which logs nothing, prints it with its other warnings.
+    let out = exporter()
+        .args(["--demo", "--config.check", "--web.config.file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("warning: tls_server_config: client_allowed_sans with client_auth_type RequireAnyClientCert")),
+        "{stdout}"
+    );
 }
 
 /// The change check compares contents: a user's hash swapped for one of the same length, with
