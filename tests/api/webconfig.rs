@@ -1030,3 +1030,24 @@ async fn a_same_size_change_with_the_old_mtime_is_picked_up() {
     assert_eq!(login(&app, "dave", "dave123").await.unwrap(), 401);
     app.stop().await;
 }
+
+/// An empty web config is the toolkit's empty configuration, but never silently: a file
+/// emptied by a cut-short write would switch TLS and basic auth off at the next start.
+#[test]
+fn an_empty_web_config_serves_plain_http_with_a_warning() {
+    let (_dir, path) = rewritable("\n");
+    let out = exporter()
+        .args(["--demo", "--config.check", "--web.config.file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warning: --web.config.file")
+                && l.ends_with("is empty: serving plain HTTP without basic auth")),
+        "{stdout}"
+    );
+}

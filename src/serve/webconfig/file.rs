@@ -128,6 +128,13 @@ pub(super) fn read(path: &Path) -> Result<File, String> {
     let text =
         crate::files::read_text(path, MAX_FILE).map_err(|e| format!("cannot read it: {e}"))?;
     if text.trim().is_empty() {
+        // As exporter-toolkit (its testdata starts with an empty file), but said aloud: a file
+        // emptied by a cut-short write would otherwise switch TLS and basic auth off unseen
+        // on the next start.
+        super::tls::warn_once(format!(
+            "--web.config.file {} is empty: serving plain HTTP without basic auth",
+            path.display()
+        ));
         return Ok(File::default());
     }
     crate::files::parse_yaml(&text).map_err(|e| match e {
