@@ -283,11 +283,12 @@ pub(crate) fn parse_telemetry_path(s: &str) -> Result<String, String> {
     }
     if ["/healthz", "/readyz", "/-/reload"].contains(&path) {
         return Err(format!(
-            "telemetry path {s:?} collides with a health endpoint"
+            "telemetry path {s:?} collides with the exporter's own endpoint {path}: choose another, such as /metrics"
         ));
     }
     Ok(path.to_string())
 }
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 30s, 15m, 1h"))
