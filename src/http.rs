@@ -126,7 +126,7 @@ pub(crate) async fn exchange(
         limits
             .requests
             .count(stage, sent.as_ref().ok().map(|r| r.status().as_u16()));
-        let mut response = sent.map_err(|e| RefreshError::network(stage, e, timeout))?;
+        let mut response = sent.map_err(|e| network_error(stage, e, timeout))?;
         let too_large = RefreshError::TooLarge {
             stage,
             limit: limits.max_body_bytes,
@@ -163,19 +163,49 @@ pub(crate) async fn exchange(
     outcome.map_err(|_| RefreshError::Timeout { stage, timeout })?
 }
 
+/// A failed send, as [`RefreshError::network`] words it, and through which proxy when the
+/// proxy's tunnel failed: hyper-util's tunnel error names neither the proxy nor its answer,
+/// and its type is private, so it is recognised by its words. The proxy is the one
+/// [`outbound_proxy`] reads from the environment, which is the one reqwest read.
+fn network_error(stage: Stage, err: reqwest::Error, timeout: Duration) -> RefreshError {
+    let tunnel = std::iter::successors(std::error::Error::source(&err), |cause| cause.source())
+        .any(|cause| cause.to_string().starts_with("tunnel error"));
+    match RefreshError::network(stage, err, timeout) {
+        RefreshError::Network { stage, detail } if tunnel => {
+            let proxy = match outbound_proxy(|name| std::env::var(name).ok()) {
+                Ok(Proxies::Via { proxy, .. }) => {
+                    format!("the proxy {} ({})", proxy.address, proxy.variable)
+                }
+                _ => "the proxy".into(),
+            };
+            RefreshError::Network {
+                stage,
+                detail: format!("through {proxy}: {detail}"),
+            }
+        }
+        error => error,
+    }
+}
+
 /// The client every exchange goes through, trusting [`trusted_roots`] of this process's
-/// environment. Redirects are never followed automatically: the report's redirect must be
-/// followed by hand, without the Authorization header.
+/// environment, through the proxy [`outbound_proxy`] reads from it. Redirects are never
+/// followed automatically: the report's redirect must be followed by hand, without the
+/// Authorization header.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let roots = trusted_roots(
-        |name| std::env::var(name).ok(),
-        rustls_native_certs::load_native_certs,
-    )?;
+    let env = |name: &str| std::env::var(name).ok();
+    let roots = trusted_roots(env, system_store)?;
     if let Some(warning) = &roots.warning {
         tracing::warn!("{warning}");
     }
     tracing::debug!(roots = %roots.origin, "outbound TLS trusts these CA certificates");
-    builder(roots.store)?
+    let proxies = outbound_proxy(env)?;
+    tracing::debug!(proxy = %proxies.describe(), "outbound proxy");
+    let mut builder = builder(roots.store)?;
+    if let Proxies::Bypassed(_) = proxies {
+        // reqwest's matcher takes `*` as a host name, so it never matches an IP address.
+        builder = builder.no_proxy();
+    }
+    builder
         // An async resolver: no blocking getaddrinfo threads to outlive shutdown, and no
         // dependency on glibc's NSS, which a static binary cannot load. Its hosts file
         // answers are final, as the system resolver's are (see dns.rs).
@@ -190,6 +220,7 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
 /// reqwest over TLS from aws-lc-rs, the one crypto provider of the process: reqwest's own
 /// rustls setup would bring ring. HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured
 /// (reqwest's system proxy), and the TLS session to the server runs inside the proxy's tunnel.
+/// [`client`] adds what reqwest leaves out: NO_PROXY=* and the refusal of unusable proxies.
 pub(crate) fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -315,6 +346,180 @@ fn system_roots(found: rustls_native_certs::CertificateResult) -> TrustedRoots {
                 count(added)
             )
         }),
+    }
+}
+
+/// The system store, read without `SSL_CERT_FILE` and `SSL_CERT_DIR`: [`trusted_roots`] has
+/// already read them (an empty value is unset there), while rustls-native-certs'
+/// `load_native_certs` reads them again and takes an empty SSL_CERT_FILE for the path "".
+/// These are the bundle and directories that `load_native_certs` reads on such a system.
+#[cfg(all(unix, not(target_os = "macos")))]
+pub(crate) fn system_store() -> rustls_native_certs::CertificateResult {
+    // probe() takes SSL_CERT_FILE only when it names an existing file; here it is unset or
+    // empty, so the file is the distribution's bundle.
+    let bundle = openssl_probe::probe().cert_file;
+    let mut found = rustls_native_certs::load_certs_from_paths(bundle.as_deref(), None);
+    for dir in openssl_probe::candidate_cert_dirs() {
+        let more = rustls_native_certs::load_certs_from_paths(None, Some(dir));
+        found.certs.extend(more.certs);
+        found.errors.extend(more.errors);
+    }
+    // The directories hold the bundle's certificates again, a file each.
+    found
+        .certs
+        .sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    found.certs.dedup();
+    found
+}
+
+/// The keychain (macOS) or the system store (Windows). rustls-native-certs reads the two
+/// variables first there, with no other way to the platform's store: an empty one must be
+/// unset, not set empty (README).
+#[cfg(not(all(unix, not(target_os = "macos"))))]
+pub(crate) fn system_store() -> rustls_native_certs::CertificateResult {
+    rustls_native_certs::load_native_certs()
+}
+
+/// The proxy HTTPS goes through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutboundProxy {
+    /// The variable that names it.
+    pub variable: &'static str,
+    /// `host:port`, never the credentials.
+    pub address: String,
+    /// The URL with any credentials masked.
+    pub shown: String,
+}
+
+/// Where outbound connections go, as reqwest reads the proxy variables (hyper-util's
+/// matcher, curl's rules), and NO_PROXY=* as curl takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Proxies {
+    /// No proxy for the https endpoints (HTTP_PROXY, read by reqwest, serves http:// ones).
+    None,
+    /// NO_PROXY (or no_proxy, the variable named) holds `*`: no proxy at all.
+    Bypassed(&'static str),
+    /// REQUEST_METHOD is set: reqwest ignores every proxy variable, as CGI programs must
+    /// (a request's `Proxy:` header becomes HTTP_PROXY there).
+    Cgi,
+    /// HTTPS through this proxy, except to the hosts of NO_PROXY (the variable and its value).
+    Via {
+        proxy: OutboundProxy,
+        no_proxy: Option<(&'static str, String)>,
+    },
+}
+
+impl Proxies {
+    /// For `--config.check` and the logs; credentials masked.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Proxies::None => "none".into(),
+            Proxies::Bypassed(variable) => format!("none ({variable} holds *)"),
+            Proxies::Cgi => {
+                "none (REQUEST_METHOD is set: proxy variables are ignored, as in a CGI program)"
+                    .into()
+            }
+            Proxies::Via { proxy, no_proxy } => {
+                let mut text = format!("{} (from {})", proxy.shown, proxy.variable);
+                if let Some((variable, hosts)) = no_proxy.as_ref().filter(|(_, h)| !h.is_empty()) {
+                    text.push_str(&format!(", direct to {variable} {}", one_line(hosts, 200)));
+                }
+                text
+            }
+        }
+    }
+}
+
+/// The first of `names` that is set, as hyper-util reads them: a variable set empty hides
+/// the ones after it.
+fn first_set(
+    env: &impl Fn(&str) -> Option<String>,
+    names: [&'static str; 2],
+) -> Option<(&'static str, String)> {
+    names
+        .into_iter()
+        .find_map(|name| env(name).map(|value| (name, value)))
+}
+
+/// The proxy for the https endpoints, from the variables reqwest reads: HTTPS_PROXY (or
+/// https_proxy), else ALL_PROXY (or all_proxy). A proxy that reqwest would skip (not a URL)
+/// or could not use (SOCKS is not built in, other schemes are no proxy) is an error naming
+/// the variable, where reqwest would connect directly without a word.
+pub(crate) fn outbound_proxy(env: impl Fn(&str) -> Option<String>) -> Result<Proxies, String> {
+    if env("REQUEST_METHOD").is_some() {
+        return Ok(Proxies::Cgi);
+    }
+    let no_proxy = first_set(&env, ["NO_PROXY", "no_proxy"]);
+    if let Some((variable, hosts)) = &no_proxy {
+        if hosts.split(',').any(|host| host.trim() == "*") {
+            return Ok(Proxies::Bypassed(variable));
+        }
+    }
+    let named = |names| first_set(&env, names).filter(|(_, value)| !value.is_empty());
+    let Some((variable, value)) =
+        named(["HTTPS_PROXY", "https_proxy"]).or_else(|| named(["ALL_PROXY", "all_proxy"]))
+    else {
+        return Ok(Proxies::None);
+    };
+    Ok(Proxies::Via {
+        proxy: parse_proxy(variable, &value)?,
+        no_proxy,
+    })
+}
+
+/// A proxy URL as hyper-util parses it (an `http::Uri`; no scheme is http), or why not.
+fn parse_proxy(variable: &'static str, value: &str) -> Result<OutboundProxy, String> {
+    use axum::http::Uri;
+    let bad = |why: &str| {
+        format!(
+            "{variable}={}: {why}; it must be an HTTP proxy's URL, such as http://proxy.example:3128 (or http://user:password@proxy.example:3128)",
+            one_line(&mask_credentials(value), 200)
+        )
+    };
+    let uri: Uri = value.parse().map_err(|_| bad("not a URL"))?;
+    let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    match scheme.as_str() {
+        "http" | "https" => {}
+        "socks4" | "socks4a" | "socks5" | "socks5h" => {
+            return Err(bad(
+                "SOCKS proxies are not supported (this build has no SOCKS client)",
+            ))
+        }
+        other => return Err(bad(&format!("{other}:// is not a proxy scheme"))),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no proxy host in it"))?;
+    // The user information is hyper-util's up to the first '@'.
+    let (credentials, host_port) = match authority.as_str().split_once('@') {
+        Some((_, host_port)) => (true, host_port),
+        None => (false, authority.as_str()),
+    };
+    let target = Uri::builder()
+        .scheme(scheme.as_str())
+        .authority(host_port)
+        .path_and_query("/")
+        .build()
+        .map_err(|_| bad("not a URL"))?;
+    let host = target.host().filter(|host| !host.is_empty());
+    let host = host.ok_or_else(|| bad("no proxy host in it"))?;
+    let port = target
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let address = format!("{host}:{port}");
+    let masked = if credentials { "***@" } else { "" };
+    Ok(OutboundProxy {
+        variable,
+        shown: format!("{scheme}://{masked}{address}"),
+        address,
+    })
+}
+
+/// `value` with whatever may be user information (up to the last '@' after the scheme)
+/// replaced by `***`, for an error about a value that may not even parse.
+fn mask_credentials(value: &str) -> String {
+    let start = value.find("://").map_or(0, |i| i + 3);
+    match value[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &value[..start], &value[start + at..]),
+        None => value.to_string(),
     }
 }
 
@@ -606,6 +811,117 @@ mod tests {
         assert_eq!(roots.store.len(), 1);
         let warning = roots.warning.unwrap();
         assert!(warning.contains("/nonexistent/certs"), "{warning}");
+    }
+
+    fn proxies(vars: &[(&str, &str)]) -> Result<Proxies, String> {
+        outbound_proxy(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    fn via(vars: &[(&str, &str)]) -> OutboundProxy {
+        match proxies(vars) {
+            Ok(Proxies::Via { proxy, .. }) => proxy,
+            other => panic!("no proxy from {vars:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_https_proxy_is_chosen_as_reqwest_chooses_it() {
+        assert_eq!(proxies(&[]), Ok(Proxies::None));
+        assert_eq!(
+            proxies(&[("HTTP_PROXY", "http://127.0.0.1:3128")]),
+            Ok(Proxies::None)
+        );
+        let proxy = via(&[("HTTPS_PROXY", "http://127.0.0.1:3128")]);
+        assert_eq!(proxy.variable, "HTTPS_PROXY");
+        assert_eq!(proxy.address, "127.0.0.1:3128");
+        assert_eq!(proxy.shown, "http://127.0.0.1:3128");
+        // No scheme is http, no port the scheme's; the upper-case name comes first.
+        let proxy = via(&[
+            ("HTTPS_PROXY", "proxy.example"),
+            ("https_proxy", "http://other:1"),
+        ]);
+        assert_eq!(proxy.shown, "http://proxy.example:80");
+        // Set empty, HTTPS_PROXY hides https_proxy: ALL_PROXY is next.
+        let proxy = via(&[
+            ("HTTPS_PROXY", ""),
+            ("https_proxy", "http://ignored:1"),
+            ("all_proxy", "https://[::1]:8443/"),
+        ]);
+        assert_eq!(
+            (proxy.variable, proxy.address.as_str()),
+            ("all_proxy", "[::1]:8443")
+        );
+        assert_eq!(
+            proxies(&[("HTTPS_PROXY", "http://p:1"), ("REQUEST_METHOD", "GET")]),
+            Ok(Proxies::Cgi)
+        );
+    }
+
+    #[test]
+    fn a_star_in_no_proxy_means_no_proxy_at_all() {
+        let https = ("HTTPS_PROXY", "http://127.0.0.1:3128");
+        for (variable, hosts) in [
+            ("NO_PROXY", "*"),
+            ("no_proxy", "*"),
+            ("NO_PROXY", "localhost, *"),
+        ] {
+            assert_eq!(
+                proxies(&[https, (variable, hosts)]),
+                Ok(Proxies::Bypassed(variable))
+            );
+        }
+        // Anything else is reqwest's to match, and shown.
+        let Ok(Proxies::Via { no_proxy, .. }) =
+            proxies(&[https, ("no_proxy", "*.example,10.0.0.0/8")])
+        else {
+            panic!("no proxy")
+        };
+        assert_eq!(
+            no_proxy,
+            Some(("no_proxy", "*.example,10.0.0.0/8".to_string()))
+        );
+    }
+
+    #[test]
+    fn credentials_are_masked_and_an_unusable_proxy_is_refused_naming_the_variable() {
+        let proxy = via(&[("https_proxy", "http://alice:s3cret@127.0.0.1:3128")]);
+        assert_eq!(proxy.shown, "http://***@127.0.0.1:3128");
+        assert_eq!(proxy.address, "127.0.0.1:3128");
+        let cases = [
+            ("HTTPS_PROXY", "http://[::1", "not a URL"),
+            ("HTTPS_PROXY", "http//127.0.0.1:18888", "not a URL"),
+            ("https_proxy", "http://alice:s3cret@[::1", "not a URL"),
+            (
+                "HTTPS_PROXY",
+                "ftp://alice:s3cret@127.0.0.1:21",
+                "ftp:// is not a proxy scheme",
+            ),
+            (
+                "ALL_PROXY",
+                "socks5://127.0.0.1:1080",
+                "SOCKS proxies are not supported",
+            ),
+            (
+                "all_proxy",
+                "socks5h://alice:s3cret@127.0.0.1:1080",
+                "SOCKS",
+            ),
+            ("HTTPS_PROXY", "http://:3128", "no proxy host"),
+        ];
+        for (variable, value, needle) in cases {
+            let error = proxies(&[(variable, value)]).unwrap_err();
+            assert!(error.starts_with(&format!("{variable}=")), "{error}");
+            assert!(error.contains(needle), "{needle:?} missing from {error}");
+            assert!(
+                !error.contains("s3cret") && !error.contains("alice"),
+                "{error}"
+            );
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
     }
 
     /// A resolver that fails as a DNS server that never answers does.

@@ -95,7 +95,8 @@ pub fn check_config(
         })
     });
     let mut problems: Vec<String> = Vec::new();
-    let roots = http::trusted_roots(&env, rustls_native_certs::load_native_certs);
+    let roots = http::trusted_roots(&env, http::system_store);
+    let proxy = http::outbound_proxy(&env);
     let config = Config::check(args, env)
         .map_err(|e| problems.extend(e.iter().map(|e| e.to_string())))
         .ok();
@@ -154,6 +155,10 @@ pub fn check_config(
             None
         }
     };
+    match proxy {
+        Ok(proxy) => lines.push(("outbound proxy", proxy.describe())),
+        Err(e) => problems.push(e),
+    }
     let Some(config) = config.filter(|_| problems.is_empty()) else {
         return Err(problems);
     };

@@ -309,3 +309,193 @@ fn an_ssl_cert_file_that_cannot_be_used_stops_startup_and_the_check() {
     );
     assert!(stdout.contains(&line), "{line:?} missing from\n{stdout}");
 }
+
+/// `*` in NO_PROXY (or no_proxy), alone or in a list, sends nothing through the proxy, as
+/// curl takes it; reqwest alone still tunnelled to IP addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_in_no_proxy_sends_nothing_through_the_proxy() {
+    let pki = Pki::new();
+    let fakes = https_fakes(&pki, "127.0.0.2").await;
+    let (proxy, targets) = connect_proxy().await;
+    for (variable, hosts) in [
+        ("NO_PROXY", "*"),
+        ("no_proxy", "*"),
+        ("NO_PROXY", "localhost,*"),
+    ] {
+        let process = Process::spawn(
+            exporter_against(&fakes.base, &["--report.periods", "D7"])
+                .env("SSL_CERT_FILE", &pki.ca_file)
+                .env("HTTPS_PROXY", format!("http://{proxy}"))
+                .env(variable, hosts),
+        );
+        let (_, outcome) = listening_and_outcome(&process);
+        assert_eq!(
+            message(&outcome),
+            "report refreshed",
+            "{variable}={hosts}: {outcome}"
+        );
+        let targets = targets.lock().unwrap().clone();
+        assert!(
+            targets.is_empty(),
+            "{variable}={hosts}: through the proxy: {targets:?}"
+        );
+    }
+    assert!(fakes.graph_front.handshakes.load(Ordering::SeqCst) >= 3);
+}
+
+/// SSL_CERT_FILE or SSL_CERT_DIR set empty is unset: the system store, not the path "".
+#[cfg(all(unix, not(target_os = "macos")))]
+#[test]
+fn an_empty_ssl_cert_variable_leaves_the_system_store() {
+    let base = "https://127.0.0.1:1";
+    let check = |var: Option<&str>| {
+        let mut cmd = exporter_against(base, &["--config.check"]);
+        if let Some(var) = var {
+            cmd.env(var, "");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{var:?}: {stdout}");
+        stdout
+    };
+    let system = "outbound TLS roots: the system store (";
+    if !std::path::Path::new("/etc/ssl/certs").is_dir() || !check(None).contains(system) {
+        eprintln!("skipped: this machine has no system CA store (/etc/ssl/certs) to fall back to");
+        return;
+    }
+    for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        let stdout = check(Some(var));
+        assert!(
+            stdout.contains(system),
+            "{var}= : {system:?} missing from\n{stdout}"
+        );
+        assert!(!stdout.contains("warning:"), "{var}= : {stdout}");
+    }
+}
+
+/// A proxy variable reqwest would skip (not a URL) or could not use (SOCKS, another scheme)
+/// stops startup and fails the check, in one line naming it, credentials masked; the check
+/// prints the proxy it would use.
+#[test]
+fn an_unusable_https_proxy_stops_startup_and_the_check() {
+    let base = "https://127.0.0.1:1";
+    let cases = [
+        ("HTTPS_PROXY", "http://[::1", "not a URL"),
+        ("HTTPS_PROXY", "http//127.0.0.1:18888", "not a URL"),
+        ("https_proxy", "http://alice:s3cret@[::1", "not a URL"),
+        (
+            "HTTPS_PROXY",
+            "ftp://127.0.0.1:21",
+            "ftp:// is not a proxy scheme",
+        ),
+        (
+            "ALL_PROXY",
+            "socks5://alice:s3cret@127.0.0.1:1080",
+            "SOCKS proxies are not supported",
+        ),
+    ];
+    for (variable, value, why) in cases {
+        let named = format!("{variable}=");
+        let (code, stderr) = run(exporter_against(base, &[]).env(variable, value));
+        assert_ne!(code, 0, "{variable}={value}");
+        assert_one_line(&stderr, &["cannot set up the HTTP client", &named, why]);
+        assert!(
+            !stderr.contains("s3cret") && !stderr.contains("alice"),
+            "{stderr}"
+        );
+
+        let (code, stderr) = run(exporter_against(base, &["--config.check"]).env(variable, value));
+        assert_eq!(code, 1, "{variable}={value}: {stderr}");
+        assert_one_line(&stderr, &[&named, why]);
+        assert!(
+            !stderr.contains("s3cret") && !stderr.contains("alice"),
+            "{stderr}"
+        );
+    }
+
+    let check = |vars: &[(&str, &str)]| {
+        let mut cmd = exporter_against(base, &["--config.check"]);
+        cmd.envs(vars.iter().copied());
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{vars:?}: {stdout}");
+        stdout
+    };
+    let stdout = check(&[
+        ("HTTPS_PROXY", "http://alice:s3cret@127.0.0.1:3128"),
+        ("NO_PROXY", "127.0.0.2"),
+    ]);
+    let line =
+        "outbound proxy: http://***@127.0.0.1:3128 (from HTTPS_PROXY), direct to NO_PROXY 127.0.0.2\n";
+    assert!(stdout.contains(line), "{line:?} missing from\n{stdout}");
+    assert!(
+        !stdout.contains("s3cret") && !stdout.contains("alice"),
+        "{stdout}"
+    );
+    assert!(check(&[]).contains("outbound proxy: none\n"));
+    let stdout = check(&[("HTTPS_PROXY", "http://127.0.0.1:3128"), ("no_proxy", "*")]);
+    assert!(
+        stdout.contains("outbound proxy: none (no_proxy holds *)\n"),
+        "{stdout}"
+    );
+}
+
+/// A proxy that refuses every CONNECT: the CONNECT requests it was sent.
+async fn refusing_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connects = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&connects);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(byte) = client.read_u8().await else {
+                        return;
+                    };
+                    head.push(byte);
+                }
+                if head.starts_with(b"CONNECT ") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, connects)
+}
+
+/// A refused CONNECT fails the refresh naming the proxy (host and port, never its
+/// credentials) and the variable that named it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_names_the_proxy() {
+    let pki = Pki::new();
+    let fakes = https_fakes(&pki, "127.0.0.1").await;
+    let (proxy, connects) = refusing_proxy().await;
+    let process = Process::spawn(
+        exporter_against(
+            &fakes.base,
+            &["--report.periods", "D7", "--graph.max-retries", "0"],
+        )
+        .env("SSL_CERT_FILE", &pki.ca_file)
+        .env("HTTPS_PROXY", format!("http://alice:s3cret@{proxy}")),
+    );
+    let (_, outcome) = listening_and_outcome(&process);
+    let line = outcome.to_string();
+    for needle in [
+        "refresh failed",
+        &format!("through the proxy {proxy} (HTTPS_PROXY): "),
+        "tunnel error",
+        "\"reason\":\"network\"",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from {line}");
+    }
+    assert!(
+        !line.contains("s3cret") && !line.contains("alice"),
+        "{line}"
+    );
+    assert!(connects.load(Ordering::SeqCst) >= 1);
+    assert_eq!(fakes.graph_front.handshakes.load(Ordering::SeqCst), 0);
+}
