@@ -226,9 +226,9 @@ impl Running {
     /// Reads the web configuration and --config.file again now (SIGHUP); false when there is
     /// neither to read.
     pub fn reload(&self) -> bool {
-        if let Some(reloader) = self.reloader.clone() {
+        if let Some(reloader) = &self.reloader {
             // The outcome is logged by the reload itself.
-            tokio::spawn(async move { drop(reloader.reload().await) });
+            reloader.reload_in_background();
         }
         let web = self.web_config.as_ref().inspect(|t| t.reload()).is_some();
         web || self.reloader.is_some()

@@ -6,10 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ struct Member {
 }
 
 /// What a change of the tenant list did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
     pub added: usize,
     pub removed: usize,
@@ -213,19 +213,110 @@ impl Fleet {
     }
 }
 
+/// Callers that may wait for the queued reload. Each holds a connection busy, and a busy
+/// connection is never closed to make room for a new one: so few that a flood of reload
+/// requests cannot fill the connection cap.
+const MAX_WAITING_RELOADS: usize = 4;
+
+/// Why a reload did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load; nothing changed.
+    #[error("{0}")]
+    Failed(String),
+    /// As many callers as may wait already wait for the queued reload; nothing was done.
+    #[error("a reload is already in progress; try again")]
+    Busy,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+type Outcome = Result<Changes, ReloadError>;
+
+/// The reload asked for and not started yet. Reloads run one at a time; everyone who asks
+/// while one is queued joins it, as its reading of the file starts after they asked. Who
+/// asks while one runs (it may have read the file already) waits for the next.
+#[derive(Default)]
+struct Queued {
+    wanted: bool,
+    callers: Vec<oneshot::Sender<Outcome>>,
+    /// The task that runs reloads has stopped.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    next: Mutex<Queued>,
+    wake: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.next.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until a reload is wanted, and takes who waits for it: later callers queue the
+    /// next one.
+    async fn next_batch(&self) -> Vec<oneshot::Sender<Outcome>> {
+        loop {
+            self.wake.notified().await;
+            let mut next = self.lock();
+            if std::mem::take(&mut next.wanted) {
+                return std::mem::take(&mut next.callers);
+            }
+        }
+    }
+}
+
+/// Answers every waiting caller when the task that runs reloads stops.
+struct CloseOnDrop(Arc<Queue>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let mut next = self.0.lock();
+        next.closed = true;
+        // Dropping their senders answers them "shutting down".
+        next.callers.clear();
+    }
+}
+
 /// Asks the task that owns the fleet to re-read --config.file.
 #[derive(Clone)]
-pub struct Reloader(mpsc::Sender<oneshot::Sender<Result<Changes, String>>>);
+pub struct Reloader(Arc<Queue>);
 
 impl Reloader {
-    /// Ok: what changed; Err: why the file did not load (nothing changed).
-    pub async fn reload(&self) -> Result<Changes, String> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(reply)
-            .await
-            .map_err(|_| "shutting down".to_string())?;
-        answer.await.map_err(|_| "shutting down".to_string())?
+    /// Ok: what changed; Err: why the file did not load (nothing changed), or that as many
+    /// callers as may wait already wait for the queued reload (answered at once).
+    pub async fn reload(&self) -> Outcome {
+        let answer = {
+            let mut next = self.0.lock();
+            if next.closed {
+                return Err(ReloadError::ShuttingDown);
+            }
+            // Callers that went away (their connection closed) leave room.
+            next.callers.retain(|caller| !caller.is_closed());
+            if next.callers.len() >= MAX_WAITING_RELOADS {
+                return Err(ReloadError::Busy);
+            }
+            let (reply, answer) = oneshot::channel();
+            next.callers.push(reply);
+            next.wanted = true;
+            answer
+        };
+        self.0.wake.notify_one();
+        answer.await.unwrap_or(Err(ReloadError::ShuttingDown))
+    }
+
+    /// A reload nobody waits for (SIGHUP): joins the queued one, or queues one; never
+    /// refused, as it holds no connection.
+    pub fn reload_in_background(&self) {
+        let mut next = self.0.lock();
+        if next.closed {
+            return;
+        }
+        next.wanted = true;
+        drop(next);
+        self.0.wake.notify_one();
     }
 }
 
@@ -257,10 +348,12 @@ pub(crate) fn serve_reloads(
     loaded_at: SystemTime,
     cancel: CancellationToken,
 ) -> (Reloader, impl std::future::Future<Output = ()>) {
-    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<Changes, String>>>(4);
+    let queue = Arc::new(Queue::default());
+    let closing = CloseOnDrop(Arc::clone(&queue));
     let mut last_success = Some(loaded_at);
     let work = async move {
-        while let Some(reply) = rx.recv().await {
+        loop {
+            let callers = closing.0.next_batch().await;
             let outcome = source.load().await.map(|tenants| fleet.apply(tenants));
             let publisher = &fleet.shared.publisher;
             let answer = match outcome {
@@ -279,7 +372,7 @@ pub(crate) fn serve_reloads(
                 }
                 Err(e) => {
                     tracing::error!("{e}; keeping the previous tenants");
-                    Err(e)
+                    Err(ReloadError::Failed(e))
                 }
             };
             publisher.set_reload(ReloadStatus {
@@ -288,12 +381,109 @@ pub(crate) fn serve_reloads(
             });
             // Published before answering, so that whoever asked sees the outcome at once.
             publisher.assemble();
-            let _ = reply.send(answer);
+            for caller in callers {
+                let _ = caller.send(answer.clone());
+            }
         }
-        drop(fleet);
     };
     let work = async move {
         cancel.run_until_cancelled(work).await;
     };
-    (Reloader(tx), work)
+    (Reloader(queue), work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn changed(added: usize) -> Outcome {
+        Ok(Changes {
+            added,
+            ..Changes::default()
+        })
+    }
+
+    fn answer(callers: Vec<oneshot::Sender<Outcome>>, outcome: &Outcome) {
+        for caller in callers {
+            caller.send(outcome.clone()).unwrap();
+        }
+    }
+
+    /// Callers of a queued reload share it; one that arrives while it runs (it may have read
+    /// the file already) gets a reload of its own, started after it asked.
+    #[tokio::test]
+    async fn callers_join_the_queued_reload_never_the_running_one() {
+        let queue = Arc::new(Queue::default());
+        let reloader = Reloader(Arc::clone(&queue));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = pin!(reloader.reload());
+        let mut second = pin!(reloader.reload());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+
+        let running = queue.next_batch().await;
+        assert_eq!(running.len(), 2, "both joined the queued reload");
+        let mut late = pin!(reloader.reload());
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        answer(running, &changed(1));
+        assert_eq!(first.await, changed(1));
+        assert_eq!(second.await, changed(1));
+        assert!(
+            late.as_mut().poll(&mut cx).is_pending(),
+            "not answered by the reload that ran when it asked"
+        );
+
+        let next = queue.next_batch().await;
+        assert_eq!(next.len(), 1);
+        answer(next, &changed(2));
+        assert_eq!(late.await, changed(2));
+    }
+
+    /// Beyond the callers that may wait, a caller is answered at once and nothing piles up;
+    /// SIGHUP's reload holds no connection and is never refused.
+    #[tokio::test]
+    async fn callers_beyond_the_bound_are_answered_at_once() {
+        let queue = Arc::new(Queue::default());
+        let reloader = Reloader(Arc::clone(&queue));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waiting: Vec<_> = (0..MAX_WAITING_RELOADS)
+            .map(|_| Box::pin(reloader.reload()))
+            .collect();
+        for caller in &mut waiting {
+            assert!(caller.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            pin!(reloader.reload()).poll(&mut cx),
+            Poll::Ready(Err(ReloadError::Busy))
+        );
+        // One that went away leaves room for another.
+        waiting.pop();
+        let mut another = pin!(reloader.reload());
+        assert!(another.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(queue.lock().callers.len(), MAX_WAITING_RELOADS);
+
+        let batch = queue.next_batch().await;
+        assert_eq!(batch.len(), MAX_WAITING_RELOADS);
+        reloader.reload_in_background();
+        let unwatched = queue.next_batch().await;
+        assert!(unwatched.is_empty(), "SIGHUP's reload runs, nobody waits");
+        answer(batch, &changed(0));
+        assert_eq!(another.await, changed(0));
+    }
+
+    #[tokio::test]
+    async fn callers_are_answered_when_reloads_stop() {
+        let queue = Arc::new(Queue::default());
+        let reloader = Reloader(Arc::clone(&queue));
+        let closing = CloseOnDrop(Arc::clone(&queue));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waiting = pin!(reloader.reload());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        drop(closing);
+        assert_eq!(waiting.await, Err(ReloadError::ShuttingDown));
+        assert_eq!(reloader.reload().await, Err(ReloadError::ShuttingDown));
+    }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::exposition::metrics::CONTENT_TYPE;
 use crate::exposition::process::ProcessMetrics;
 use crate::exposition::publisher::{Published, TenantMode};
-use crate::refresh::fleet::Reloader;
+use crate::refresh::fleet::{ReloadError, Reloader};
 use crate::report::Period;
 use crate::serve::server::limit_in_flight;
 use crate::serve::webconfig::{guard, Security};
@@ -131,13 +131,21 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// POST or PUT /-/reload, as Prometheus has it (its very words, for scripts that match
-/// them): 403 unless --web.enable-lifecycle, 500 with the reason when the file does not load.
+/// them): 403 unless --web.enable-lifecycle, 500 with the reason when the file does not load;
+/// 503 at once when enough callers already wait for the queued reload (they would hold
+/// their connections busy).
 async fn reload(Extract(s): Extract<AppState>) -> Response {
     match &s.lifecycle {
         None => (StatusCode::FORBIDDEN, "Lifecycle API is not enabled.").into_response(),
         Some(None) => "nothing to reload: no --config.file\n".into_response(),
         Some(Some(reloader)) => match reloader.reload().await {
             Ok(_) => StatusCode::OK.into_response(),
+            Err(busy @ ReloadError::Busy) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                format!("{busy}\n"),
+            )
+                .into_response(),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("failed to reload config: {e}\n"),

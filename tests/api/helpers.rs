@@ -382,6 +382,36 @@ fn write_tenants(dir: &Path, tenants: &[&FakeTenant]) -> PathBuf {
     file
 }
 
+/// Sends `request` (a whole HTTP/1.1 request) on a new connection to `addr` and reads one
+/// response with a Content-Length, keeping the connection open: the response, lowercased,
+/// and the connection; None if the server closed it first.
+pub(crate) async fn raw_exchange(
+    addr: SocketAddr,
+    request: &str,
+) -> Option<(String, tokio::net::TcpStream)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&response).to_lowercase();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.parse::<usize>().ok())?;
+            if body.len() >= length {
+                return Some((text, stream));
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => response.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
 /// reqwest for the tests' own requests. It is built without a crypto provider of its own (the
 /// exporter hands it aws-lc-rs explicitly), so the tests make aws-lc-rs the process default.
 pub(crate) fn test_client_builder() -> reqwest::ClientBuilder {
@@ -851,6 +881,12 @@ impl Scenario {
     /// --web.enable-lifecycle.
     pub(crate) fn enable_lifecycle(mut self) -> Scenario {
         self.options.enable_lifecycle = true;
+        self
+    }
+
+    /// The connection cap, instead of the one the fd limit gives.
+    pub(crate) fn max_connections(mut self, max_connections: usize) -> Scenario {
+        self.options.server.max_connections = Some(max_connections);
         self
     }
 

@@ -564,3 +564,61 @@ fn the_sharded_statefulset_agrees_with_itself_and_the_exporter() {
     let specs = sfb_exporter::parse_tenants(text, &config_dir, &defaults).unwrap();
     assert_eq!(specs.len(), 2);
 }
+
+/// Reload requests from more connections than the cap, each asking again once answered:
+/// beyond the few that wait for the queued reload they are answered 503 at once, so their
+/// connections can be closed to make room, and a scrape is answered meanwhile.
+#[tokio::test]
+async fn a_flood_of_reload_requests_never_locks_a_scrape_out() {
+    const CAP: usize = 12;
+    let t = tenant("contoso-id", Behaviour::Healthy);
+    let app = Scenario::new()
+        .await
+        .tenant(&t)
+        .tenants_file(&[&t])
+        .enable_lifecycle()
+        .max_connections(CAP)
+        .spawn()
+        .await;
+    const RELOAD: &str = "POST /-/reload HTTP/1.1\r\nHost: exporter\r\nContent-Length: 0\r\n\r\n";
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..3 * CAP {
+        let (tx, addr) = (tx.clone(), app.addr);
+        flood.spawn(async move {
+            loop {
+                // Closed to make room (None): the attacker comes back.
+                if let Some((answer, _)) = raw_exchange(addr, RELOAD).await {
+                    let _ = tx.send(answer);
+                }
+            }
+        });
+    }
+    for round in 0..5 {
+        let answer = loop {
+            let answer = tokio::time::timeout(Duration::from_secs(30), answers.recv())
+                .await
+                .expect("reload requests beyond the waiting ones are answered at once")
+                .unwrap();
+            if answer.starts_with("http/1.1 503") {
+                break answer;
+            }
+            assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        };
+        assert!(
+            answer.ends_with("\r\n\r\na reload is already in progress; try again\n")
+                && answer.contains("\r\nretry-after: 1\r\n"),
+            "{answer}"
+        );
+        let scrape =
+            raw_exchange(app.addr, "GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n").await;
+        assert!(
+            scrape
+                .as_ref()
+                .is_some_and(|(a, _)| a.starts_with("http/1.1 200")),
+            "round {round}: {scrape:?}"
+        );
+    }
+    flood.abort_all();
+    app.stop().await;
+}

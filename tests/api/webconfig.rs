@@ -1050,4 +1050,64 @@ fn an_empty_web_config_serves_plain_http_with_a_warning() {
                 && l.ends_with("is empty: serving plain HTTP without basic auth")),
         "{stdout}"
     );
+
+/// A flood of wrong logins, more than the connection cap, each waiting for bcrypt: logins
+/// beyond the few admitted to it are answered 429 at once, so their connections can be closed
+/// to make room, and a scraper whose login is cached is answered meanwhile.
+#[tokio::test]
+async fn a_flood_of_wrong_logins_never_locks_a_valid_scrape_out() {
+    const CAP: usize = 32;
+    let app = Scenario::new()
+        .await
+        .token_ok()
+        .web_config(fixture("web_config_users_noTLS.good.yml"))
+        .max_connections(CAP)
+        .spawn()
+        .await;
+    let request = |user: &str, password: &str| {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("GET /healthz HTTP/1.1\r\nHost: exporter\r\nAuthorization: Basic {auth}\r\n\r\n")
+    };
+    let scrape = request("dave", "dave123");
+    let (answer, _) = raw_exchange(app.addr, &scrape).await.expect("answered");
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+
+    // Unknown users: each costs a cost-10 bcrypt, a few at once.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..CAP + 8 {
+        let (tx, addr, login) = (tx.clone(), app.addr, request(&format!("intruder{i}"), "x"));
+        flood.spawn(async move {
+            let answer = raw_exchange(addr, &login).await;
+            let _ = tx.send(answer.as_ref().map(|(a, _)| a.clone()));
+            // Kept open, idle, as an attacker would.
+            std::future::pending::<()>().await;
+        });
+    }
+    // At most 16 (4 per bcrypt slot, at most 4 slots) wait for bcrypt, and at most 8 of the
+    // others can be closed for room.
+    let mut busy = 0;
+    while busy < 16 {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), answers.recv())
+            .await
+            .expect("logins beyond the admitted ones are answered at once")
+            .unwrap();
+        if let Some(answer) = answer.filter(|a| a.starts_with("http/1.1 429")) {
+            assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+            assert!(!answer.contains("www-authenticate"), "{answer}");
+            busy += 1;
+        }
+    }
+    for round in 0..3 {
+        let answer = raw_exchange(app.addr, &scrape).await;
+        assert!(
+            answer
+                .as_ref()
+                .is_some_and(|(a, _)| a.starts_with("http/1.1 200")),
+            "round {round}: {answer:?}"
+        );
+    }
+    flood.abort_all();
+    app.stop().await;
 }

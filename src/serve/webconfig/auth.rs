@@ -22,6 +22,16 @@ const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV
 /// Successful logins remembered, so a scraper pays bcrypt once, not on every scrape.
 const SUCCESS_CACHE: usize = 256;
 
+/// Logins admitted to bcrypt (checking or waiting for a slot), per slot. A login waiting here
+/// holds its connection busy, and a busy connection is never closed to make room for a new
+/// one: unbounded, a flood of wrong logins would fill the connection cap. A few rounds of the
+/// slots are enough to keep them all busy between arrivals.
+const ADMITTED_PER_SLOT: usize = 4;
+
+/// Retry-After of the 429 answered when every admission is taken: seconds, about the time
+/// the slots take to work through a full queue of cost-10 hashes.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 /// The costs bcrypt (Go's and the bcrypt crate's) can check a password against.
 const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
 
@@ -34,6 +44,18 @@ pub struct Security {
     /// instead of taking every core, while logins found in the cache never wait on it. Kept
     /// across reloads, so that a reload during a flood does not let more run at once.
     bcrypt_slots: Arc<Semaphore>,
+    /// Logins checking or waiting for a bcrypt slot ([`ADMITTED_PER_SLOT`] per slot); one that
+    /// finds none left is answered 429 at once. Kept across reloads with the slots.
+    bcrypt_admissions: Arc<Semaphore>,
+}
+
+/// What a login gets.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    Refused,
+    /// Not checked: the queue for bcrypt is full.
+    Busy,
 }
 
 pub(super) struct Users {
@@ -136,18 +158,22 @@ impl Security {
         limiter: Option<RateLimiter>,
     ) -> Security {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let slots = cores.clamp(2, 4);
         Security {
             users,
             headers,
             limiter,
-            bcrypt_slots: Arc::new(Semaphore::new(cores.clamp(2, 4))),
+            bcrypt_slots: Arc::new(Semaphore::new(slots)),
+            bcrypt_admissions: Arc::new(Semaphore::new(slots * ADMITTED_PER_SLOT)),
         }
     }
 
-    /// `new`, with the bcrypt slots of `previous`, whose queued logins still count.
+    /// `new`, with the bcrypt slots and admissions of `previous`, whose queued logins still
+    /// count.
     pub(super) fn keeping_slots_of(mut new: Arc<Security>, previous: &Security) -> Arc<Security> {
         if let Some(fresh) = Arc::get_mut(&mut new) {
             fresh.bcrypt_slots = Arc::clone(&previous.bcrypt_slots);
+            fresh.bcrypt_admissions = Arc::clone(&previous.bcrypt_admissions);
         }
         new
     }
@@ -168,14 +194,29 @@ pub(crate) async fn guard(
     if security.limiter.as_ref().is_some_and(|l| !l.allow()) {
         return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
     }
-    let mut response = match &security.users {
-        Some(_) if !authorized(&current, request.headers()).await => (
+    let verdict = match &security.users {
+        Some(_) => authorized(&current, request.headers()).await,
+        None => Verdict::Allowed,
+    };
+    let mut response = match verdict {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Refused => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"sfb-exporter\"")],
             "Unauthorized\n",
         )
             .into_response(),
-        _ => next.run(request).await,
+        // 429, not 401: the password was never checked, and a 401 would tell a right one it
+        // is wrong (a browser would ask for it again). 429 is what exporter-toolkit's
+        // rate_limit already answers under load, a scrape failure Prometheus retries at the
+        // next interval like any other; the answer frees the connection, which can then be
+        // closed to make room for a scrape.
+        Verdict::Busy => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+            "Too Many Requests: too many logins waiting to be checked\n",
+        )
+            .into_response(),
     };
     for (name, value) in &security.headers {
         response.headers_mut().insert(name.clone(), value.clone());
@@ -183,41 +224,50 @@ pub(crate) async fn guard(
     response
 }
 
-async fn authorized(current: &ArcSwap<Security>, headers: &HeaderMap) -> bool {
+async fn authorized(current: &ArcSwap<Security>, headers: &HeaderMap) -> Verdict {
     let security = current.load_full();
     let (Some(users), Some((user, password))) = (&security.users, basic_credentials(headers))
     else {
-        return false;
+        return Verdict::Refused;
     };
     let mut digest = [0; 32];
     digest.copy_from_slice(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes()).as_ref(),
     );
     if users.cached(&user, &digest) {
-        return true;
+        return Verdict::Allowed;
     }
+    // Held until the check is over, waiting for a slot included.
+    let Ok(_admitted) = Arc::clone(&security.bcrypt_admissions).try_acquire_owned() else {
+        return Verdict::Busy;
+    };
     let Ok(_slot) = Arc::clone(&security.bcrypt_slots).acquire_owned().await else {
-        return false;
+        return Verdict::Refused;
     };
     // A reload may have replaced the users while this login waited: it is checked against
     // the list of now, not the one it arrived under.
     let security = current.load_full();
     let Some(users) = &security.users else {
-        return false;
+        return Verdict::Refused;
     };
     // The same login may have been checked while this one waited.
     if users.cached(&user, &digest) {
-        return true;
+        return Verdict::Allowed;
     }
     // bcrypt is deliberately slow: keep it off the threads that serve other requests.
-    tokio::task::spawn_blocking(move || {
+    let ok = tokio::task::spawn_blocking(move || {
         security
             .users
             .as_ref()
             .is_some_and(|users| users.verify(&user, &password, digest))
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or(false);
+    if ok {
+        Verdict::Allowed
+    } else {
+        Verdict::Refused
+    }
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -285,9 +335,18 @@ mod tests {
     #[tokio::test]
     async fn checks_and_caches_only_successes() {
         let s = current(&[("alice", "s3cret")]);
-        assert!(!authorized(&s, &basic("alice", "wrong")).await);
-        assert!(!authorized(&s, &basic("bob", "s3cret")).await);
-        assert!(authorized(&s, &basic("alice", "s3cret")).await);
+        assert_eq!(
+            authorized(&s, &basic("alice", "wrong")).await,
+            Verdict::Refused
+        );
+        assert_eq!(
+            authorized(&s, &basic("bob", "s3cret")).await,
+            Verdict::Refused
+        );
+        assert_eq!(
+            authorized(&s, &basic("alice", "s3cret")).await,
+            Verdict::Allowed
+        );
         let security = s.load();
         let users = security.users.as_ref().unwrap();
         assert_eq!(
@@ -295,10 +354,19 @@ mod tests {
             1,
             "only the success is kept"
         );
-        assert!(authorized(&s, &basic("alice", "s3cret")).await);
-        assert!(!authorized(&s, &basic("alice", "s3cret2")).await);
+        assert_eq!(
+            authorized(&s, &basic("alice", "s3cret")).await,
+            Verdict::Allowed
+        );
+        assert_eq!(
+            authorized(&s, &basic("alice", "s3cret2")).await,
+            Verdict::Refused
+        );
         // CVE-2022-46146: a user name that spells a hash does not share a cache entry.
-        assert!(!authorized(&s, &basic("alice\0", "s3cret")).await);
+        assert_eq!(
+            authorized(&s, &basic("alice\0", "s3cret")).await,
+            Verdict::Refused
+        );
     }
 
     #[test]
@@ -317,40 +385,59 @@ mod tests {
     }
 
     /// A flood of unknown users holding every bcrypt slot does not hold up a scraper whose
-    /// login succeeded before: it is answered without waiting for a slot.
+    /// login succeeded before: it is answered without waiting for a slot. Logins beyond the
+    /// admitted ones are answered at once, so they do not hold their connections either.
     #[tokio::test]
     async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
         let s = Arc::new(current(&[("prometheus", "pw")]));
-        assert!(authorized(&s, &basic("prometheus", "pw")).await);
+        assert_eq!(
+            authorized(&s, &basic("prometheus", "pw")).await,
+            Verdict::Allowed
+        );
         let bcrypt_slots = Arc::clone(&s.load().bcrypt_slots);
         let slots = bcrypt_slots.available_permits();
         assert!(slots >= 2, "several bcrypt checks at once");
+        let admitted = s.load().bcrypt_admissions.available_permits();
+        assert_eq!(admitted, slots * ADMITTED_PER_SLOT);
 
-        // The flood: every slot busy, more unknown users queued behind them.
+        // The flood: every slot busy, as many unknown users queued as are admitted.
         let held = bcrypt_slots.acquire_many(slots as u32).await.unwrap();
-        let mut flood = tokio::task::JoinSet::new();
-        for i in 0..50 {
-            let s = Arc::clone(&s);
-            flood.spawn(async move { authorized(&s, &basic(&format!("intruder{i}"), "x")).await });
-        }
-        tokio::task::yield_now().await;
-        let intruder = basic("intruder", "x");
-        let mut flooded = pin!(authorized(&s, &intruder));
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(
-            flooded.as_mut().poll(&mut cx).is_pending(),
-            "the flood waits for a slot"
+        let intruders: Vec<HeaderMap> = (0..admitted)
+            .map(|i| basic(&format!("intruder{i}"), "x"))
+            .collect();
+        let mut queued: Vec<_> = intruders
+            .iter()
+            .map(|intruder| Box::pin(authorized(&s, intruder)))
+            .collect();
+        for login in &mut queued {
+            assert!(
+                login.as_mut().poll(&mut cx).is_pending(),
+                "the flood waits for a slot"
+            );
+        }
+        let one_more = basic("intruder", "x");
+        assert_eq!(
+            pin!(authorized(&s, &one_more)).poll(&mut cx),
+            Poll::Ready(Verdict::Busy),
+            "beyond the admitted ones, answered at once"
         );
         let scraper = basic("prometheus", "pw");
-        let valid = pin!(authorized(&s, &scraper));
         assert_eq!(
-            valid.poll(&mut cx),
-            Poll::Ready(true),
+            pin!(authorized(&s, &scraper)).poll(&mut cx),
+            Poll::Ready(Verdict::Allowed),
             "the scraper does not wait"
         );
 
-        // Not run to the end: each would cost a cost-10 bcrypt.
-        flood.abort_all();
+        // A queued login that ends gives its admission back. Not run to the end: each would
+        // cost a cost-10 bcrypt.
+        queued.pop();
+        assert_eq!(
+            pin!(authorized(&s, &one_more)).poll(&mut cx),
+            Poll::Pending,
+            "admitted again"
+        );
+        drop(queued);
         drop(held);
     }
 
@@ -407,9 +494,9 @@ mod tests {
         );
 
         drop(held);
-        assert!(!with_old.await, "the replaced password is refused");
-        assert!(with_new.await, "the new one is taken");
-        assert!(arrived_after.await);
+        assert_eq!(with_old.await, Verdict::Refused, "the replaced password");
+        assert_eq!(with_new.await, Verdict::Allowed, "the new one");
+        assert_eq!(arrived_after.await, Verdict::Allowed);
     }
 
     #[tokio::test(start_paused = true)]
