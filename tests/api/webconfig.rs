@@ -1050,6 +1050,7 @@ fn an_empty_web_config_serves_plain_http_with_a_warning() {
                 && l.ends_with("is empty: serving plain HTTP without basic auth")),
         "{stdout}"
     );
+}
 
 /// A flood of wrong logins, more than the connection cap, each waiting for bcrypt: logins
 /// beyond the few admitted to it are answered 429 at once, so their connections can be closed
