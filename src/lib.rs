@@ -57,6 +57,7 @@ use crate::exposition::publisher::{Publisher, TenantMode};
 use crate::refresh::fleet;
 use crate::refresh::fleet::{FileSource, Fleet, Reloader};
 
+use crate::serve::routes::Lifecycle;
 use crate::serve::webconfig::{ReloadTrigger, WebConfigReload};
 use crate::serve::{routes, server, webconfig};
 use crate::state::ReloadStatus;
@@ -338,7 +339,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     // Published before serving, so that no snapshot lacks a configured tenant (and so looks
     // ready with nothing to wait for).
     publisher.assemble();
-    let lifecycle = config.enable_lifecycle.then(|| reloader.clone());
+    let lifecycle = match (config.enable_lifecycle, &reloader) {
+        (false, _) => Lifecycle::Disabled,
+        (true, None) => Lifecycle::NothingToReload,
+        (true, Some(reloader)) => Lifecycle::Reload(reloader.clone()),
+    };
     let app = routes::app(
         publisher.published(),
         &config.telemetry_path,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::extract::State as Extract;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -19,7 +19,7 @@ use crate::refresh::fleet::{ReloadError, Reloader};
 use crate::report::Period;
 use crate::serve::server::limit_in_flight;
 use crate::serve::webconfig::{guard, Security};
-use crate::state::{Attempt, State};
+use crate::state::{self, Attempt};
 
 #[derive(Clone)]
 struct AppState {
@@ -27,19 +27,29 @@ struct AppState {
     /// None with --web.disable-exporter-metrics.
     process: Option<Arc<ProcessMetrics>>,
     landing: Bytes,
-    lifecycle: Option<Option<Reloader>>,
+    lifecycle: Lifecycle,
+}
+
+/// What POST /-/reload does.
+#[derive(Clone)]
+pub(crate) enum Lifecycle {
+    /// Without --web.enable-lifecycle: refused, as Prometheus refuses it.
+    Disabled,
+    /// Enabled, without --config.file: there is nothing to reload.
+    NothingToReload,
+    /// Re-reads --config.file.
+    Reload(Reloader),
 }
 
 /// `security` is None without a web config: then there is nothing to guard, and the scrape
-/// path stays free of the layer. `lifecycle` is None without --web.enable-lifecycle, and holds
-/// None without --config.file (nothing to reload).
+/// path stays free of the layer.
 /// `max_requests` bounds scrapes in flight (0: no bound); `exporter_metrics` appends the
 /// process_* series to every scrape.
 pub(crate) fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
     security: Option<Arc<ArcSwap<Security>>>,
-    lifecycle: Option<Option<Reloader>>,
+    lifecycle: Lifecycle,
     max_requests: usize,
     exporter_metrics: bool,
 ) -> Router {
@@ -73,7 +83,7 @@ pub(crate) fn app(
     }
 }
 
-async fn metrics(Extract(s): Extract<AppState>, headers: HeaderMap) -> Response {
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let published = s.published.load_full();
     let body = |gzip: bool| match (&s.process, gzip) {
         (Some(process), gzip) => process.body(&published, gzip),
@@ -134,11 +144,13 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// them): 403 unless --web.enable-lifecycle, 500 with the reason when the file does not load;
 /// 503 at once when enough callers already wait for the queued reload (they would hold
 /// their connections busy).
-async fn reload(Extract(s): Extract<AppState>) -> Response {
+async fn reload(State(s): State<AppState>) -> Response {
     match &s.lifecycle {
-        None => (StatusCode::FORBIDDEN, "Lifecycle API is not enabled.").into_response(),
-        Some(None) => "nothing to reload: no --config.file\n".into_response(),
-        Some(Some(reloader)) => match reloader.reload().await {
+        Lifecycle::Disabled => {
+            (StatusCode::FORBIDDEN, "Lifecycle API is not enabled.").into_response()
+        }
+        Lifecycle::NothingToReload => "nothing to reload: no --config.file\n".into_response(),
+        Lifecycle::Reload(reloader) => match reloader.reload().await {
             Ok(_) => StatusCode::OK.into_response(),
             Err(busy @ ReloadError::Busy) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -193,7 +205,7 @@ struct PeriodReadiness {
     last_error: Option<String>,
 }
 
-async fn readyz(Extract(s): Extract<AppState>) -> Response {
+async fn readyz(State(s): State<AppState>) -> Response {
     let published = s.published.load();
     let ready = published.ready();
     let readiness = if published.mode == TenantMode::File {
@@ -234,7 +246,7 @@ async fn readyz(Extract(s): Extract<AppState>) -> Response {
     (code, Json(readiness)).into_response()
 }
 
-fn periods(state: &State) -> BTreeMap<Period, PeriodReadiness> {
+fn periods(state: &state::State) -> BTreeMap<Period, PeriodReadiness> {
     state
         .periods
         .iter()
@@ -259,7 +271,7 @@ fn periods(state: &State) -> BTreeMap<Period, PeriodReadiness> {
         .collect()
 }
 
-async fn landing(Extract(s): Extract<AppState>) -> Html<Bytes> {
+async fn landing(State(s): State<AppState>) -> Html<Bytes> {
     Html(s.landing)
 }
 
@@ -288,7 +300,7 @@ mod tests {
     use std::time::SystemTime;
     use tower::ServiceExt;
 
-    fn published(state: State) -> Arc<ArcSwap<Published>> {
+    fn published(state: state::State) -> Arc<ArcSwap<Published>> {
         Arc::new(ArcSwap::from_pointee(Published::new(
             state,
             "# HELP x y
@@ -348,8 +360,15 @@ x 1
 
     #[tokio::test]
     async fn routes() {
-        let snapshot = published(State::new("t", [Period::D7, Period::D30]));
-        let app = app(Arc::clone(&snapshot), "/custom", None, None, 40, false);
+        let snapshot = published(state::State::new("t", [Period::D7, Period::D30]));
+        let app = app(
+            Arc::clone(&snapshot),
+            "/custom",
+            None,
+            Lifecycle::Disabled,
+            40,
+            false,
+        );
         assert_eq!(
             get(&app, "/custom").await,
             (
@@ -367,9 +386,16 @@ x 1
 
     #[tokio::test]
     async fn readiness_follows_the_snapshot() {
-        let mut state = State::new("t", [Period::D7, Period::D30]);
+        let mut state = state::State::new("t", [Period::D7, Period::D30]);
         let snapshot = published(state.clone());
-        let app = app(Arc::clone(&snapshot), "/metrics", None, None, 40, false);
+        let app = app(
+            Arc::clone(&snapshot),
+            "/metrics",
+            None,
+            Lifecycle::Disabled,
+            40,
+            false,
+        );
 
         let (status, ctype, body) = get(&app, "/readyz").await;
         assert_eq!(
@@ -427,8 +453,8 @@ mod properties {
         #[test]
         fn accepted_telemetry_paths_make_a_router(path in "/[a-z:*{}/._~!$&'()+,;=@-]{0,12}") {
             if let Ok(path) = crate::config::cli::parse_telemetry_path(&path) {
-                let published = Arc::new(ArcSwap::from_pointee(Published::new(State::new("t", []), Default::default())));
-                let built = std::panic::catch_unwind(|| app(published, &path, None, None, 40, true));
+                let published = Arc::new(ArcSwap::from_pointee(Published::new(state::State::new("t", []), Default::default())));
+                let built = std::panic::catch_unwind(|| app(published, &path, None, Lifecycle::Disabled, 40, true));
                 prop_assert!(built.is_ok(), "router panicked on {:?}", path);
             }
         }
