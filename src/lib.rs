@@ -35,9 +35,11 @@ pub use config::{
 pub use demo::{identity as demo_identity, start as start_demo};
 pub use error::{Reason, Stage};
 pub use exposition::metrics::{render as render_metrics, BuildInfo};
+pub use exposition::publisher::Published;
 pub use http::RetryPolicy;
 pub use refresh::refresher::panic_message;
 pub use report::{parse as parse_report, Period, Periods};
+pub use serve::routes::{app, Lifecycle};
 pub use serve::server::{limit_in_flight, serve, TlsConfig};
 pub use serve::webconfig::{WebConfig, ECDH_P521};
 pub use state::{Accepted, Attempt, State};
@@ -57,7 +59,6 @@ use crate::exposition::publisher::{Publisher, TenantMode};
 use crate::refresh::fleet;
 use crate::refresh::fleet::{FileSource, Fleet, Reloader};
 
-use crate::serve::routes::Lifecycle;
 use crate::serve::webconfig::{ReloadTrigger, WebConfigReload};
 use crate::serve::{routes, server, webconfig};
 use crate::state::ReloadStatus;

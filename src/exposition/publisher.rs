@@ -242,19 +242,18 @@ pub(crate) struct TenantView {
 /// The states and their exposition, rendered (and compressed) together so that a scrape only
 /// copies bytes.
 #[derive(Debug)]
-pub(crate) struct Published {
+pub struct Published {
     /// By tenant ID.
-    pub tenants: BTreeMap<String, TenantView>,
-    pub mode: TenantMode,
-    pub metrics: Bytes,
+    pub(crate) tenants: BTreeMap<String, TenantView>,
+    pub(crate) mode: TenantMode,
+    pub(crate) metrics: Bytes,
     /// `metrics`, gzip-compressed, open to appending (the process_* series at scrape time).
-    pub metrics_gzip: Gzip,
+    pub(crate) metrics_gzip: Gzip,
 }
 
 impl Published {
-    /// Test support: a single tenant, as without --config.file.
-    #[cfg(test)]
-    pub(crate) fn new(state: State, metrics: Bytes) -> Published {
+    /// A single tenant, as without --config.file (for tests: the exporter assembles).
+    pub fn new(state: State, metrics: Bytes) -> Published {
         let tenants = [(
             state.tenant.clone(),
             TenantView {

@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use http_body_util::Full;
 use serde::Serialize;
 
 use crate::exposition::metrics::CONTENT_TYPE;
@@ -17,22 +19,21 @@ use crate::exposition::process::ProcessMetrics;
 use crate::exposition::publisher::{Published, TenantMode};
 use crate::refresh::fleet::{ReloadError, Reloader};
 use crate::report::Period;
-use crate::serve::server::limit_in_flight;
+use crate::serve::server::{App, InFlight};
 use crate::serve::webconfig::{guard, Security};
 use crate::state::{self, Attempt};
 
 #[derive(Clone)]
 struct AppState {
     published: Arc<ArcSwap<Published>>,
-    /// None with --web.disable-exporter-metrics.
-    process: Option<Arc<ProcessMetrics>>,
+    scrape: Arc<Scrape>,
     landing: Bytes,
     lifecycle: Lifecycle,
 }
 
 /// What POST /-/reload does.
 #[derive(Clone)]
-pub(crate) enum Lifecycle {
+pub enum Lifecycle {
     /// Without --web.enable-lifecycle: refused, as Prometheus refuses it.
     Disabled,
     /// Enabled, without --config.file: there is nothing to reload.
@@ -45,26 +46,31 @@ pub(crate) enum Lifecycle {
 /// path stays free of the layer.
 /// `max_requests` bounds scrapes in flight (0: no bound); `exporter_metrics` appends the
 /// process_* series to every scrape.
-pub(crate) fn app(
+pub fn app(
     published: Arc<ArcSwap<Published>>,
     telemetry_path: &str,
     security: Option<Arc<ArcSwap<Security>>>,
     lifecycle: Lifecycle,
     max_requests: usize,
     exporter_metrics: bool,
-) -> Router {
+) -> App {
+    let in_flight = InFlight::new(max_requests);
+    let scrape = Arc::new(Scrape {
+        path: telemetry_path.to_string(),
+        published: Arc::clone(&published),
+        process: exporter_metrics.then(|| Arc::new(ProcessMetrics::new())),
+        in_flight: in_flight.clone(),
+        security: security.clone(),
+    });
     let state = AppState {
         published,
-        process: exporter_metrics.then(|| Arc::new(ProcessMetrics::new())),
+        scrape: Arc::clone(&scrape),
         landing: landing_page(telemetry_path).into(),
         lifecycle,
     };
     // Behind basic auth, as node_exporter limits only its metrics handler: requests that
     // fail authentication never take a slot from the scrapes.
-    let scrape = limit_in_flight(
-        Router::new().route(telemetry_path, get(metrics)),
-        max_requests,
-    );
+    let metrics = in_flight.layer(Router::new().route(telemetry_path, get(metrics)));
     let router = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(healthz))
@@ -73,44 +79,99 @@ pub(crate) fn app(
             "/-/reload",
             axum::routing::post(reload).put(reload).get(reload_by_get),
         )
-        .merge(scrape)
+        .merge(metrics)
         .with_state(state);
-    match security {
+    let router = match security {
         None => router,
         // route_layer would skip unmatched paths; a plain layer covers 404s too, as
         // exporter-toolkit covers every path.
         Some(security) => router.layer(axum::middleware::from_fn_with_state(security, guard)),
+    };
+    App::new(router, Some(scrape))
+}
+
+/// The scrape, answerable without the router: routing, the layers and the boxing of bodies
+/// and futures cost several times what copying out the pre-rendered body does, so the server
+/// asks [`Scrape::answer`] first. It answers only what the router would answer the same way
+/// (a GET of the telemetry path with a free slot, under a web config without basic auth or
+/// rate limit) and leaves everything else to the router, whose `metrics` handler builds the
+/// same response. HEAD is the router's too: axum empties its body, which hyper would send
+/// over HTTP/2.
+pub struct Scrape {
+    path: String,
+    published: Arc<ArcSwap<Published>>,
+    /// None with --web.disable-exporter-metrics.
+    process: Option<Arc<ProcessMetrics>>,
+    in_flight: InFlight,
+    security: Option<Arc<ArcSwap<Security>>>,
+}
+
+impl Scrape {
+    /// The answer to `request` when it is a scrape that the router's layers would let
+    /// through unchanged but for the web config's headers; else `request`, for the router.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the request goes back by value: boxing it would allocate for every request the router answers"
+    )]
+    pub fn answer<B>(&self, mut request: Request<B>) -> Result<Response<Full<Bytes>>, Request<B>> {
+        if request.method() != Method::GET || request.uri().path() != self.path {
+            return Err(request);
+        }
+        let security = match &self.security {
+            Some(security) => {
+                let security = security.load();
+                if !security.lets_everyone_in() {
+                    return Err(request);
+                }
+                Some(security)
+            }
+            None => None,
+        };
+        // Without a free slot the router's layer answers 503.
+        let Some(_slot) = self.in_flight.try_begin() else {
+            return Err(request);
+        };
+        let gzip = accepts_gzip(request.headers());
+        // The response takes over the request's header map, emptied: hyper hands a
+        // response's map back for the next request's headers, so that, kept in the loop, it
+        // is allocated once per connection instead of once per request.
+        let mut headers = std::mem::take(request.headers_mut());
+        drop(request);
+        headers.clear();
+        let mut response = self.respond(gzip, headers);
+        if let Some(security) = security {
+            security.add_headers(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    /// The scrape's response, with its headers added to `headers`.
+    fn respond(&self, gzip: bool, mut headers: HeaderMap) -> Response<Full<Bytes>> {
+        let published = self.published.load();
+        let body = match (&self.process, gzip) {
+            (Some(process), gzip) => process.body(&published, gzip),
+            (None, true) => published.metrics_gzip.bytes().clone(),
+            (None, false) => published.metrics.clone(),
+        };
+        headers.insert(header::CONTENT_TYPE, CONTENT_TYPE_VALUE);
+        if gzip {
+            headers.insert(header::CONTENT_ENCODING, GZIP);
+        }
+        headers.insert(header::VARY, ACCEPT_ENCODING);
+        let mut response = Response::new(Full::new(body));
+        *response.headers_mut() = headers;
+        response
     }
 }
 
+const CONTENT_TYPE_VALUE: HeaderValue = HeaderValue::from_static(CONTENT_TYPE);
+const GZIP: HeaderValue = HeaderValue::from_static("gzip");
+const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("Accept-Encoding");
+
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let published = s.published.load_full();
-    let body = |gzip: bool| match (&s.process, gzip) {
-        (Some(process), gzip) => process.body(&published, gzip),
-        (None, true) => published.metrics_gzip.bytes().clone(),
-        (None, false) => published.metrics.clone(),
-    };
-    if accepts_gzip(&headers) {
-        let body = body(true);
-        return (
-            [
-                (header::CONTENT_TYPE, CONTENT_TYPE),
-                (header::CONTENT_ENCODING, "gzip"),
-                (header::VARY, "Accept-Encoding"),
-            ],
-            body,
-        )
-            .into_response();
-    }
-    let body = body(false);
-    (
-        [
-            (header::CONTENT_TYPE, CONTENT_TYPE),
-            (header::VARY, "Accept-Encoding"),
-        ],
-        body,
-    )
-        .into_response()
+    s.scrape
+        .respond(accepts_gzip(&headers), HeaderMap::new())
+        .map(Body::new)
 }
 
 /// Whether Accept-Encoding admits gzip (RFC 9110, 12.5.3): the q-value of `gzip` (or
@@ -294,8 +355,6 @@ fn landing_page(telemetry_path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
     use http_body_util::BodyExt;
     use std::time::SystemTime;
     use tower::ServiceExt;
@@ -310,12 +369,16 @@ x 1
         )))
     }
 
-    async fn get(app: &Router, uri: &str) -> (StatusCode, String, String) {
-        let response = app
-            .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+    /// The response as the server gets it: the scrape's shortcut, else the router's.
+    async fn call(app: &App, request: Request<Body>) -> Response {
+        match app.shortcut(request) {
+            Ok(response) => response.map(Body::new),
+            Err(request) => app.router().clone().oneshot(request).await.unwrap(),
+        }
+    }
+
+    async fn get(app: &App, uri: &str) -> (StatusCode, String, String) {
+        let response = call(app, Request::get(uri).body(Body::empty()).unwrap()).await;
         let status = response.status();
         let ctype = response
             .headers()
@@ -356,6 +419,102 @@ x 1
             assert!(!accepts(no), "{no}");
         }
         assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    fn request(method: Method, uri: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn security(yaml: &str) -> Arc<ArcSwap<Security>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, yaml).unwrap();
+        let web = crate::serve::webconfig::WebConfig::load(&path).unwrap();
+        Arc::new(ArcSwap::new(web.security))
+    }
+
+    /// The shortcut answers a GET of the telemetry path when nothing but headers stands in
+    /// the way, and leaves the rest to the router. (That its answers are the router's is
+    /// checked on the wire, in tests/api/serving.rs.)
+    #[test]
+    fn the_scrape_takes_only_what_the_router_would_answer_alike() {
+        let snapshot = published(state::State::new("t", [Period::D7]));
+        let open = app(
+            Arc::clone(&snapshot),
+            "/metrics",
+            None,
+            Lifecycle::Disabled,
+            40,
+            false,
+        );
+        assert!(open.shortcut(request(Method::GET, "/metrics?x=1")).is_ok());
+        for (method, uri) in [
+            (Method::HEAD, "/metrics"),
+            (Method::POST, "/metrics"),
+            (Method::OPTIONS, "/metrics"),
+            (Method::GET, "/metrics/"),
+            (Method::GET, "/healthz"),
+            (Method::GET, "/"),
+        ] {
+            let left = open.shortcut(request(method.clone(), uri));
+            assert!(left.is_err_and(|r| r.uri() == uri), "{method} {uri}");
+        }
+        let headers = "http_server_config:\n  headers:\n    X-Frame-Options: deny\n";
+        let with_headers = app(
+            Arc::clone(&snapshot),
+            "/metrics",
+            Some(security(headers)),
+            Lifecycle::Disabled,
+            40,
+            false,
+        );
+        let response = with_headers.shortcut(request(Method::GET, "/metrics"));
+        assert_eq!(response.unwrap().headers()["x-frame-options"], "deny");
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        for guarded in [
+            format!("basic_auth_users:\n  prometheus: {hash}\n"),
+            "rate_limit:\n  interval: 1s\n  burst: 10\n".to_string(),
+        ] {
+            let app = app(
+                Arc::clone(&snapshot),
+                "/metrics",
+                Some(security(&guarded)),
+                Lifecycle::Disabled,
+                40,
+                false,
+            );
+            assert!(
+                app.shortcut(request(Method::GET, "/metrics")).is_err(),
+                "{guarded}"
+            );
+        }
+    }
+
+    /// Without a free slot under --web.max-requests the scrape is the router's, whose layer
+    /// answers 503.
+    #[test]
+    fn a_scrape_without_a_free_slot_is_left_to_the_router() {
+        let in_flight = InFlight::new(1);
+        let scrape = Scrape {
+            path: "/metrics".into(),
+            published: published(state::State::new("t", [Period::D7])),
+            process: None,
+            in_flight: in_flight.clone(),
+            security: None,
+        };
+        let held = in_flight.try_begin().unwrap();
+        assert!(scrape.answer(request(Method::GET, "/metrics")).is_err());
+        drop(held);
+        let response = scrape.answer(request(Method::GET, "/metrics")).unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert!(
+            in_flight.try_begin().is_some(),
+            "the scrape gave its slot back"
+        );
     }
 
     #[tokio::test]

@@ -16,10 +16,15 @@
 //!   a reload has since replaced serves no more requests, and its connection is closed once
 //!   the request in flight is answered.
 //! - Accept errors (EMFILE) are logged once per burst and retried with a growing pause.
+//! - A scrape is answered before the router sees it when nothing but headers stands between
+//!   the two ([`crate::serve::routes::Scrape`]): the router's routing, layers and boxing cost
+//!   more than the rest of the request. hyper does all the HTTP.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,9 +34,11 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::config::ServerLimits;
+use crate::serve::routes::Scrape;
 
 /// The TLS configuration connections handshake with. A reload stores a new one: a connection
 /// takes the one current when its ClientHello arrives, and a connection that handshook under
@@ -120,23 +128,78 @@ pub(crate) fn connection_cap() -> usize {
     soft.saturating_sub(reserve).clamp(1, MAX_CONNECTIONS)
 }
 
-/// Middleware for --web.max-requests: a request beyond the limit gets 503 at once instead of
-/// queueing, as promhttp's MaxRequestsInFlight does for node_exporter.
+/// --web.max-requests: requests beyond the limit get 503 at once instead of queueing, as
+/// promhttp's MaxRequestsInFlight does for node_exporter. Nothing ever waits for a slot, so a
+/// count does what a semaphore would, with one atomic operation each way. Clones share it.
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Option<Arc<Slots>>);
+
+struct Slots {
+    max: usize,
+    taken: AtomicUsize,
+}
+
+/// A slot under [`InFlight`], given back when dropped.
+pub(crate) struct Slot<'a>(Option<&'a Slots>);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0 {
+            slots.taken.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl InFlight {
+    /// `max_requests` slots; 0 means no limit.
+    pub(crate) fn new(max_requests: usize) -> InFlight {
+        InFlight((max_requests > 0).then(|| {
+            Arc::new(Slots {
+                max: max_requests,
+                taken: AtomicUsize::new(0),
+            })
+        }))
+    }
+
+    /// A slot, held until dropped; None when every slot is taken.
+    pub(crate) fn try_begin(&self) -> Option<Slot<'_>> {
+        let Some(slots) = &self.0 else {
+            return Some(Slot(None));
+        };
+        // Taken first and given back when there was none: no check-then-take race between
+        // two requests.
+        if slots.taken.fetch_add(1, Ordering::AcqRel) < slots.max {
+            Some(Slot(Some(slots)))
+        } else {
+            slots.taken.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+
+    /// `router`, whose requests beyond the limit get 503.
+    pub(crate) fn layer<S>(&self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        if self.0.is_none() {
+            return router;
+        }
+        router.layer(axum::middleware::from_fn_with_state(self.clone(), shed))
+    }
+}
+
+/// Middleware for --web.max-requests over `router`; see [`InFlight`].
 pub fn limit_in_flight<S>(router: Router<S>, max_requests: usize) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    if max_requests == 0 {
-        return router;
-    }
-    let slots = Arc::new(Semaphore::new(max_requests));
-    router.layer(axum::middleware::from_fn_with_state(slots, shed))
+    InFlight::new(max_requests).layer(router)
 }
 
-async fn shed(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
-    match slots.try_acquire() {
-        Ok(_slot) => next.run(request).await,
-        Err(_) => (
+async fn shed(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
+    match in_flight.try_begin() {
+        Some(_slot) => next.run(request).await,
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many requests in flight (--web.max-requests); try again\n",
         )
@@ -144,22 +207,65 @@ async fn shed(State(slots): State<Arc<Semaphore>>, request: Request, next: Next)
     }
 }
 
+/// What connections are answered with: the router, and the scrape, which answers what it
+/// can before the router sees it.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    scrape: Option<Arc<Scrape>>,
+}
+
+impl App {
+    pub fn new(router: Router, scrape: Option<Arc<Scrape>>) -> App {
+        App { router, scrape }
+    }
+
+    /// The router alone, without the scrape's shortcut: it answers everything, the scrape
+    /// as the shortcut does.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The response to `request` when the scrape has it at once; else `request`, for the
+    /// router.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the request goes back by value: boxing it would allocate for every request the router answers"
+    )]
+    pub fn shortcut<B>(
+        &self,
+        request: hyper::Request<B>,
+    ) -> Result<hyper::Response<Full<Bytes>>, hyper::Request<B>> {
+        match &self.scrape {
+            Some(scrape) => scrape.answer(request),
+            None => Err(request),
+        }
+    }
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> App {
+        App::new(router, None)
+    }
+}
+
 /// Serves `app` on `listener` until `cancel` fires; open connections then get
 /// [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<App>,
     tls: Option<TlsConfig>,
     limits: ServerLimits,
     cancel: CancellationToken,
 ) {
+    let app = app.into();
     let cap = limits.max_connections.unwrap_or_else(connection_cap);
     tracing::debug!(max_connections = cap, "serving");
     let slots = Arc::new(Semaphore::new(cap));
     let registry = Arc::new(Registry::default());
     let builders = Arc::new(Builders {
-        http1: Builder::new(TokioExecutor::new()).http1_only(),
-        http2: Builder::new(TokioExecutor::new()).http2_only(),
+        http1: http1::Builder::new(),
+        http2: http2::Builder::new(TokioExecutor::new()),
     });
     let mut connections = JoinSet::new();
     let mut next_id: u64 = 0;
@@ -314,8 +420,8 @@ fn release_freed_memory() {
 /// One connection builder per protocol: which one serves a connection is settled before its
 /// first byte is read (ALPN over TLS), never guessed from what the client sends.
 struct Builders {
-    http1: Builder<TokioExecutor>,
-    http2: Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 /// The open connections, by the id the accept loop gave them: touched on accept and close,
@@ -393,12 +499,14 @@ impl Drop for Open {
     }
 }
 
-async fn connection(stream: TcpStream, clock: Arc<Clock>, builders: &Builders, app: Router) {
+async fn connection(stream: TcpStream, clock: Arc<Clock>, builders: &Builders, app: App) {
     // Responses go out in one write; without this, Nagle's algorithm holds back whatever a
     // write leaves over until the client's delayed ACK.
     let _ = stream.set_nodelay(true);
     let Some(tls) = clock.tls.clone() else {
-        return drive(Timed::new(stream, &clock), clock, &builders.http1, app).await;
+        let io = TokioIo::new(Timed::new(stream, &clock));
+        let service = requests(&clock, app);
+        return drive(builders.http1.serve_connection(io, service), &clock).await;
     };
     // The handshake counts against the first request head's time. Its configuration is the
     // one current when the ClientHello arrives, however long after the accept that is.
@@ -416,13 +524,15 @@ async fn connection(stream: TcpStream, clock: Arc<Clock>, builders: &Builders, a
         },
         () = clock.close.notified() => return,
     };
-    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(Timed::new(stream, &clock));
+    let service = requests(&clock, app);
+    if h2 {
         clock.lock().multiplexed = true;
-        &builders.http2
+        drive(builders.http2.serve_connection(io, service), &clock).await
     } else {
-        &builders.http1
-    };
-    drive(Timed::new(stream, &clock), clock, builder, app).await
+        drive(builders.http1.serve_connection(io, service), &clock).await
+    }
 }
 
 /// The answer to a request on a connection whose TLS handshake was made under a web
@@ -435,24 +545,79 @@ fn under_replaced_rules() -> Response {
         .into_response()
 }
 
-async fn drive<S>(io: Timed<S>, clock: Arc<Clock>, builder: &Builder<TokioExecutor>, app: Router)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let requests = Arc::clone(&clock);
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let busy = Busy::begin(&requests);
-        let mut app = app.clone();
+/// The body of a response: the scrape's bytes, or whatever the router answered.
+type Reply = Either<Full<Bytes>, axum::body::Body>;
+
+/// The service for a connection's requests: each marks the connection busy while it is
+/// answered, by the scrape when it can, else by the router.
+fn requests(
+    clock: &Arc<Clock>,
+    app: App,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<Reply>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<Reply>, Infallible>> + Send + 'static,
+> + Clone {
+    let clock = Arc::clone(clock);
+    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let busy = Busy::begin(&clock);
+        // The answer, when there is one at once; else the request and the router to ask.
+        // An answered request is dropped here, before hyper reads on: the request holds on
+        // to hyper's read buffer, which would otherwise be allocated anew for that read.
+        let answer = if busy.under_replaced_rules {
+            Ok(under_replaced_rules().map(Either::Right))
+        } else {
+            app.shortcut(request)
+                .map(|response| response.map(Either::Left))
+                .map_err(|request| (request, app.router.clone()))
+        };
         async move {
-            if busy.under_replaced_rules {
-                return Ok(under_replaced_rules());
-            }
-            let response = app.call(request).await;
+            let response = match answer {
+                Ok(response) => response,
+                Err((request, mut router)) => {
+                    let response = router.call(request).await;
+                    response
+                        .unwrap_or_else(|never| match never {})
+                        .map(Either::Right)
+                }
+            };
             drop(busy);
-            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+            Ok(response)
         }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    })
+}
+
+/// A connection hyper serves, HTTP/1.1 or HTTP/2.
+trait Connection: Future<Output = hyper::Result<()>> {
+    /// HTTP/1.1: no more requests after the one in flight; HTTP/2: GOAWAY.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Connection for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Reply>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Connection for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Reply>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, Reply>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+async fn drive(conn: impl Connection, clock: &Clock) {
     tokio::pin!(conn);
     // Once asked to close, hyper is told to finish (HTTP/1.1: after the response in flight;
     // HTTP/2: GOAWAY), and the connection is dropped at `hard` if it has not finished by then.
@@ -783,5 +948,32 @@ impl Burst {
                 "{what}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_counts_slots_and_gets_them_back() {
+        let in_flight = InFlight::new(2);
+        let other = in_flight.clone();
+        let first = in_flight.try_begin().unwrap();
+        let second = other.try_begin().unwrap();
+        assert!(
+            in_flight.try_begin().is_none(),
+            "clones share the two slots"
+        );
+        assert!(other.try_begin().is_none());
+        drop(first);
+        let third = other.try_begin().expect("a slot given back is free again");
+        drop((second, third));
+        // The refusals above took nothing: both slots are free.
+        let both: Vec<_> = (0..3).filter_map(|_| in_flight.try_begin()).collect();
+        assert_eq!(both.len(), 2);
+        let unlimited = InFlight::new(0);
+        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.try_begin()).collect();
+        assert_eq!(held.len(), 1000);
     }
 }

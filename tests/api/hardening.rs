@@ -185,6 +185,52 @@ fn self_signed_tls(alpn: &[&[u8]]) -> (TlsConfig, rustls::ClientConfig) {
     (TlsConfig::new(Arc::new(server)), client)
 }
 
+/// Over HTTP/2 too, the scrape's shortcut answers as the router does: the same status and
+/// head (the bodies are compared over HTTP/1.1 in serving.rs).
+#[tokio::test]
+async fn over_http2_the_scrape_is_answered_as_the_router_answers_it() {
+    use sfb_exporter::{Lifecycle, Published};
+    let published = Arc::new(arc_swap::ArcSwap::from_pointee(Published::new(
+        sfb_exporter::State::new("t", []),
+        "x 1\n".into(),
+    )));
+    let app = sfb_exporter::app(published, "/metrics", None, Lifecycle::Disabled, 40, false);
+    let (tls, client) = self_signed_tls(&[b"h2"]);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let cancel = CancellationToken::new();
+    let mut heads = Vec::new();
+    for served in [app.clone(), app.router().clone().into()] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            served,
+            Some(tls.clone()),
+            limits(),
+            cancel.clone(),
+        ));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut h2 = H2::handshake(connector.connect(localhost(), tcp).await.unwrap())
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        for headers in [&[][..], &[("accept-encoding", "gzip")][..]] {
+            let (status, head) = h2.get("/metrics", headers).await.unwrap();
+            let mut lines: Vec<&str> = head.lines().filter(|l| !l.starts_with("date:")).collect();
+            lines.sort();
+            answers.push((status, lines.join("\n")));
+        }
+        heads.push(answers);
+    }
+    assert_eq!(heads[0], heads[1]);
+    assert!(
+        heads[0][0].1.contains("content-length: 4"),
+        "{:?}",
+        heads[0]
+    );
+    cancel.cancel();
+}
+
 #[tokio::test(start_paused = true)]
 async fn tls_connections_that_go_quiet_are_closed_handshake_included() {
     let (tls, client) = self_signed_tls(&[]);

@@ -368,3 +368,116 @@ async fn an_unknown_user_flood_does_not_starve_a_valid_login() {
     assert_eq!(login("dave".into(), "dave123").await.unwrap().unwrap(), 200);
     app.stop().await;
 }
+
+/// Status line, headers but Date (sorted: their order carries no meaning) and body of a raw
+/// HTTP/1 exchange on a new connection.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> (String, Vec<String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head to {request:?}"));
+    let head = String::from_utf8(response[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n").map(str::to_string);
+    let status = lines.next().unwrap();
+    let mut headers: Vec<String> = lines
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect();
+    headers.sort();
+    (status, headers, response[end + 4..].to_vec())
+}
+
+/// The server answers the scrape before the router sees it when nothing but headers stands
+/// between the two; on the wire the answer is the router's, for every request the shortcut
+/// could mistake for its own: with and without a web config's headers and basic auth, HEAD,
+/// gzip asked for and refused, a query, other methods and paths, HTTP/1.0.
+#[tokio::test]
+async fn the_scrape_is_answered_on_the_wire_as_the_router_answers_it() {
+    use sfb_exporter::{app, serve, Lifecycle, Period, Published, ServerLimits, WebConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let configs = [
+        None,
+        Some("http_server_config:\n  headers:\n    X-Frame-Options: deny\n    X-Content-Type-Options: nosniff\n".to_string()),
+        Some(format!("basic_auth_users:\n  prometheus: {hash}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n")),
+    ];
+    let body: String = (0..200)
+        .map(|i| format!("sfb_x{{i=\"{i}\"}} {i}\n"))
+        .collect();
+    let published = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Published::new(
+        sfb_exporter::State::new("t", [Period::D7]),
+        body.clone().into(),
+    )));
+    let limits = ServerLimits {
+        max_connections: Some(64),
+        ..ServerLimits::default()
+    };
+    let requests = [
+        "GET /metrics HTTP/1.1\r\nHost: e\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: e\r\nAccept-Encoding: gzip\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: e\r\nAccept-Encoding: gzip;q=0, identity\r\n",
+        "HEAD /metrics HTTP/1.1\r\nHost: e\r\n",
+        "HEAD /metrics HTTP/1.1\r\nHost: e\r\nAccept-Encoding: gzip\r\n",
+        "GET /metrics?name[]=x HTTP/1.1\r\nHost: e\r\n",
+        "GET http://e/metrics HTTP/1.1\r\nHost: e\r\n",
+        "POST /metrics HTTP/1.1\r\nHost: e\r\nContent-Length: 0\r\n",
+        "GET /metrics/ HTTP/1.1\r\nHost: e\r\n",
+        "GET /Metrics HTTP/1.1\r\nHost: e\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: e\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: e\r\nAuthorization: Basic cHJvbWV0aGV1czpwdw==\r\n",
+        "GET /metrics HTTP/1.0\r\n",
+    ];
+    for config in configs {
+        let security = config.as_ref().map(|yaml| {
+            let path = dir.path().join("web.yml");
+            std::fs::write(&path, yaml).unwrap();
+            let web = WebConfig::load(&path).unwrap();
+            std::sync::Arc::new(arc_swap::ArcSwap::new(web.security))
+        });
+        let app = app(
+            std::sync::Arc::clone(&published),
+            "/metrics",
+            security,
+            Lifecycle::Disabled,
+            40,
+            false,
+        );
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut addrs = Vec::new();
+        for served in [app.clone(), app.router().clone().into()] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            tokio::spawn(serve(
+                listener,
+                served,
+                None,
+                limits.clone(),
+                cancel.clone(),
+            ));
+        }
+        for request in requests {
+            let request = format!("{request}Connection: close\r\n\r\n");
+            let shortcut = raw_exchange(addrs[0], &request).await;
+            let router = raw_exchange(addrs[1], &request).await;
+            assert_eq!(shortcut, router, "{config:?} {request:?}");
+        }
+        // The body is the snapshot's, whichever answered.
+        let (status, _, plain) = raw_exchange(
+            addrs[0],
+            "GET /metrics HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if config.as_deref().is_none_or(|c| !c.contains("basic_auth")) {
+            assert_eq!(
+                (status.as_str(), plain),
+                ("HTTP/1.1 200 OK", body.clone().into_bytes())
+            );
+        }
+        cancel.cancel();
+    }
+}

@@ -181,6 +181,18 @@ impl Security {
     pub fn requires_auth(&self) -> bool {
         self.users.is_some()
     }
+
+    /// Neither basic auth nor a rate limit: [`guard`] only adds the configured headers.
+    pub fn lets_everyone_in(&self) -> bool {
+        self.users.is_none() && self.limiter.is_none()
+    }
+
+    /// The configured headers, replacing any of the same name.
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
 }
 
 /// Middleware: rate limit, then configured headers on every response and basic auth on every
@@ -218,9 +230,7 @@ pub(crate) async fn guard(
         )
             .into_response(),
     };
-    for (name, value) in &security.headers {
-        response.headers_mut().insert(name.clone(), value.clone());
-    }
+    security.add_headers(response.headers_mut());
     response
 }
 
