@@ -3,7 +3,9 @@
 # on every scrape) and TLS. On each, the exporter's /metrics against nginx serving the same
 # bytes (the static file; gzip_static with the exporter's own compressed body; TLS with the same
 # certificate) and, on plain and gzip, a client_golang peer serving the same families, in
-# alternating wrk rounds on loopback, with the exporter's peak RSS.
+# alternating wrk rounds on loopback, with the exporter's peak RSS and each server's user and
+# kernel CPU time per request (utime and stime of /proc/<pid>/stat, the server's processes
+# summed, over the round, divided by the requests wrk completed).
 #
 #   bash benches/scrape.sh                 # 3 rounds of 10 s per server and path, 64 connections
 #   ROUNDS=5 DURATION=20s bash benches/scrape.sh
@@ -118,6 +120,7 @@ http {
 NGINX
 "${server_cpu[@]}" nginx -c "$work/nginx.conf" &
 pids+=("$!")
+nginx_pid=${pids[-1]}
 wait_for "http://127.0.0.1:$NGINX_PORT/metrics"
 
 # The bodies must match. The exporter's process_* series change between scrapes, so they are
@@ -182,6 +185,7 @@ GO
   if (cd "$work/peer" && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$work/gocache" GOFLAGS= go build -o peer main.go) 2> "$work/go-build.log"; then
     "${server_cpu[@]}" "$work/peer/peer" "$work/peer/metrics" "127.0.0.1:$GOLANG_PORT" &
     pids+=("$!")
+    golang_pid=${pids[-1]}
     wait_for "http://127.0.0.1:$GOLANG_PORT/metrics"
     golang=1
   else
@@ -192,16 +196,49 @@ else
   echo "client_golang peer skipped (GOLANG=0, or golang-go / golang-github-prometheus-client-golang-dev missing)" >&2
 fi
 
-# Prints "requests_per_second p99_ms" for one wrk round; extra arguments go to wrk.
+# "user system": the clock ticks of CPU time a process and its children (nginx's worker) have
+# used so far, in user space and in the kernel.
+cpu_ticks() {
+  local pid
+  for pid in "$1" $(pgrep -P "$1"); do
+    # Fields from the third on, after the command name (which may hold spaces).
+    sed 's/^.*) //' "/proc/$pid/stat"
+  done | awk '{ user += $12; kernel += $13 } END { print user + 0, kernel + 0 }'
+}
+clock_ticks=$(getconf CLK_TCK)
+
+# Prints "requests_per_second p99_ms user_us kernel_us" for one wrk round against the server
+# whose process is `pid`, CPU time per request in microseconds; the other arguments go to wrk.
 round() {
+  local pid=$1
+  shift
+  local before after
+  before=$(cpu_ticks "$pid")
   "${client_cpu[@]}" wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$@" > "$work/wrk.out"
-  awk '
+  after=$(cpu_ticks "$pid")
+  awk -v before="$before" -v after="$after" -v hz="$clock_ticks" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec:/ { rps = $2 }
+    $2 == "requests" && $3 == "in" { requests = $1 }
     $1 == "99%" { p99 = ms($2) }
     /Non-2xx|Socket errors/ { errors = errors " " $0 }
-    END { if (errors != "") { print "errors:" errors > "/dev/stderr" } printf "%.0f %.3f\n", rps, p99 }
+    END {
+      if (errors != "") { print "errors:" errors > "/dev/stderr" }
+      split(before, b, " "); split(after, a, " ")
+      per = requests > 0 ? 1e6 / hz / requests : 0
+      printf "%.0f %.3f %.2f %.2f\n", rps, p99, (a[1] - b[1]) * per, (a[2] - b[2]) * per
+    }
   ' "$work/wrk.out"
+}
+
+# The process of one server on one path.
+server_pid() {
+  case "$1/$2" in
+    exporter/tls) echo "$exporter_tls_pid" ;;
+    exporter/*) echo "$exporter_pid" ;;
+    nginx/*) echo "$nginx_pid" ;;
+    golang/*) echo "${golang_pid:-}" ;;
+  esac
 }
 
 # The URL and wrk arguments of one server on one path; empty when it does not serve that path.
@@ -224,7 +261,8 @@ target() {
 servers=(exporter nginx golang)
 echo "body: $(wc -c < "$work/www/metrics") bytes plain, $(wc -c < "$work/www/metrics.gz") gzip; wrk: $THREADS thread(s), $CONNECTIONS connections, $DURATION per round, $ROUNDS rounds; pinned: $([ "${#server_cpu[@]}" -gt 0 ] && echo "wrk on CPU 0, each server on CPU 1" || echo no)"
 echo "TLS rounds ask for gzip, as Prometheus does."
-printf '%-6s %-6s %-9s %12s %9s\n' path round server req/s p99_ms
+echo "user_us and kernel_us: CPU time per request, in microseconds, of the server's processes."
+printf '%-6s %-6s %-9s %12s %9s %8s %10s\n' path round server req/s p99_ms user_us kernel_us
 declare -A results
 for path in $PATHS; do
   for r in $(seq "$ROUNDS"); do
@@ -237,9 +275,9 @@ for path in $PATHS; do
       url=${spec%% *}
       extra=()
       [ "$spec" = "$url" ] || extra=(-H 'Accept-Encoding: gzip')
-      result=$(round ${extra[@]+"${extra[@]}"} "$url")
+      result=$(round "$(server_pid "$server" "$path")" ${extra[@]+"${extra[@]}"} "$url")
       results[$path/$server]+="$result"$'\n'
-      printf '%-6s %-6s %-9s %12s %9s\n' "$path" "$r" "$server" $result
+      printf '%-6s %-6s %-9s %12s %9s %8s %10s\n' "$path" "$r" "$server" $result
     done
   done
 done
@@ -254,10 +292,14 @@ for path in $PATHS; do
   e=$(column_median "$path/exporter" 1); n=$(column_median "$path/nginx" 1)
   ep=$(column_median "$path/exporter" 2); np=$(column_median "$path/nginx" 2)
   g=$(column_median "$path/golang" 1); gp=$(column_median "$path/golang" 2)
-  awk -v path="$path" -v e="$e" -v n="$n" -v p="$ep" -v np="$np" -v g="$g" -v gp="$gp" 'BEGIN {
+  eu=$(column_median "$path/exporter" 3); es=$(column_median "$path/exporter" 4)
+  nu=$(column_median "$path/nginx" 3); ns=$(column_median "$path/nginx" 4)
+  awk -v path="$path" -v e="$e" -v n="$n" -v p="$ep" -v np="$np" -v g="$g" -v gp="$gp" \
+    -v eu="$eu" -v es="$es" -v nu="$nu" -v ns="$ns" 'BEGIN {
     ratio = e / n
     printf "%-5s median req/s: exporter %.0f, nginx %.0f, ratio %.3f (target >= 1.000) %s\n", path, e, n, ratio, (ratio >= 1.0 ? "ok" : "MISSED")
     printf "%-5s median p99:   exporter %.3f ms, nginx %.3f ms (target < 2 ms) %s\n", path, p, np, (p < 2.0 ? "ok" : "MISSED")
+    printf "%-5s median CPU per request: exporter %.2f us user + %.2f us kernel, nginx %.2f us user + %.2f us kernel\n", path, eu, es, nu, ns
     if (g > 0) printf "%-5s client_golang: %.0f req/s (exporter %.1fx), p99 %.3f ms\n", path, g, e / g, gp
   }'
 done
