@@ -10,11 +10,12 @@
 #   bash benches/scrape.sh                 # 3 rounds of 10 s per server and path, 64 connections
 #   ROUNDS=5 DURATION=20s bash benches/scrape.sh
 #   PATHS="plain gzip" GOLANG=0 bash benches/scrape.sh
+#   BIN=/path/to/other/sfb-exporter bash benches/scrape.sh     # another build of the exporter
 #
-# Needs wrk, nginx, curl and openssl (Debian: wrk nginx-light curl openssl); the client_golang
-# peer needs golang-go and golang-github-prometheus-client-golang-dev and is skipped without
-# them (GOLANG=0 skips it too). Targets on a 2-core machine, on every path: at least 1.0x
-# nginx's requests per second, p99 under 2 ms at 64 connections, RSS under 16 MiB.
+# Needs wrk, nginx, curl, openssl and pgrep (Debian: wrk nginx-light curl openssl procps); the
+# client_golang peer needs golang-go and golang-github-prometheus-client-golang-dev and is
+# skipped without them (GOLANG=0 skips it too). Targets on a 2-core machine, on every path: at
+# least 1.0x nginx's requests per second, p99 under 2 ms at 64 connections, RSS under 16 MiB.
 # A benchmark, not a test: it reports against the targets and exits 0 unless something broke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,11 +45,15 @@ NGINX_PORT=$((BASE_PORT + 2))
 NGINX_TLS_PORT=$((BASE_PORT + 3))
 GOLANG_PORT=$((BASE_PORT + 4))
 
-for tool in wrk nginx curl openssl; do
-  command -v "$tool" >/dev/null || { echo "benches/scrape.sh: $tool is missing (Debian: apt-get install wrk nginx-light curl openssl)" >&2; exit 1; }
+for tool in wrk nginx curl openssl pgrep; do
+  command -v "$tool" >/dev/null || { echo "benches/scrape.sh: $tool is missing (Debian: apt-get install wrk nginx-light curl openssl procps)" >&2; exit 1; }
 done
 
-cargo build --release --quiet
+BIN=${BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet
+  BIN=./target/release/sfb-exporter
+fi
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
@@ -72,7 +77,7 @@ printf 'tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n' >
 # The exporter against its built-in fake Graph (--demo): the real pipeline, on loopback. One
 # instance on plain HTTP, one on TLS; only the one being measured is busy.
 start_exporter() {
-  "${server_cpu[@]}" ./target/release/sfb-exporter --demo --log.level warn --web.listen-address "127.0.0.1:$1" "${@:2}" &
+  "${server_cpu[@]}" "$BIN" --demo --log.level warn --web.listen-address "127.0.0.1:$1" "${@:2}" &
   pids+=("$!")
 }
 start_exporter "$EXPORTER_PORT"
