@@ -990,13 +990,7 @@ fn client_allowed_sans_on_an_unverified_certificate_is_warned_about() {
     process.signal("TERM");
 
     // --config.check, which logs nothing, prints it with its other warnings.
-    let out = exporter()
-        .args(["--demo", "--config.check", "--web.config.file"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = checked_ok(&path);
     assert!(
         stdout.lines().any(|l| l.starts_with("warning: tls_server_config: client_allowed_sans with client_auth_type RequireAnyClientCert")),
         "{stdout}"
@@ -1036,13 +1030,7 @@ async fn a_same_size_change_with_the_old_mtime_is_picked_up() {
 #[test]
 fn an_empty_web_config_serves_plain_http_with_a_warning() {
     let (_dir, path) = rewritable("\n");
-    let out = exporter()
-        .args(["--demo", "--config.check", "--web.config.file"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = checked_ok(&path);
     assert!(
         stdout
             .lines()
@@ -1111,4 +1099,16 @@ async fn a_flood_of_wrong_logins_never_locks_a_valid_scrape_out() {
     }
     flood.abort_all();
     app.stop().await;
+}
+
+/// `--demo --config.check` with the web config at `path`: asserts it passes, returns stdout.
+fn checked_ok(path: &std::path::Path) -> String {
+    let out = exporter()
+        .args(["--demo", "--config.check", "--web.config.file"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    stdout
 }
